@@ -1,0 +1,27 @@
+# Offload: one Makefile for the whole workspace.
+# `make run` starts every service locally; `make test` runs the whole suite.
+
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+PYTHON ?= python3
+
+.PHONY: install lint typecheck test run bench clean
+
+install: ## create .venv from the lock file (installs uv with pip when missing)
+	@command -v $(UV) >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
+	@$(eval UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv"))
+	$(UV) sync --locked --quiet
+
+lint: install ## ruff and mypy
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+	$(UV) run --locked mypy contracts/src services/*/src
+
+test: lint ## lint, then the whole suite against the real RabbitMQ and Redis
+	$(UV) run --locked pytest
+
+bench: install ## benchmarks (figures, not pass/fail)
+	$(UV) run --locked python -m bench.runner_throughput
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache var

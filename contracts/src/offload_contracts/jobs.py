@@ -1,0 +1,379 @@
+"""Job types: their inputs, results, the request envelope and per-type policy.
+
+A job travels as a `JobRequest`: the envelope fields shared by every type, plus
+`type` and `input`, discriminated by `type`. The gateway validates a client's
+`{"type", "input"}` against the same models, so a bad input is refused with a
+422 before anything is queued.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, model_validator
+
+from offload_contracts.base import Contract
+
+# --------------------------------------------------------------------------- status
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. See DESIGN §4 for the allowed transitions."""
+
+    WAITING = "waiting"
+    ACTIVE = "active"
+    DELAYED = "delayed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+# --------------------------------------------------------------------------- files
+
+
+class FileRef(Contract):
+    """A file held in Offload's storage."""
+
+    id: str = Field(description="File id, usable with `GET /v1/files/{id}`.")
+    url: str = Field(description="Path to download the file from the gateway.")
+    bytes: int = Field(ge=0, description="Size in bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the content.")
+    content_type: str = Field(description="MIME type.")
+
+
+# --------------------------------------------------------------------------- ai.generate
+
+
+class AiGenerateInput(Contract):
+    """One LLM chat completion."""
+
+    prompt: str = Field(min_length=1, max_length=100_000, description="The user message.")
+    system: str | None = Field(default=None, max_length=100_000, description="System prompt.")
+    model: str | None = Field(
+        default=None, max_length=200, description="Model name; the service's default when absent."
+    )
+    max_tokens: int = Field(
+        default=512, ge=1, le=32_768, description="Upper bound on output tokens."
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="Sampling temperature.")
+
+
+class Usage(Contract):
+    """Token accounting as reported by the provider."""
+
+    prompt_tokens: int = Field(ge=0, description="Tokens in the prompt.")
+    completion_tokens: int = Field(ge=0, description="Tokens generated.")
+    total_tokens: int = Field(ge=0, description="Sum of both.")
+
+
+class AiGenerateResult(Contract):
+    """The generated text."""
+
+    text: str = Field(description="The completion.")
+    model: str = Field(description="The model that answered.")
+    usage: Usage = Field(description="Token accounting.")
+
+
+# --------------------------------------------------------------------------- research.run
+
+
+class ResearchRunInput(Contract):
+    """A question answered by a chain of LLM calls: plan, sub-answers, synthesis."""
+
+    question: str = Field(min_length=1, max_length=20_000, description="The research question.")
+    steps: int = Field(default=3, ge=3, le=5, description="How many sub-questions to research.")
+    model: str | None = Field(default=None, max_length=200, description="Model name override.")
+
+
+class ResearchStep(Contract):
+    """One sub-question and its answer."""
+
+    question: str = Field(description="The sub-question.")
+    answer: str = Field(description="Its answer.")
+
+
+class ResearchRunResult(Contract):
+    """The synthesized report and the steps behind it."""
+
+    report: str = Field(description="The final report.")
+    steps: list[ResearchStep] = Field(description="Sub-questions in plan order, with answers.")
+
+
+# --------------------------------------------------------------------------- video.generate
+
+
+class VideoGenerateInput(Contract):
+    """A video rendered by the external provider, then stored."""
+
+    prompt: str = Field(min_length=1, max_length=10_000, description="What the video shows.")
+    duration_s: int = Field(ge=1, le=600, description="Length in seconds.")
+    resolution: Literal["480p", "720p", "1080p", "4k"] = Field(description="Output resolution.")
+    model: str | None = Field(default=None, max_length=200, description="Provider model override.")
+
+
+class VideoGenerateResult(Contract):
+    """The stored video file."""
+
+    file: FileRef = Field(description="The downloaded video.")
+
+
+# --------------------------------------------------------------------------- image.process
+
+
+class ImageSource(Contract):
+    """Where the source image comes from: exactly one of `file_id` or `url`."""
+
+    file_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="An uploaded file's id."
+    )
+    url: str | None = Field(
+        default=None, pattern=r"^https://", max_length=2048, description="An https URL to fetch."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ImageSource":
+        if (self.file_id is None) == (self.url is None):
+            raise ValueError("give exactly one of file_id or url")
+        return self
+
+
+ImageFormat = Literal["jpeg", "png", "webp", "avif"]
+
+
+class ResizeOp(Contract):
+    """Scale to a width and/or height; aspect ratio kept unless `keep_aspect` is false."""
+
+    op: Literal["resize"]
+    width: int | None = Field(default=None, ge=1, le=20_000, description="Target width in px.")
+    height: int | None = Field(default=None, ge=1, le=20_000, description="Target height in px.")
+    keep_aspect: bool = Field(default=True, description="Fit inside width×height, keeping ratio.")
+
+    @model_validator(mode="after")
+    def _some_size(self) -> "ResizeOp":
+        if self.width is None and self.height is None:
+            raise ValueError("resize needs width, height or both")
+        return self
+
+
+class FitOp(Contract):
+    """Make the image exactly width×height: `cover` crops, `contain` pads."""
+
+    op: Literal["fit"]
+    width: int = Field(ge=1, le=20_000, description="Output width in px.")
+    height: int = Field(ge=1, le=20_000, description="Output height in px.")
+    mode: Literal["cover", "contain"] = Field(default="cover", description="Crop or pad.")
+    background: str = Field(
+        default="#ffffff", pattern=r"^#[0-9a-fA-F]{6}$", description="Pad colour for `contain`."
+    )
+
+
+class CropOp(Contract):
+    """Cut out the box (left, top, right, bottom) in pixels."""
+
+    op: Literal["crop"]
+    left: int = Field(ge=0, description="Left edge.")
+    top: int = Field(ge=0, description="Top edge.")
+    right: int = Field(ge=1, description="Right edge (exclusive).")
+    bottom: int = Field(ge=1, description="Bottom edge (exclusive).")
+
+    @model_validator(mode="after")
+    def _positive_box(self) -> "CropOp":
+        if self.right <= self.left or self.bottom <= self.top:
+            raise ValueError("crop box must have right > left and bottom > top")
+        return self
+
+
+class RotateOp(Contract):
+    """Rotate counter-clockwise by `degrees`, expanding the canvas."""
+
+    op: Literal["rotate"]
+    degrees: float = Field(gt=-360, lt=360, description="Angle, counter-clockwise.")
+
+
+class AutoOrientOp(Contract):
+    """Apply the EXIF orientation tag, then drop it."""
+
+    op: Literal["auto_orient"]
+
+
+class StripMetadataOp(Contract):
+    """Drop EXIF, ICC and other metadata from the output."""
+
+    op: Literal["strip_metadata"]
+
+
+class ConvertOp(Contract):
+    """Choose the output format."""
+
+    op: Literal["convert"]
+    format: ImageFormat = Field(description="Output format.")
+
+
+class QualityOp(Contract):
+    """Output quality (jpeg, webp, avif) or compression level (png, 0–9)."""
+
+    op: Literal["quality"]
+    quality: int = Field(ge=1, le=100, description="1–100; png maps it to a compression level.")
+
+
+class ThumbnailSize(Contract):
+    """One thumbnail's bounding box."""
+
+    width: int = Field(ge=1, le=4_000, description="Max width in px.")
+    height: int = Field(ge=1, le=4_000, description="Max height in px.")
+
+
+class ThumbnailsOp(Contract):
+    """Several thumbnails of the image as it is at this point; one output file each."""
+
+    op: Literal["thumbnails"]
+    sizes: list[ThumbnailSize] = Field(min_length=1, max_length=20, description="Bounding boxes.")
+
+
+ImageOperation = Annotated[
+    ResizeOp
+    | FitOp
+    | CropOp
+    | RotateOp
+    | AutoOrientOp
+    | StripMetadataOp
+    | ConvertOp
+    | QualityOp
+    | ThumbnailsOp,
+    Field(discriminator="op"),
+]
+
+
+class ImageProcessInput(Contract):
+    """A Pillow pipeline: the operations are applied in order."""
+
+    source: ImageSource = Field(description="The image to process.")
+    operations: list[ImageOperation] = Field(
+        default_factory=list, max_length=50, description="Applied in order."
+    )
+
+
+class ImageOutput(Contract):
+    """One stored output image."""
+
+    file: FileRef = Field(description="The stored image.")
+    width: int = Field(ge=1, description="Width in px.")
+    height: int = Field(ge=1, description="Height in px.")
+    format: str = Field(description="Format name (jpeg, png, webp, avif).")
+
+
+class ImageProcessResult(Contract):
+    """The processed image, and the thumbnails when some were asked for."""
+
+    file: FileRef = Field(description="The main output image.")
+    width: int = Field(ge=1, description="Width in px.")
+    height: int = Field(ge=1, description="Height in px.")
+    format: str = Field(description="Format name.")
+    files: list[ImageOutput] = Field(default_factory=list, description="Thumbnails, in order.")
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+class TraceContext(Contract):
+    """W3C trace context carried with the job so a trace spans gateway and worker."""
+
+    traceparent: str | None = Field(default=None, max_length=256, description="W3C traceparent.")
+    tracestate: str | None = Field(default=None, max_length=512, description="W3C tracestate.")
+
+
+class JobRequestBase(Contract):
+    """Fields every job request carries, whatever its type."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Job id.")
+    tenant: str = Field(min_length=1, max_length=128, description="Owning tenant.")
+    attempt: int = Field(default=1, ge=1, description="This delivery's attempt number, from 1.")
+    max_attempts: int = Field(ge=1, description="Attempts allowed before the job fails for good.")
+    created_at: datetime = Field(description="When the gateway accepted the job.")
+    trace: TraceContext = Field(default_factory=TraceContext, description="Trace context.")
+
+
+class AiGenerateRequest(JobRequestBase):
+    """Request for `ai.generate`."""
+
+    type: Literal["ai.generate"] = "ai.generate"
+    input: AiGenerateInput
+
+
+class ResearchRunRequest(JobRequestBase):
+    """Request for `research.run`."""
+
+    type: Literal["research.run"] = "research.run"
+    input: ResearchRunInput
+
+
+class VideoGenerateRequest(JobRequestBase):
+    """Request for `video.generate`."""
+
+    type: Literal["video.generate"] = "video.generate"
+    input: VideoGenerateInput
+
+
+class ImageProcessRequest(JobRequestBase):
+    """Request for `image.process`."""
+
+    type: Literal["image.process"] = "image.process"
+    input: ImageProcessInput
+
+
+JobRequest = Annotated[
+    AiGenerateRequest | ResearchRunRequest | VideoGenerateRequest | ImageProcessRequest,
+    Field(discriminator="type"),
+]
+"""The message on the `jobs` exchange: one of the four types, chosen by `type`."""
+
+JOB_REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
+
+JobType = Literal["ai.generate", "research.run", "video.generate", "image.process"]
+
+INPUT_MODELS: dict[str, type[Contract]] = {
+    "ai.generate": AiGenerateInput,
+    "research.run": ResearchRunInput,
+    "video.generate": VideoGenerateInput,
+    "image.process": ImageProcessInput,
+}
+RESULT_MODELS: dict[str, type[Contract]] = {
+    "ai.generate": AiGenerateResult,
+    "research.run": ResearchRunResult,
+    "video.generate": VideoGenerateResult,
+    "image.process": ImageProcessResult,
+}
+REQUEST_MODELS: dict[str, type[JobRequestBase]] = {
+    "ai.generate": AiGenerateRequest,
+    "research.run": ResearchRunRequest,
+    "video.generate": VideoGenerateRequest,
+    "image.process": ImageProcessRequest,
+}
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class JobPolicy(Contract):
+    """How a job type is run: attempts and the per-attempt timeout."""
+
+    max_attempts: int = Field(ge=1, description="Attempts before the job fails for good.")
+    timeout_s: float = Field(gt=0, description="Per-attempt time limit; a timeout is transient.")
+
+
+POLICIES: dict[str, JobPolicy] = {
+    "ai.generate": JobPolicy(max_attempts=3, timeout_s=120),
+    "research.run": JobPolicy(max_attempts=3, timeout_s=600),
+    "video.generate": JobPolicy(max_attempts=5, timeout_s=900),
+    "image.process": JobPolicy(max_attempts=3, timeout_s=60),
+}
+"""Default per-type policy (DESIGN §2).
+
+Every timeout stays below RabbitMQ's 30 min consumer timeout."""

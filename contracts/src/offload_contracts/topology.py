@@ -1,0 +1,50 @@
+"""RabbitMQ names (DESIGN §3). Services use these, never string literals."""
+
+from typing import Final
+
+JOBS_EXCHANGE: Final = "jobs"
+"""Topic exchange for job requests; routing key = job type."""
+DEAD_EXCHANGE: Final = "jobs.dead"
+"""Direct exchange for dead letters; routing key = service."""
+EVENTS_EXCHANGE: Final = "jobs.events"
+"""Topic exchange for job events; routing key = `<type>.<event>`."""
+
+SERVICE_OF_TYPE: Final[dict[str, str]] = {
+    "ai.generate": "ai",
+    "research.run": "research",
+    "video.generate": "video",
+    "image.process": "image",
+}
+"""Which service consumes each job type."""
+
+WORKER_SERVICES: Final = ("ai", "research", "video", "image")
+NOTIFIER_SERVICE: Final = "notifier"
+
+
+def service_of(job_type: str) -> str:
+    """The service that consumes `job_type` (its routing key's first segment)."""
+    return job_type.split(".", 1)[0]
+
+
+def work_queue(service: str) -> str:
+    return f"{service}.jobs"
+
+
+def work_binding(service: str) -> str:
+    return f"{service}.#"
+
+
+def retry_queue(service: str, tier: str) -> str:
+    return f"{service}.retry.{tier}"
+
+
+def dead_queue(service: str) -> str:
+    return f"{service}.dead"
+
+
+# Headers Offload sets on messages it dead-letters or retries.
+HEADER_ERROR: Final = "x-offload-error"
+HEADER_ERROR_TYPE: Final = "x-offload-error-type"
+HEADER_ATTEMPT: Final = "x-offload-attempt"
+HEADER_FAILED_AT: Final = "x-offload-failed-at"
+HEADER_SOURCE_QUEUE: Final = "x-offload-source-queue"

@@ -1,0 +1,1 @@
+"""The shared runtime: broker wiring, job store, job runner, settings, logging, errors."""

@@ -1,0 +1,67 @@
+"""Every Redis key name Offload uses, in one place.
+
+Keys that one Lua script touches for a job share the `{<job id>}` hash tag,
+so they land on one slot of a Redis Cluster. The prefix isolates deployments
+or test runs that share one Redis.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str = ""
+
+    def job(self, job_id: str) -> str:
+        """Hash: the job's state (the fields of `GET /v1/jobs/{id}`, plus tenant and input)."""
+        return f"{self.prefix}job:{{{job_id}}}"
+
+    def job_events(self, job_id: str) -> str:
+        """Stream (capped): the job's events, for SSE history and `Last-Event-ID` resume."""
+        return f"{self.prefix}job:{{{job_id}}}:events"
+
+    def job_checkpoints(self, job_id: str) -> str:
+        """Hash: step name → saved output, so a retried job resumes where it failed."""
+        return f"{self.prefix}job:{{{job_id}}}:checkpoints"
+
+    @property
+    def outbox(self) -> str:
+        """Stream: every event of every job, relayed by the notifier's consumer group."""
+        return f"{self.prefix}events:outbox"
+
+    def tenant_events(self, tenant: str) -> str:
+        """Stream (capped): all of one tenant's job events, for `GET /v1/events`."""
+        return f"{self.prefix}events:tenant:{tenant}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        """Sorted set: the tenant's job ids by creation time (ms), for listing."""
+        return f"{self.prefix}jobs:{tenant}"
+
+    @property
+    def unstarted(self) -> str:
+        """Sorted set: jobs accepted but not yet started, by acceptance time (ms).
+
+        The gateway's sweep republishes those that stay here past a deadline.
+        """
+        return f"{self.prefix}jobs:unstarted"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel: ids of active jobs whose workers must stop them."""
+        return f"{self.prefix}jobs:cancel"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        """String: `<job id> <body hash>` for a tenant's `Idempotency-Key`, kept 24 h."""
+        return f"{self.prefix}idem:{tenant}:{key}"
+
+    def webhook_secrets(self, tenant: str) -> str:
+        """List: the tenant's webhook secrets, newest first (two during a rotation)."""
+        return f"{self.prefix}whsec:{tenant}"
+
+    def file(self, file_id: str) -> str:
+        """Hash: an uploaded or produced file's metadata (tenant, bytes, sha256, type)."""
+        return f"{self.prefix}file:{file_id}"
+
+    def rate(self, tenant: str, window: int) -> str:
+        """Counter: the tenant's submissions in one rate-limit window."""
+        return f"{self.prefix}rate:{tenant}:{window}"

@@ -1,0 +1,103 @@
+"""Settings shared by every service: `OFFLOAD_*` environment variables (DESIGN §8).
+
+Nothing else in Offload reads `os.environ`; each service subclasses
+`RuntimeSettings` with its own fields.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PROJECT_VAR = Path(__file__).resolve().parents[4] / "var"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTier:
+    """One delayed-retry queue: its name (`30s`) and its delay."""
+
+    name: str
+    delay_ms: int
+
+    @property
+    def delay_s(self) -> float:
+        return self.delay_ms / 1000
+
+
+def parse_duration_ms(text: str) -> int:
+    """`"30s"` → 30000; `"50ms"` → 50; `"2m"`, `"1h"` likewise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 50ms, 30s, 2m, 1h)")
+    value, unit = match.groups()
+    ms = int(float(value) * _UNIT_MS[unit])
+    if ms <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return ms
+
+
+def parse_retry_tiers(text: str) -> tuple[RetryTier, ...]:
+    """`"30s,2m,10m,1h"` → the tiers, shortest first."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError("OFFLOAD_RETRY_TIERS needs at least one duration")
+    tiers = tuple(RetryTier(name, parse_duration_ms(name)) for name in names)
+    return tuple(sorted(tiers, key=lambda tier: tier.delay_ms))
+
+
+class RuntimeSettings(BaseSettings):
+    """What every Offload process reads from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore")
+
+    rabbitmq_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL."
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
+    redis_prefix: str = Field(
+        default="", description="Prefix for every Redis key (isolates test runs)."
+    )
+    retry_tiers: str = Field(
+        default="30s,2m,10m,1h", description="Delay tiers, comma-separated durations."
+    )
+    delivery_limit: int = Field(
+        default=5, ge=1, description="Redeliveries before RabbitMQ parks a message as poison."
+    )
+    storage_dir: Path = Field(default=_PROJECT_VAR / "storage", description="File storage root.")
+    job_retention_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long finished jobs are kept."
+    )
+    job_events_maxlen: int = Field(
+        default=1000, ge=10, description="Cap on each job's event stream."
+    )
+    log_level: str = Field(default="info", description="debug, info, warning, error.")
+    log_format: str = Field(default="json", description="`json` lines, or `console` for humans.")
+
+    @field_validator("retry_tiers")
+    @classmethod
+    def _tiers_parse(cls, value: str) -> str:
+        parse_retry_tiers(value)
+        return value
+
+    @property
+    def tiers(self) -> tuple[RetryTier, ...]:
+        return parse_retry_tiers(self.retry_tiers)
+
+
+class WorkerSettings(RuntimeSettings):
+    """Settings of a worker service (ai, research, video, image)."""
+
+    concurrency: int = Field(
+        default=16, ge=1, description="Jobs one process runs at once (= prefetch)."
+    )
+    job_timeout_s: float | None = Field(
+        default=None, gt=0, description="Override the job type's timeout (seconds)."
+    )
+    shutdown_grace_s: float = Field(
+        default=30, ge=0, description="On SIGTERM, how long in-flight jobs may take to finish."
+    )

@@ -1,0 +1,424 @@
+"""The Redis job store: one atomic Lua compare-and-set per transition (DESIGN §4).
+
+Each transition checks the job's current status (and attempt, and the id of
+the run that owns it), writes the new fields, and appends the transition's
+event to the job's stream and to the event outbox, all in one script. So a
+redelivered or duplicated message can never run a finished job again nor move
+a job backwards, and state and events never disagree.
+"""
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, Field
+
+from offload_contracts import EventKind, JobError, JobEvent, JobRequestBase, JobStatus, Progress
+from offload_runtime.keys import RedisKeys
+from offload_runtime.redis import ScriptBatcher
+
+TRANSITION_LUA = r"""
+-- KEYS: 1 job hash, 2 job events, 3 outbox, 4 unstarted zset, 5 tenant jobs zset, 6 checkpoints
+-- ARGV: 1 allowed 'status:attempt' pairs joined by '|' ('*' = any attempt, 'none' = absent)
+--       2 run id the job must hold ('' = no check)   3 event JSON ('' = none)
+--       4 job events cap   5 expire seconds (0 keep, -1 persist)
+--       6 unstarted set: 'add' | 'rem' | ''   7 score (ms) for 'add' and for a new job
+--       8 channel to publish the job id on ('' = none)   9 job id
+--       10.. field, value pairs to set ('' means unset)
+local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'run')
+local status = cur[1] or 'none'
+local attempt = cur[2] or '0'
+local ok = false
+for pair in string.gmatch(ARGV[1], '[^|]+') do
+  local s, a = string.match(pair, '^([^:]+):(.+)$')
+  if s == status and (a == '*' or a == attempt) then ok = true; break end
+end
+if ok and ARGV[2] ~= '' and cur[3] ~= ARGV[2] then ok = false end
+if not ok then return {0, status, attempt} end
+if #ARGV >= 11 then
+  local fields = {}
+  for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], unpack(fields))
+end
+if status == 'none' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[9]) end
+if ARGV[6] == 'add' then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[9])
+elseif ARGV[6] == 'rem' then redis.call('ZREM', KEYS[4], ARGV[9]) end
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'data', ARGV[3])
+  local webhook = redis.call('HGET', KEYS[1], 'webhook')
+  if webhook and webhook ~= '' then
+    redis.call('XADD', KEYS[3], '*', 'data', ARGV[3], 'webhook', webhook)
+  else
+    redis.call('XADD', KEYS[3], '*', 'data', ARGV[3])
+  end
+end
+if ARGV[5] == '-1' then
+  redis.call('PERSIST', KEYS[1]); redis.call('PERSIST', KEYS[2]); redis.call('PERSIST', KEYS[6])
+elseif ARGV[5] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ARGV[5]); redis.call('EXPIRE', KEYS[2], ARGV[5])
+  redis.call('EXPIRE', KEYS[6], ARGV[5])
+end
+if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
+return {1, status, attempt}
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else ""
+
+
+def new_id() -> str:
+    """A job or event id: 32 hex chars, unguessable."""
+    return uuid.uuid4().hex
+
+
+class JobRecord(BaseModel):
+    """A job as held in Redis: what `GET /v1/jobs/{id}` shows, plus tenant and input."""
+
+    id: str
+    tenant: str
+    type: str
+    status: JobStatus
+    attempt: int = 0
+    max_attempts: int
+    input: dict[str, Any] = Field(default_factory=dict)
+    progress: Progress | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    webhook: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> "JobRecord":
+        values: dict[str, Any] = {k: v for k, v in data.items() if v != "" and k != "run"}
+        for name in ("input", "progress", "result", "error", "webhook"):
+            if name in values:
+                values[name] = json.loads(values[name])
+        return cls.model_validate(values)
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionResult:
+    """Whether a transition happened, and the status and attempt it found."""
+
+    applied: bool
+    previous_status: str
+    previous_attempt: int
+
+
+class JobStore:
+    """Job state and events in Redis. Every write is one `TRANSITION_LUA` call."""
+
+    def __init__(
+        self,
+        client: "aioredis.Redis",
+        keys: RedisKeys,
+        *,
+        retention_s: int,
+        events_maxlen: int = 1000,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self._retention_s = retention_s
+        self._events_maxlen = events_maxlen
+        self._transition = ScriptBatcher(client, TRANSITION_LUA)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        data: dict[str, str] = await self.client.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
+        return JobRecord.from_hash(data) if data else None
+
+    # ------------------------------------------------------------------ transitions
+
+    async def create(
+        self,
+        request: JobRequestBase,
+        *,
+        webhook: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> TransitionResult:
+        """Record a new job `waiting` (event `queued`). Refused if the id exists."""
+        input_json = request.input.model_dump_json()  # type: ignore[attr-defined]
+        job_type: str = request.type  # type: ignore[attr-defined]
+        fields = {
+            "id": request.id,
+            "tenant": request.tenant,
+            "type": job_type,
+            "status": JobStatus.WAITING.value,
+            "attempt": "0",
+            "max_attempts": str(request.max_attempts),
+            "input": input_json,
+            "created_at": _iso(request.created_at),
+            "webhook": json.dumps(webhook) if webhook else "",
+            "idempotency_key": idempotency_key or "",
+        }
+        return await self._apply(
+            request.id,
+            request.tenant,
+            allowed="none:*",
+            event=self._event(request.id, request.tenant, job_type, EventKind.QUEUED, 0),
+            unstarted="add",
+            score=int(request.created_at.timestamp() * 1000),
+            fields=fields,
+        )
+
+    async def start(
+        self, request: JobRequestBase, run_id: str, *, redelivered: bool
+    ) -> TransitionResult:
+        """`waiting|delayed → active` for attempt n, owned by `run_id`.
+
+        A redelivered message may also take over a job left `active` (its
+        worker died mid-run) or `delayed` (its worker died after recording the
+        retry but before acking), for the same attempt.
+        """
+        n = request.attempt
+        allowed = f"waiting:{n - 1}|delayed:{n - 1}"
+        if redelivered:
+            allowed += f"|active:{n}|delayed:{n}"
+        return await self._apply(
+            request.id,
+            request.tenant,
+            allowed=allowed,
+            event=self._event(request.id, request.tenant, _type(request), EventKind.STARTED, n),
+            unstarted="rem",
+            fields={
+                "status": JobStatus.ACTIVE.value,
+                "attempt": str(n),
+                "run": run_id,
+                "started_at": _iso(utcnow()),
+                "next_attempt_at": "",
+            },
+        )
+
+    async def progress(
+        self, request: JobRequestBase, run_id: str, percent: float, message: str
+    ) -> TransitionResult:
+        progress = Progress(percent=max(0.0, min(100.0, percent)), message=message[:500])
+        return await self._apply(
+            request.id,
+            request.tenant,
+            allowed=f"active:{request.attempt}",
+            run=run_id,
+            event=self._event(
+                request.id,
+                request.tenant,
+                _type(request),
+                EventKind.PROGRESS,
+                request.attempt,
+                progress=progress,
+            ),
+            fields={"progress": progress.model_dump_json()},
+        )
+
+    async def complete(
+        self, request: JobRequestBase, run_id: str, result: dict[str, Any]
+    ) -> TransitionResult:
+        return await self._apply(
+            request.id,
+            request.tenant,
+            allowed=f"active:{request.attempt}",
+            run=run_id,
+            event=self._event(
+                request.id,
+                request.tenant,
+                _type(request),
+                EventKind.COMPLETED,
+                request.attempt,
+                result=result,
+            ),
+            expire=self._retention_s,
+            fields={
+                "status": JobStatus.COMPLETED.value,
+                "result": json.dumps(result),
+                "progress": Progress(percent=100, message="completed").model_dump_json(),
+                "finished_at": _iso(utcnow()),
+                "run": "",
+            },
+        )
+
+    async def retry(
+        self,
+        request: JobRequestBase,
+        run_id: str,
+        error: JobError,
+        next_attempt_at: datetime,
+    ) -> TransitionResult:
+        """`active → delayed`: the next attempt comes from a retry tier."""
+        return await self._apply(
+            request.id,
+            request.tenant,
+            allowed=f"active:{request.attempt}",
+            run=run_id,
+            event=self._event(
+                request.id,
+                request.tenant,
+                _type(request),
+                EventKind.RETRYING,
+                request.attempt,
+                error=error,
+                next_attempt_at=next_attempt_at,
+            ),
+            fields={
+                "status": JobStatus.DELAYED.value,
+                "error": error.model_dump_json(),
+                "next_attempt_at": _iso(next_attempt_at),
+            },
+        )
+
+    async def fail(
+        self,
+        job_id: str,
+        tenant: str,
+        job_type: str,
+        attempt: int,
+        error: JobError,
+        *,
+        run_id: str | None,
+    ) -> TransitionResult:
+        """`→ failed`: with a run id, from that run's `active`; without, from any live state."""
+        allowed = f"active:{attempt}" if run_id else "waiting:*|delayed:*|active:*"
+        return await self._apply(
+            job_id,
+            tenant,
+            allowed=allowed,
+            run=run_id or "",
+            event=self._event(job_id, tenant, job_type, EventKind.FAILED, attempt, error=error),
+            expire=self._retention_s,
+            unstarted="rem",
+            fields={
+                "status": JobStatus.FAILED.value,
+                "error": error.model_dump_json(),
+                "finished_at": _iso(utcnow()),
+                "next_attempt_at": "",
+                "run": "",
+            },
+        )
+
+    async def cancel(self, job: JobRecord) -> TransitionResult:
+        """`waiting|delayed|active → cancelled`; an active job's worker is told to stop."""
+        return await self._apply(
+            job.id,
+            job.tenant,
+            allowed="waiting:*|delayed:*|active:*",
+            event=self._event(job.id, job.tenant, job.type, EventKind.CANCELLED, job.attempt),
+            expire=self._retention_s,
+            unstarted="rem",
+            publish=self.keys.cancel_channel,
+            fields={
+                "status": JobStatus.CANCELLED.value,
+                "finished_at": _iso(utcnow()),
+                "next_attempt_at": "",
+                "run": "",
+            },
+        )
+
+    async def replay(self, job: JobRecord) -> TransitionResult:
+        """`failed → waiting` with attempts reset (a dead letter replayed by an operator)."""
+        return await self._apply(
+            job.id,
+            job.tenant,
+            allowed="failed:*",
+            event=self._event(job.id, job.tenant, job.type, EventKind.QUEUED, 0),
+            expire=-1,
+            unstarted="add",
+            score=int(utcnow().timestamp() * 1000),
+            fields={
+                "status": JobStatus.WAITING.value,
+                "attempt": "0",
+                "error": "",
+                "result": "",
+                "progress": "",
+                "started_at": "",
+                "finished_at": "",
+            },
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def load_checkpoint(self, job_id: str, step: str) -> str | None:
+        value = await self.client.hget(self.keys.job_checkpoints(job_id), step)
+        return None if value is None else str(value)
+
+    async def save_checkpoint(self, job_id: str, step: str, value: str) -> None:
+        await self.client.hset(self.keys.job_checkpoints(job_id), step, value)
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _event(
+        job_id: str,
+        tenant: str,
+        job_type: str,
+        kind: EventKind,
+        attempt: int,
+        **extra: Any,
+    ) -> str:
+        return JobEvent(
+            event_id=new_id(),
+            job_id=job_id,
+            tenant=tenant,
+            type=job_type,
+            event=kind,
+            at=utcnow(),
+            attempt=attempt,
+            **extra,
+        ).model_dump_json(exclude_none=True)
+
+    async def _apply(
+        self,
+        job_id: str,
+        tenant: str,
+        *,
+        allowed: str,
+        fields: dict[str, str],
+        run: str = "",
+        event: str = "",
+        expire: int = 0,
+        unstarted: str = "",
+        score: int = 0,
+        publish: str = "",
+    ) -> TransitionResult:
+        k = self.keys
+        keys = (
+            k.job(job_id),
+            k.job_events(job_id),
+            k.outbox,
+            k.unstarted,
+            k.tenant_jobs(tenant),
+            k.job_checkpoints(job_id),
+        )
+        flat: list[str] = []
+        for name, value in fields.items():
+            flat.append(name)
+            flat.append(value)
+        args = (
+            allowed,
+            run,
+            event,
+            self._events_maxlen,
+            expire,
+            unstarted,
+            score,
+            publish,
+            job_id,
+            *flat,
+        )
+        applied, status, attempt = await self._transition(keys, args)
+        return TransitionResult(bool(applied), str(status), int(attempt))
+
+
+def _type(request: JobRequestBase) -> str:
+    job_type: str = request.type  # type: ignore[attr-defined]
+    return job_type

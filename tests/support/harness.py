@@ -1,0 +1,144 @@
+"""A runtime test harness: real broker and Redis, a worker on a unique service name."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from offload_contracts import JobEvent, JobStatus, topology
+from offload_runtime.broker import declare_service_topology, make_broker, publish_confirmed
+from offload_runtime.keys import RedisKeys
+from offload_runtime.redis import connect_redis
+from offload_runtime.runner import JobHandler
+from offload_runtime.settings import WorkerSettings
+from offload_runtime.store import JobRecord, JobStore, new_id
+from offload_runtime.worker import Worker, build_worker
+from tests.support.infra import Infra
+from tests.support.testjob import ProbeInput, ProbeRequest
+
+
+class Harness:
+    def __init__(self, infra: Infra, **settings_overrides: Any) -> None:
+        self.infra = infra
+        self.service = f"t{uuid.uuid4().hex[:10]}"
+        values: dict[str, Any] = {
+            "rabbitmq_url": infra.rabbitmq_url,
+            "redis_url": infra.redis_url,
+            "redis_prefix": f"{infra.redis_prefix}{self.service}:",
+            "retry_tiers": "50ms,100ms",
+            "concurrency": 8,
+            "shutdown_grace_s": 1,
+            "log_level": "warning",
+        }
+        values.update(settings_overrides)
+        self.settings = WorkerSettings(**values)
+        self.keys = RedisKeys(self.settings.redis_prefix)
+        self.store = JobStore(
+            connect_redis(infra.redis_url), self.keys, retention_s=3600, events_maxlen=100
+        )
+        self.broker = make_broker(infra.rabbitmq_url, service=f"{self.service}-test")
+        self.workers: list[Worker] = []
+
+    async def open(self) -> None:
+        await self.broker.connect()
+        await declare_service_topology(
+            self.broker,
+            self.service,
+            self.settings.tiers,
+            delivery_limit=self.settings.delivery_limit,
+        )
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            await worker.app.stop()
+        await self.broker.stop()
+        await self.store.client.aclose()
+
+    async def start_worker(self, handler: JobHandler[Any], **overrides: Any) -> Worker:
+        settings = self.settings.model_copy(update=overrides)
+        worker = build_worker(service=self.service, settings=settings, handlers=[handler])
+        await worker.app.start()
+        self.workers.append(worker)
+        return worker
+
+    # ------------------------------------------------------------------ submitting
+
+    def request(
+        self, max_attempts: int = 3, job_id: str | None = None, **spec: Any
+    ) -> ProbeRequest:
+        return ProbeRequest(
+            id=job_id or new_id(),
+            tenant="acme",
+            max_attempts=max_attempts,
+            created_at=datetime.now(UTC),
+            input=ProbeInput(**spec),
+        )
+
+    async def submit(self, max_attempts: int = 3, **spec: Any) -> ProbeRequest:
+        """What the gateway does: record `waiting`, then publish with a confirm."""
+        request = self.request(max_attempts=max_attempts, **spec)
+        created = await self.store.create(request)
+        assert created.applied
+        await self.publish(request.model_dump_json().encode())
+        return request
+
+    async def publish(self, body: bytes) -> None:
+        await publish_confirmed(
+            self.broker, body, exchange=topology.JOBS_EXCHANGE, routing_key=f"{self.service}.job"
+        )
+
+    # ------------------------------------------------------------------ observing
+
+    async def wait_status(
+        self, job_id: str, statuses: Iterable[JobStatus], timeout: float = 10
+    ) -> JobRecord:
+        wanted = set(statuses)
+        deadline = time.monotonic() + timeout
+        record = None
+        while time.monotonic() < deadline:
+            record = await self.store.get(job_id)
+            if record is not None and record.status in wanted:
+                return record
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"job {job_id} never reached {wanted}; last seen: {record}")
+
+    async def events(self, job_id: str) -> list[JobEvent]:
+        entries = await self.store.client.xrange(self.keys.job_events(job_id))
+        return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+
+    async def outbox_events(self, job_id: str) -> list[JobEvent]:
+        entries = await self.store.client.xrange(self.keys.outbox)
+        events = [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+        return [event for event in events if event.job_id == job_id]
+
+    async def take_dead(self, expected: int, timeout: float = 10) -> list[AbstractIncomingMessage]:
+        """Take `expected` messages from the service's dead queue (waiting for them)."""
+        connection = await aio_pika.connect(self.infra.rabbitmq_url)
+        taken: list[AbstractIncomingMessage] = []
+        try:
+            channel = await connection.channel()
+            queue = await channel.get_queue(topology.dead_queue(self.service), ensure=False)
+            deadline = time.monotonic() + timeout
+            while len(taken) < expected and time.monotonic() < deadline:
+                message = await queue.get(no_ack=True, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.02)
+                else:
+                    taken.append(message)
+        finally:
+            await connection.close()
+        return taken
+
+    async def queue_depth(self, name: str) -> int:
+        connection = await aio_pika.connect(self.infra.rabbitmq_url)
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        finally:
+            await connection.close()
