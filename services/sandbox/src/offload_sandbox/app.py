@@ -1,0 +1,25 @@
+"""The sandbox: local stand-ins for the external providers (DESIGN §1).
+
+An OpenAI-compatible chat completions API (`llm.py`) and a submit/poll/download
+video API (`video.py`), with latency and failure injection. `make run` and the
+tests use it by default; it also serves offline demos and load tests.
+"""
+
+from fastapi import FastAPI
+
+from offload_sandbox.settings import SandboxSettings
+
+
+def build_app(settings: SandboxSettings | None = None) -> FastAPI:
+    settings = settings or SandboxSettings()
+    app = FastAPI(title="Offload sandbox providers", version="0.1.0")
+    app.state.settings = settings
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # Each provider is a router in its own module, included here:
+    # app.include_router(llm.build_router(settings))
+    # app.include_router(video.build_router(settings))
+    return app
