@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from offload_runtime.auth import KeyRing, parse_admin_keys, parse_api_keys
+
 _PROJECT_VAR = Path(__file__).resolve().parents[4] / "var"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -75,6 +77,13 @@ class RuntimeSettings(BaseSettings):
     job_events_maxlen: int = Field(
         default=1000, ge=10, description="Cap on each job's event stream."
     )
+    api_keys: str = Field(
+        default="dev-key=dev", description="API keys: comma-separated `key=tenant` pairs."
+    )
+    admin_keys: str = Field(default="dev-admin-key", description="Admin keys, comma-separated.")
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook/source URLs on loopback or private addresses."
+    )
     log_level: str = Field(default="info", description="debug, info, warning, error.")
     log_format: str = Field(default="json", description="`json` lines, or `console` for humans.")
 
@@ -84,9 +93,19 @@ class RuntimeSettings(BaseSettings):
         parse_retry_tiers(value)
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
+
     @property
     def tiers(self) -> tuple[RetryTier, ...]:
         return parse_retry_tiers(self.retry_tiers)
+
+    @property
+    def key_ring(self) -> KeyRing:
+        return KeyRing(parse_api_keys(self.api_keys), parse_admin_keys(self.admin_keys))
 
 
 class WorkerSettings(RuntimeSettings):
