@@ -1,0 +1,1 @@
+"""Offload benchmarks: each prints figures (and writes JSON under bench/results/)."""

@@ -1,0 +1,229 @@
+"""One worker process draining N pre-published no-op jobs, every transition and event included.
+
+    uv run python -m bench.runner_throughput [--jobs 20000] [--concurrency 100] [--runs 3]
+
+Prints jobs/s and the worker's CPU per job (median of the runs). The worker runs
+in its own process (uvloop), exactly as a service does: `build_worker` with a
+no-op handler; the publisher and the checks run in this process.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+from bench.infra import bench_infra
+from bench.report import report
+from offload_contracts import Contract, JobPolicy, JobRequestBase, topology
+from offload_runtime.broker import declare_service_topology, make_broker
+from offload_runtime.keys import RedisKeys
+from offload_runtime.metrics import JOBS
+from offload_runtime.ports import JobContext
+from offload_runtime.redis import connect_redis
+from offload_runtime.runner import JobHandler
+from offload_runtime.settings import WorkerSettings
+from offload_runtime.store import JobStore, new_id
+
+SERVICE = "bench"
+
+
+class NoopInput(Contract):
+    n: int = 0
+
+
+class NoopRequest(JobRequestBase):
+    type: Literal["bench.noop"] = "bench.noop"
+    input: NoopInput
+
+
+class NoopResult(Contract):
+    ok: bool
+
+
+async def noop(request: NoopRequest, ctx: JobContext) -> NoopResult:
+    return NoopResult(ok=True)
+
+
+HANDLER = JobHandler(NoopRequest, noop, JobPolicy(max_attempts=3, timeout_s=60))
+
+
+# --------------------------------------------------------------------------- worker process
+
+
+async def _worker_main(jobs: int) -> None:
+    from offload_runtime.worker import build_worker
+
+    settings = WorkerSettings()  # from the environment the parent set
+    worker = build_worker(service=SERVICE, settings=settings, handlers=[HANDLER])
+    completed = JOBS.labels("bench.noop", "completed")
+    await worker.app.start()
+    # The clock starts at the first completion (connection set-up excluded), so
+    # the figures cover jobs - 1 completions.
+    while completed._value.get() == 0:
+        await asyncio.sleep(0.0005)
+    began_wall, began_cpu, first = time.perf_counter(), _cpu(), completed._value.get()
+    while completed._value.get() < jobs:
+        await asyncio.sleep(0.001)
+    wall, cpu = time.perf_counter() - began_wall, _cpu() - began_cpu
+    await worker.app.stop()
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "measured": jobs - first}), flush=True)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------- driver
+
+
+async def _prepublish(settings: WorkerSettings, jobs: int) -> JobStore:
+    store = JobStore(
+        connect_redis(settings.redis_url),
+        RedisKeys(settings.redis_prefix),
+        retention_s=3600,
+    )
+    broker = make_broker(settings.rabbitmq_url, service="bench-publisher")
+    await broker.connect()
+    await declare_service_topology(
+        broker, SERVICE, settings.tiers, delivery_limit=settings.delivery_limit
+    )
+    import aio_pika
+
+    connection = await aio_pika.connect(settings.rabbitmq_url)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(topology.JOBS_EXCHANGE)
+    batch = 500
+    for start in range(0, jobs, batch):
+        requests = [
+            NoopRequest(
+                id=new_id(),
+                tenant="bench",
+                max_attempts=3,
+                created_at=datetime.now(UTC),
+                input=NoopInput(n=i),
+            )
+            for i in range(start, min(start + batch, jobs))
+        ]
+        await asyncio.gather(*(store.create(r) for r in requests))
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        r.model_dump_json().encode(),
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=f"{SERVICE}.noop",
+                )
+                for r in requests
+            )
+        )
+    await connection.close()
+    await broker.stop()
+    return store
+
+
+async def _one_run(jobs: int, concurrency: int) -> dict[str, float]:
+    with bench_infra("runner") as infra:
+        env = {
+            **os.environ,
+            "OFFLOAD_RABBITMQ_URL": infra.rabbitmq_url,
+            "OFFLOAD_REDIS_URL": infra.redis_url,
+            "OFFLOAD_REDIS_PREFIX": infra.redis_prefix,
+            "OFFLOAD_CONCURRENCY": str(concurrency),
+            "OFFLOAD_LOG_LEVEL": "warning",
+            "OFFLOAD_RETRY_TIERS": "1s",
+        }
+        settings = WorkerSettings(
+            rabbitmq_url=infra.rabbitmq_url,
+            redis_url=infra.redis_url,
+            redis_prefix=infra.redis_prefix,
+            retry_tiers="1s",
+        )
+        store = await _prepublish(settings, jobs)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bench.runner_throughput", "--worker", "--jobs", str(jobs)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"worker failed: {done.stderr[-2000:]}")
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        # Every job must have gone through queued → started → completed, all recorded.
+        outbox = await store.client.xlen(store.keys.outbox)
+        await store.client.aclose()
+        if outbox != 3 * jobs:
+            raise RuntimeError(f"expected {3 * jobs} events in the outbox, found {outbox}")
+        left = await _queue_depth(settings.rabbitmq_url, topology.work_queue(SERVICE))
+        if left:
+            raise RuntimeError(f"{left} messages left in the work queue: not all were acked")
+        return figures
+
+
+async def _queue_depth(url: str, name: str) -> int:
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    runs = [await _one_run(args.jobs, args.concurrency) for _ in range(args.runs)]
+    rows = [
+        {
+            "run": i + 1,
+            "jobs": args.jobs,
+            "jobs_per_s": r["measured"] / r["wall_s"],
+            "worker_cpu_ms_per_job": 1000 * r["cpu_s"] / r["measured"],
+        }
+        for i, r in enumerate(runs)
+    ]
+    rows.append(
+        {
+            "run": "median",
+            "jobs": args.jobs,
+            "jobs_per_s": statistics.median(row["jobs_per_s"] for row in rows),
+            "worker_cpu_ms_per_job": statistics.median(r["worker_cpu_ms_per_job"] for r in rows),
+        }
+    )
+    report(
+        "runner_throughput",
+        rows,
+        target_jobs_per_s=1000,
+        concurrency=args.concurrency,
+        note="one worker process (uvloop), quorum queue, 2 Lua transitions + 2 outbox events/job",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        import uvloop
+
+        uvloop.run(_worker_main(args.jobs))
+    else:
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
