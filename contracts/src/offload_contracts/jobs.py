@@ -204,23 +204,39 @@ class AutoOrientOp(Contract):
 
 
 class StripMetadataOp(Contract):
-    """Drop EXIF, ICC and other metadata from the output."""
+    """Drop EXIF, ICC and other metadata from every output.
+
+    An output setting: wherever it appears in the list, it applies to the main
+    output and the thumbnails. Without it, EXIF and the ICC profile are kept.
+    """
 
     op: Literal["strip_metadata"]
 
 
 class ConvertOp(Contract):
-    """Choose the output format."""
+    """Choose the output format.
+
+    An output setting: wherever it appears in the list, the last one applies
+    to the main output and to thumbnails that do not choose their own. Without
+    it, a jpeg, png, webp or avif source keeps its format; others become png.
+    """
 
     op: Literal["convert"]
     format: ImageFormat = Field(description="Output format.")
 
 
 class QualityOp(Contract):
-    """Output quality (jpeg, webp, avif) or compression level (png, 0–9)."""
+    """Output quality (jpeg, webp, avif) or compression level (png, 0–9).
+
+    An output setting like `convert`: the last one applies to every output.
+    """
 
     op: Literal["quality"]
-    quality: int = Field(ge=1, le=100, description="1–100; png maps it to a compression level.")
+    quality: int = Field(
+        ge=1,
+        le=100,
+        description="1–100; png uses it as zlib compression level min(9, quality // 10).",
+    )
 
 
 class ThumbnailSize(Contract):
@@ -231,10 +247,16 @@ class ThumbnailSize(Contract):
 
 
 class ThumbnailsOp(Contract):
-    """Several thumbnails of the image as it is at this point; one output file each."""
+    """Several thumbnails of the image as it is at this point; one output file each.
+
+    Each keeps the aspect ratio inside its box and is never larger than the image.
+    """
 
     op: Literal["thumbnails"]
     sizes: list[ThumbnailSize] = Field(min_length=1, max_length=20, description="Bounding boxes.")
+    format: ImageFormat | None = Field(
+        default=None, description="The thumbnails' format; the main output's format when absent."
+    )
 
 
 ImageOperation = Annotated[
