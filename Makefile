@@ -2,14 +2,14 @@
 # `make run` starts every service locally; `make test` runs the whole suite.
 
 SHELL := /bin/bash
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 PYTHON ?= python3
+# uv from PATH, else the one `pip install uv` puts beside this Python.
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(PYTHON) -m uv)
 
 .PHONY: install lint typecheck test run bench clean
 
 install: ## create .venv from the lock file (installs uv with pip when missing)
-	@command -v $(UV) >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
-	@$(eval UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv"))
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --locked --quiet
 
 lint: install ## ruff and mypy
