@@ -11,3 +11,28 @@ class SandboxSettings(BaseSettings):
 
     sandbox_port: int = Field(default=8002, description="Port the sandbox listens on.")
     sandbox_host: str = Field(default="127.0.0.1", description="Interface to bind.")
+
+    # The video provider (`video.py`): render time, file size, failure knobs.
+    sandbox_video_render_s: float = Field(
+        default=10, ge=0, description="Video: how long a render takes, in seconds."
+    )
+    sandbox_video_bytes_per_second: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Video: file bytes per second of 1080p video (480p ¼, 720p ½, 4k 4×).",
+    )
+    sandbox_video_max_bytes: int = Field(
+        default=4 * 1024**3, ge=1, description="Video: larger renders are refused with a 400."
+    )
+    sandbox_video_retry_after_s: float = Field(
+        default=1, ge=0, description="Video: the Retry-After of `sandbox-fail-N` answers."
+    )
+    sandbox_video_drop_first_download_at: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Video: break every render's first download after this fraction of it.",
+    )
+    sandbox_video_api_key: str | None = Field(
+        default=None, description="Video: when set, requests must carry `Bearer <this key>`."
+    )
