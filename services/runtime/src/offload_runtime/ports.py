@@ -15,6 +15,16 @@ class JobContext(Protocol):
     @property
     def attempt(self) -> int: ...
 
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the job was cancelled (`DELETE /v1/jobs/{id}`), before its task is.
+
+        A job function that catches `CancelledError` reads it to tell a user's
+        cancel (clean up: stop the provider's work, remove partial files) from a
+        timeout or a shutdown (keep them: the next attempt resumes from them).
+        """
+        ...
+
     async def progress(self, percent: float, message: str = "") -> None:
         """Report progress; throttled to two events a second per job."""
         ...
