@@ -7,7 +7,7 @@ tests use it by default; it also serves offline demos and load tests.
 
 from fastapi import FastAPI
 
-from offload_sandbox import video
+from offload_sandbox import llm, video
 from offload_sandbox.settings import SandboxSettings
 
 
@@ -21,6 +21,6 @@ def build_app(settings: SandboxSettings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     # Each provider is a router in its own module, included here:
-    # app.include_router(llm.build_router(settings))
+    app.include_router(llm.build_router(settings))
     app.include_router(video.build_router(settings))
     return app

@@ -12,6 +12,26 @@ class SandboxSettings(BaseSettings):
     sandbox_port: int = Field(default=8002, description="Port the sandbox listens on.")
     sandbox_host: str = Field(default="127.0.0.1", description="Interface to bind.")
 
+    # The LLM (`llm.py`): pace and length of the generated answers.
+    sandbox_llm_ttft_ms: float = Field(
+        default=300, ge=0, description="LLM: time to first token, in milliseconds."
+    )
+    sandbox_llm_tokens_per_s: float = Field(
+        default=50, gt=0, description="LLM: tokens streamed per second after the first."
+    )
+    sandbox_llm_answer_tokens: int = Field(
+        default=200,
+        ge=1,
+        description="LLM: natural answer length in tokens (±25%, whole sentences), "
+        "before max_tokens cuts it.",
+    )
+    sandbox_llm_retry_after_s: float = Field(
+        default=1, ge=0, description="LLM: the Retry-After of `sandbox-ratelimit-N` answers."
+    )
+    sandbox_llm_tracked_jobs: int = Field(
+        default=10_000, ge=1, description="LLM: jobs whose calls are remembered (oldest dropped)."
+    )
+
     # The video provider (`video.py`): render time, file size, failure knobs.
     sandbox_video_render_s: float = Field(
         default=10, ge=0, description="Video: how long a render takes, in seconds."
