@@ -1,0 +1,1 @@
+"""The video service's adapters: the provider over HTTP, partial files on the storage volume."""
