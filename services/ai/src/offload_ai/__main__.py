@@ -1,0 +1,12 @@
+"""`python -m offload_ai`: run the ai worker until SIGINT/SIGTERM."""
+
+from offload_ai.app import build_app
+from offload_runtime.worker import run_worker
+
+
+def main() -> None:
+    run_worker(build_app())
+
+
+if __name__ == "__main__":
+    main()
