@@ -6,6 +6,7 @@ socket, with real streaming and real disconnects.
 """
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,8 +53,8 @@ async def running_sandbox(**overrides: Any) -> AsyncIterator[RunningSandbox]:
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
-    # uvicorn would install its own signal handlers; the test runner owns them.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # uvicorn would capture SIGINT/SIGTERM while it serves; the test runner owns them.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
