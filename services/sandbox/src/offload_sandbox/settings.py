@@ -56,3 +56,8 @@ class SandboxSettings(BaseSettings):
     sandbox_video_api_key: str | None = Field(
         default=None, description="Video: when set, requests must carry `Bearer <this key>`."
     )
+    sandbox_video_download_bytes_per_second: int | None = Field(
+        default=None,
+        ge=1,
+        description="Video: cap each download at this rate (unlimited when unset).",
+    )

@@ -24,7 +24,8 @@ Failure injection by model name (DESIGN §8, plus two video-only ones):
 accepted, then its first N status or content calls answer 503 with `Retry-After`;
 `sandbox-drop-P` → the first download of the render breaks (connection dropped) after P % of
 the file; `sandbox-render-fail` → the render ends `failed` with a reason.
-`OFFLOAD_SANDBOX_VIDEO_DROP_FIRST_DOWNLOAD_AT` (a fraction) breaks every render's first download.
+`OFFLOAD_SANDBOX_VIDEO_DROP_FIRST_DOWNLOAD_AT` (a fraction) breaks every render's first download;
+`OFFLOAD_SANDBOX_VIDEO_DOWNLOAD_BYTES_PER_SECOND` caps each download's rate.
 """
 
 import asyncio
@@ -181,8 +182,10 @@ class _Patterns:
         return pattern
 
 
-def content_pieces(pattern: bytes, start: int, end: int) -> Iterator[bytes]:
-    """Bytes `start..end` (exclusive) of the file, at most one block per piece.
+def content_pieces(
+    pattern: bytes, start: int, end: int, piece_size: int = BLOCK
+) -> Iterator[bytes]:
+    """Bytes `start..end` (exclusive) of the file, at most `piece_size` (≤ one block) each.
 
     Block k is the pattern rotated by a k-dependent offset, so no two MiB of a
     file are alike and a misplaced resume shows up in the checksum.
@@ -193,7 +196,8 @@ def content_pieces(pattern: bytes, start: int, end: int) -> Iterator[bytes]:
         rotation = (block * 7919 * 131) % BLOCK
         rotated = pattern[rotation:] + pattern[:rotation]
         stop = min(BLOCK, inside + (end - offset))
-        yield rotated[inside:stop]
+        for at in range(inside, stop, piece_size):
+            yield rotated[at : min(stop, at + piece_size)]
         offset += stop - inside
 
 
@@ -410,10 +414,19 @@ def build_router(settings: SandboxSettings) -> APIRouter:
         if render.drop_at is not None and render.content_calls == 1:
             cut = render.size * render.drop_at // 100
 
+        rate = settings.sandbox_video_download_bytes_per_second
+
         async def body() -> AsyncIterator[bytes]:
             pattern = sandbox.patterns.of(render.id)
             offset = start
-            for piece in content_pieces(pattern, start, end):
+            began = time.monotonic()
+            # A throttled download goes out in small pieces, so its pace is even.
+            piece_size = BLOCK if rate is None else max(4096, min(BLOCK, rate // 20))
+            for piece in content_pieces(pattern, start, end, piece_size):
+                if rate is not None:
+                    ahead = (offset - start) / rate - (time.monotonic() - began)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
                 if cut is not None and offset <= cut < offset + len(piece):
                     head = piece[: cut - offset]
                     if head:
