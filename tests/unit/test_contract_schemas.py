@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from offload_contracts import JOB_REQUEST_ADAPTER, JobError, JobEvent, JobPolicy, jobs
+from offload_contracts import JOB_REQUEST_ADAPTER, JobError, JobEvent, JobPolicy, api, jobs
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -20,6 +20,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "JobPolicy": JobPolicy,
     **{f"{name}.request": model for name, model in jobs.REQUEST_MODELS.items()},
     **{f"{name}.result": model for name, model in jobs.RESULT_MODELS.items()},
+    **{f"api.{name}": model for name, model in api.API_MODELS.items()},
 }
 
 

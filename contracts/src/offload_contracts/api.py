@@ -1,0 +1,194 @@
+"""Payloads of the public HTTP API (DESIGN §2): what clients send and what they get back.
+
+A submission is `{"type", "input", "webhook"?}`, discriminated by `type`, and
+reuses the job types' input models, so the gateway refuses a bad input with a
+422 before anything is recorded or queued. Errors are RFC 9457 problem details.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from offload_contracts.base import Contract
+from offload_contracts.errors import JobError
+from offload_contracts.events import EventKind, Progress
+from offload_contracts.jobs import (
+    AiGenerateInput,
+    ImageProcessInput,
+    JobStatus,
+    ResearchRunInput,
+    VideoGenerateInput,
+)
+
+# --------------------------------------------------------------------------- submissions
+
+
+class WebhookSpec(Contract):
+    """Where to deliver the job's events as signed webhooks (Standard Webhooks)."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="An http(s) URL that answers 2xx; private and loopback addresses are "
+        "refused unless the deployment allows them.",
+    )
+    events: list[EventKind] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(EventKind),
+        description="Which events to deliver; every event when absent.",
+    )
+
+
+class _Submission(Contract):
+    webhook: WebhookSpec | None = Field(
+        default=None, description="Deliver this job's events to a URL as signed webhooks."
+    )
+
+
+class AiGenerateSubmission(_Submission):
+    """Submit an `ai.generate` job: one LLM completion."""
+
+    type: Literal["ai.generate"]
+    input: AiGenerateInput
+
+
+class ResearchRunSubmission(_Submission):
+    """Submit a `research.run` job: plan, sub-answers, synthesis."""
+
+    type: Literal["research.run"]
+    input: ResearchRunInput
+
+
+class VideoGenerateSubmission(_Submission):
+    """Submit a `video.generate` job: render with the provider, then store the file."""
+
+    type: Literal["video.generate"]
+    input: VideoGenerateInput
+
+
+class ImageProcessSubmission(_Submission):
+    """Submit an `image.process` job: a Pillow pipeline over an uploaded file or a URL."""
+
+    type: Literal["image.process"]
+    input: ImageProcessInput
+
+
+JobSubmission = Annotated[
+    AiGenerateSubmission | ResearchRunSubmission | VideoGenerateSubmission | ImageProcessSubmission,
+    Field(discriminator="type"),
+]
+"""The body of `POST /v1/jobs`: one of the four types, chosen by `type`."""
+
+SUBMISSION_MODELS: dict[str, type[_Submission]] = {
+    "ai.generate": AiGenerateSubmission,
+    "research.run": ResearchRunSubmission,
+    "video.generate": VideoGenerateSubmission,
+    "image.process": ImageProcessSubmission,
+}
+
+# --------------------------------------------------------------------------- jobs
+
+
+class JobLinks(Contract):
+    """Where to read more about the job."""
+
+    self: str = Field(description="This job: `GET` to read it, `DELETE` to cancel it.")
+    events: str = Field(description="The job's events as Server-Sent Events (the notifier).")
+    result: str | None = Field(
+        default=None, description="The result's file, when the job produced one."
+    )
+
+
+class JobView(Contract):
+    """A job as its tenant sees it."""
+
+    id: str = Field(description="Job id.")
+    type: str = Field(description="Job type, e.g. `image.process`.")
+    status: JobStatus = Field(description="Where the job is in its life.")
+    attempt: int = Field(ge=0, description="The current or last attempt (0 before the first).")
+    max_attempts: int = Field(ge=1, description="Attempts allowed before it fails for good.")
+    progress: Progress | None = Field(default=None, description="Last reported progress.")
+    result: dict[str, Any] | None = Field(
+        default=None, description="The result, once completed (the type's result model)."
+    )
+    error: JobError | None = Field(
+        default=None, description="Why the last attempt failed (while retrying, or failed)."
+    )
+    created_at: datetime = Field(description="When the job was accepted (UTC).")
+    started_at: datetime | None = Field(default=None, description="When the last attempt began.")
+    finished_at: datetime | None = Field(default=None, description="When it reached its end.")
+    next_attempt_at: datetime | None = Field(
+        default=None, description="When a delayed job's next attempt is due."
+    )
+    links: JobLinks = Field(description="Related resources.")
+
+
+class JobPage(Contract):
+    """One page of the tenant's jobs, newest first."""
+
+    items: list[JobView] = Field(description="The jobs on this page.")
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; absent on the last page."
+    )
+
+
+# --------------------------------------------------------------------------- secrets, health
+
+
+class WebhookSecretView(Contract):
+    """The tenant's webhook signing secret."""
+
+    secret: str = Field(description="The current secret (`whsec_…`); verify signatures with it.")
+    signing: list[str] = Field(
+        description="Every secret that signs now: the current one, and the previous one "
+        "during a rotation's grace period."
+    )
+
+
+class Readiness(Contract):
+    """Whether this replica can take work: its broker and Redis are reachable."""
+
+    ready: bool = Field(description="Both dependencies are reachable.")
+    broker: bool = Field(description="RabbitMQ is connected.")
+    redis: bool = Field(description="Redis answers.")
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class FieldProblem(Contract):
+    """One invalid field of a request."""
+
+    loc: list[str | int] = Field(description='Where: e.g. `["body", "input", "prompt"]`.')
+    msg: str = Field(description="What is wrong with it.")
+    type: str = Field(description="Error code, e.g. `missing`, `string_too_short`.")
+
+
+class Problem(Contract):
+    """An RFC 9457 problem detail: every error answer of the API."""
+
+    type: str = Field(default="about:blank", description="A URI identifying the problem type.")
+    title: str = Field(description="Short summary of the problem type.")
+    status: int = Field(ge=400, le=599, description="The HTTP status code.")
+    detail: str = Field(description="What went wrong with this request, and what to do.")
+    instance: str | None = Field(default=None, description="The request path.")
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="Field errors, for invalid requests (422)."
+    )
+
+
+PROBLEM_MEDIA_TYPE: Literal["application/problem+json"] = "application/problem+json"
+
+API_MODELS: dict[str, type[Contract]] = {
+    "WebhookSpec": WebhookSpec,
+    "JobView": JobView,
+    "JobPage": JobPage,
+    "WebhookSecretView": WebhookSecretView,
+    "Readiness": Readiness,
+    "Problem": Problem,
+    **{f"{name}.submission": model for name, model in SUBMISSION_MODELS.items()},
+}
+"""Every API payload, for schema snapshots."""
