@@ -46,6 +46,11 @@ class RedisKeys:
         return f"{self.prefix}jobs:unstarted"
 
     @property
+    def sweep_lock(self) -> str:
+        """String (short TTL): held by the one gateway replica sweeping `unstarted` right now."""
+        return f"{self.prefix}jobs:unstarted:sweep-lock"
+
+    @property
     def cancel_channel(self) -> str:
         """Pub/sub channel: ids of active jobs whose workers must stop them."""
         return f"{self.prefix}jobs:cancel"

@@ -108,6 +108,36 @@ class JobRecord(BaseModel):
         return cls.model_validate(values)
 
 
+_LISTED_FIELDS = (
+    "id",
+    "tenant",
+    "type",
+    "status",
+    "attempt",
+    "max_attempts",
+    "progress",
+    "result",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "next_attempt_at",
+)
+"""The job fields a listing needs: not the input, which may be large."""
+
+
+class InvalidCursor(ValueError):
+    """A listing cursor that this store did not hand out."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobPageResult:
+    """One page of a tenant's jobs, newest first, and where the next page starts."""
+
+    jobs: list[JobRecord]
+    next_cursor: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class TransitionResult:
     """Whether a transition happened, and the status and attempt it found."""
@@ -139,6 +169,83 @@ class JobStore:
     async def get(self, job_id: str) -> JobRecord | None:
         data: dict[str, str] = await self.client.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
         return JobRecord.from_hash(data) if data else None
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        status: str | None = None,
+        job_type: str | None = None,
+        scan_limit: int = 1000,
+    ) -> JobPageResult:
+        """The tenant's jobs, newest first, from the `tenant_jobs` sorted set.
+
+        `cursor` is the `next_cursor` of the previous page (`<score>:<id>`): the
+        page resumes right after that job even if it has expired since. Jobs
+        whose hash has expired are skipped and dropped from the index. With
+        filters, at most `scan_limit` ids are examined per call, so a page may
+        hold fewer than `limit` jobs and still carry a cursor.
+        """
+        index = self.keys.tenant_jobs(tenant)
+        start = 0 if cursor is None else await self._offset_after(index, cursor)
+        jobs: list[JobRecord] = []
+        scanned = 0
+        chunk = max(limit, 50)
+        last: tuple[float, str] | None = None
+        while scanned < scan_limit:
+            entries: list[tuple[str, float]] = await self.client.zrevrange(  # type: ignore[assignment]
+                index, start, start + chunk - 1, withscores=True
+            )
+            if not entries:
+                return JobPageResult(jobs, None)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id, _ in entries:
+                    pipe.hmget(self.keys.job(job_id), _LISTED_FIELDS)
+                rows: list[list[str | None]] = await pipe.execute()
+            expired = []
+            for position, ((job_id, score), row) in enumerate(zip(entries, rows, strict=True)):
+                scanned += 1
+                last = (score, job_id)
+                if row[0] is None:
+                    expired.append(job_id)
+                    continue
+                data = {k: v for k, v in zip(_LISTED_FIELDS, row, strict=True) if v is not None}
+                record = JobRecord.from_hash(data)
+                if (status is None or record.status == status) and (
+                    job_type is None or record.type == job_type
+                ):
+                    jobs.append(record)
+                if len(jobs) >= limit:
+                    if expired:
+                        await self.client.zrem(index, *expired)
+                    more = position < len(entries) - 1 or len(entries) == chunk
+                    return JobPageResult(jobs, _cursor(score, job_id) if more else None)
+            if expired:
+                await self.client.zrem(index, *expired)
+                start -= len(expired)  # the removed ids no longer take a rank
+            if len(entries) < chunk:
+                return JobPageResult(jobs, None)
+            start += len(entries)
+        return JobPageResult(jobs, _cursor(*last) if last else None)
+
+    async def _offset_after(self, index: str, cursor: str) -> int:
+        """How many members sort before the cursor's job in newest-first order, plus it."""
+        score_text, sep, job_id = cursor.partition(":")
+        try:
+            score = int(score_text)
+        except ValueError:
+            score = -1
+        if not sep or score < 0 or not job_id:
+            raise InvalidCursor("cursor is not one this API handed out")
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcount(index, f"({score}", "+inf")
+            pipe.zrangebyscore(index, score, score)
+            newer, tied = await pipe.execute()
+        # Members with an equal score come in reverse lexicographic order, so the
+        # ones at or above the cursor's id were on earlier pages.
+        return int(newer) + sum(1 for member in tied if member >= job_id)
 
     # ------------------------------------------------------------------ transitions
 
@@ -417,6 +524,10 @@ class JobStore:
         )
         applied, status, attempt = await self._transition(keys, args)
         return TransitionResult(bool(applied), str(status), int(attempt))
+
+
+def _cursor(score: float, job_id: str) -> str:
+    return f"{int(score)}:{job_id}"
 
 
 def _type(request: JobRequestBase) -> str:
