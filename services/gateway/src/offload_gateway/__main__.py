@@ -1,0 +1,27 @@
+"""`python -m offload_gateway`: the gateway on uvicorn and uvloop, port OFFLOAD_GATEWAY_PORT."""
+
+import uvicorn
+
+from offload_gateway.app import build_app
+from offload_gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    uvicorn.run(
+        build_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        loop="uvloop",
+        lifespan="on",
+        # Logging is structlog's (configured at startup); uvicorn's access log is
+        # replaced by the request metrics.
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        ws="none",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The gateway's adapters: the broker link and the Redis-backed ports."""

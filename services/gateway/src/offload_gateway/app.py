@@ -1,0 +1,138 @@
+"""Wiring of the gateway: settings → adapters → use cases → FastAPI app. No logic here."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from offload_gateway import metrics
+from offload_gateway.adapters.broker import BrokerLink
+from offload_gateway.adapters.redis_ports import (
+    RedisIdempotency,
+    RedisRateLimiter,
+    RedisUnstartedIndex,
+    StoreLedger,
+)
+from offload_gateway.deps import GatewayDeps
+from offload_gateway.problems import add_problem_schemas, install_problem_handlers
+from offload_gateway.routes import files, health, jobs, secrets
+from offload_gateway.settings import GatewaySettings
+from offload_gateway.submission import JobSubmitter
+from offload_gateway.sweep import Sweeper
+from offload_runtime.keys import RedisKeys
+from offload_runtime.logging import configure_logging, get_logger
+from offload_runtime.redis import connect_redis
+from offload_runtime.storage import FileStore
+from offload_runtime.store import JobStore, new_id
+from offload_runtime.webhook_secrets import WebhookSecrets
+
+log = get_logger("offload.gateway")
+
+QUEUE_FULL_RETRY_AFTER_S = 5
+
+
+def build_deps(settings: GatewaySettings) -> GatewayDeps:
+    """Create every adapter and use case (no I/O until the app starts)."""
+    client = connect_redis(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix)
+    store = JobStore(
+        client,
+        keys,
+        retention_s=settings.job_retention_s,
+        events_maxlen=settings.job_events_maxlen,
+    )
+    broker = BrokerLink(
+        settings.rabbitmq_url,
+        tiers=settings.tiers,
+        delivery_limit=settings.delivery_limit,
+        publish_timeout_s=settings.publish_timeout_s,
+        depth_refresh_s=settings.queue_depth_refresh_s,
+    )
+    ledger = StoreLedger(store)
+    submitter = JobSubmitter(
+        ledger=ledger,
+        publisher=broker,
+        idempotency=RedisIdempotency(client, keys, ttl_s=settings.idempotency_ttl_s),
+        rate_limiter=RedisRateLimiter(client, keys, per_second=settings.rate_limit_per_s),
+        jobs=ledger,
+        queue_depth_limit=settings.queue_depth_limit,
+        queue_full_retry_after=QUEUE_FULL_RETRY_AFTER_S,
+        unavailable_retry_after=settings.unavailable_retry_after_s,
+    )
+    sweeper = Sweeper(
+        index=RedisUnstartedIndex(client, keys),
+        jobs=ledger,
+        publisher=broker,
+        after_s=settings.sweep_after_s,
+        interval_s=settings.sweep_interval_s,
+        token=new_id(),
+    )
+    return GatewayDeps(
+        settings=settings,
+        redis=client,
+        store=store,
+        files=FileStore(settings.storage_dir, client, keys),
+        secrets=WebhookSecrets(client, keys),
+        broker=broker,
+        submitter=submitter,
+        sweeper=sweeper,
+        key_ring=settings.key_ring,
+    )
+
+
+def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None = None) -> FastAPI:
+    """The gateway's ASGI app. Starting it never waits for RabbitMQ (see `BrokerLink`)."""
+    settings = settings or (deps.settings if deps else GatewaySettings())
+    deps = deps or build_deps(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging("gateway", level=settings.log_level, fmt=settings.log_format)
+        deps.broker.start()
+        sweep = asyncio.create_task(
+            deps.sweeper.run(lambda count: metrics.SWEEP_REPUBLISHED.inc(count))
+        )
+        log.info("gateway started", rate_limit_per_s=settings.rate_limit_per_s)
+        try:
+            yield
+        finally:
+            sweep.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweep
+            await deps.broker.stop()
+            await deps.redis.aclose()
+            log.info("gateway stopped")
+
+    app = FastAPI(
+        title="Offload",
+        version="0.1.0",
+        summary="Heavy work out of your web app: submit jobs, poll them, move files.",
+        description="Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 "
+        "problem details (`application/problem+json`). Job events stream from the notifier "
+        "at `/v1/jobs/{id}/events`.",
+        lifespan=lifespan,
+    )
+    app.state.deps = deps
+    install_problem_handlers(app)
+    app.add_middleware(metrics.RequestMetrics)
+    for module in (jobs, files, secrets, health):
+        app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            add_problem_schemas(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,254 @@
+"""`/v1/jobs`: submit, read, list and cancel jobs."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from starlette.responses import Response
+
+from offload_contracts import JobStatus, JobType, TraceContext
+from offload_contracts.api import FieldProblem, JobLinks, JobPage, JobSubmission, JobView
+from offload_gateway import metrics
+from offload_gateway.deps import Deps, Tenant
+from offload_gateway.problems import ProblemError, problem_responses
+from offload_gateway.submission import (
+    BrokerUnavailable,
+    IdempotencyConflict,
+    QueueFull,
+    RateLimited,
+    SubmitJob,
+    SubmitRefused,
+)
+from offload_gateway.views import job_path, job_view
+from offload_runtime.store import InvalidCursor, JobRecord, new_id, utcnow
+from offload_runtime.url_guard import UnsafeURL, check_url
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+SUBMISSION_EXAMPLES: dict[str, Any] = {
+    "ai.generate": {
+        "summary": "ai.generate: one LLM completion",
+        "value": {
+            "type": "ai.generate",
+            "input": {"prompt": "Write a haiku about queues.", "max_tokens": 64},
+        },
+    },
+    "research.run": {
+        "summary": "research.run: a chained research report",
+        "value": {
+            "type": "research.run",
+            "input": {"question": "How do quorum queues replicate?", "steps": 3},
+        },
+    },
+    "video.generate": {
+        "summary": "video.generate: a rendered video, with a webhook",
+        "value": {
+            "type": "video.generate",
+            "input": {"prompt": "A paper boat on a river", "duration_s": 5, "resolution": "720p"},
+            "webhook": {"url": "https://example.com/hooks/offload", "events": ["completed"]},
+        },
+    },
+    "image.process": {
+        "summary": "image.process: resize an uploaded image to WebP, with thumbnails",
+        "value": {
+            "type": "image.process",
+            "input": {
+                "source": {"file_id": "3f2a9c0d4b1e4f6a8c7d5e3b2a1f0e9d"},
+                "operations": [
+                    {"op": "resize", "width": 1280},
+                    {"op": "convert", "format": "webp"},
+                    {"op": "thumbnails", "sizes": [{"width": 200, "height": 200}]},
+                ],
+            },
+        },
+    },
+}
+
+_JSON = "application/json"
+_REFUSALS: dict[type[SubmitRefused], tuple[int, str]] = {
+    RateLimited: (429, "rate_limited"),
+    QueueFull: (429, "queue_full"),
+    BrokerUnavailable: (503, "unavailable"),
+    IdempotencyConflict: (409, "conflict"),
+}
+
+
+def _require_json(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != _JSON and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise ProblemError(415, "send the job as JSON with `Content-Type: application/json`")
+
+
+def _own_job(record: JobRecord | None, tenant: str, job_id: str) -> JobRecord:
+    # Another tenant's job is reported exactly like a missing one (404, not 403).
+    if record is None or record.tenant != tenant:
+        raise ProblemError(404, f"no job {job_id!r}")
+    return record
+
+
+def _json(
+    view: JobView | JobPage, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    # Serialized once by pydantic; FastAPI's response_model pass would validate it again.
+    return Response(view.model_dump_json(), status_code=status, media_type=_JSON, headers=headers)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobView,
+    summary="Submit a job",
+    responses={
+        200: {
+            "description": "A replay: an earlier request with the same `Idempotency-Key` and "
+            "body made this job (header `Idempotent-Replayed: true`).",
+            "model": JobView,
+        },
+        202: {
+            "description": "Accepted: the job is recorded and queued; `Location` is its URL.",
+            "headers": {"Location": {"description": "The job.", "schema": {"type": "string"}}},
+        },
+        **problem_responses(400, 401, 409, 415, 422, 429, 503),
+    },
+)
+async def submit_job(
+    request: Request,
+    deps: Deps,
+    tenant: Tenant,
+    submission: Annotated[JobSubmission, Body(openapi_examples=SUBMISSION_EXAMPLES)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Same key and body within 24 h → the same job; same key with another "
+            "body → 409.",
+        ),
+    ] = None,
+) -> Response:
+    """Validate the input against the type's contract, record the job, publish it, answer 202.
+
+    Answers 503 (with `Retry-After`) when the broker is unreachable, and 429 when the
+    tenant's rate or the type's queue-depth limit is passed.
+    """
+    _require_json(request)
+    if submission.webhook is not None:
+        await _check_webhook_url(deps, submission.webhook.url)
+    traceparent = request.headers.get("traceparent")
+    command = SubmitJob(
+        tenant=tenant,
+        submission=submission,
+        job_id=new_id(),
+        now=utcnow(),
+        idempotency_key=idempotency_key,
+        trace=TraceContext(traceparent=traceparent[:256]) if traceparent else None,
+    )
+    try:
+        submitted = await deps.submitter.submit(command)
+    except SubmitRefused as exc:
+        status, outcome = _REFUSALS.get(type(exc), (503, "unavailable"))
+        metrics.SUBMISSIONS.labels(submission.type, outcome).inc()
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        raise ProblemError(status, exc.message, headers=headers) from exc
+    location = job_path(submitted.job_id)
+    if submitted.request is None:
+        metrics.SUBMISSIONS.labels(submission.type, "replayed").inc()
+        record = _own_job(await deps.store.get(submitted.job_id), tenant, submitted.job_id)
+        return _json(job_view(record), 200, {"Location": location, "Idempotent-Replayed": "true"})
+    metrics.SUBMISSIONS.labels(submission.type, "accepted").inc()
+    view = JobView(
+        id=submitted.job_id,
+        type=submission.type,
+        status=JobStatus.WAITING,
+        attempt=0,
+        max_attempts=submitted.request.max_attempts,
+        created_at=command.now,
+        links=JobLinks(self=location, events=f"{location}/events"),
+    )
+    return _json(view, 202, {"Location": location})
+
+
+async def _check_webhook_url(deps: Deps, url: str) -> None:
+    try:
+        await check_url(url, allow_private=deps.settings.webhook_allow_private)
+    except UnsafeURL as exc:
+        raise ProblemError(
+            422,
+            f"webhook.url is refused: {exc}",
+            title="Invalid request",
+            errors=[_field(["body", "webhook", "url"], str(exc), "unsafe_url")],
+        ) from exc
+
+
+def _field(loc: list[str | int], msg: str, kind: str) -> FieldProblem:
+    return FieldProblem(loc=loc, msg=msg, type=kind)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobView,
+    summary="Read a job",
+    responses=problem_responses(401, 404, 422),
+)
+async def get_job(job_id: str, deps: Deps, tenant: Tenant) -> Response:
+    """The job's status, progress, result or error, and links."""
+    record = _own_job(await deps.store.get(job_id), tenant, job_id)
+    return _json(job_view(record))
+
+
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="List jobs",
+    responses=problem_responses(401, 422),
+)
+async def list_jobs(
+    deps: Deps,
+    tenant: Tenant,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    job_type: Annotated[
+        JobType | None, Query(alias="type", description="Only jobs of this type.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=200, description="`next_cursor` of the previous page."),
+    ] = None,
+) -> Response:
+    """The tenant's jobs, newest first, a page at a time."""
+    try:
+        page = await deps.store.list_jobs(
+            tenant, limit=limit, cursor=cursor, status=status, job_type=job_type
+        )
+    except InvalidCursor as exc:
+        raise ProblemError(
+            422,
+            f"cursor: {exc}",
+            title="Invalid request",
+            errors=[_field(["query", "cursor"], str(exc), "invalid_cursor")],
+        ) from exc
+    return _json(JobPage(items=[job_view(job) for job in page.jobs], next_cursor=page.next_cursor))
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobView,
+    summary="Cancel a job",
+    responses=problem_responses(401, 404, 409, 422),
+)
+async def cancel_job(job_id: str, deps: Deps, tenant: Tenant) -> Response:
+    """Cancel: a waiting or delayed job never runs; an active job's worker is told to stop.
+
+    409 if the job has already finished.
+    """
+    record = _own_job(await deps.store.get(job_id), tenant, job_id)
+    outcome = await deps.store.cancel(record)
+    if not outcome.applied:
+        raise ProblemError(
+            409, f"job {job_id!r} is already {outcome.previous_status}; it cannot be cancelled"
+        )
+    record = _own_job(await deps.store.get(job_id), tenant, job_id)
+    return _json(job_view(record))

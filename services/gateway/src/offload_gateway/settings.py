@@ -1,0 +1,63 @@
+"""Gateway settings: the runtime's `OFFLOAD_*` variables plus the gateway's own."""
+
+from pydantic import Field, field_validator
+
+from offload_runtime.settings import RuntimeSettings, parse_duration_ms
+
+
+class GatewaySettings(RuntimeSettings):
+    """What the gateway reads from the environment (README: "Gateway / HTTP API")."""
+
+    gateway_host: str = Field(
+        default="127.0.0.1", description="Address to listen on (`0.0.0.0` in a container)."
+    )
+    gateway_port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
+    max_upload_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` accepts."
+    )
+    rate_limit_per_s: int = Field(
+        default=50,
+        ge=0,
+        description="Job submissions per second per tenant, in one-second windows (0: no limit).",
+    )
+    queue_depth_limit: int = Field(
+        default=100_000,
+        ge=0,
+        description="Ready messages in a work queue past which submissions of its types get "
+        "429 (0: no limit).",
+    )
+    queue_depth_refresh: str = Field(
+        default="1s", description="How often queue depths are read (passive declares)."
+    )
+    publish_timeout_s: float = Field(
+        default=5.0, gt=0, description="How long a submit waits for the broker's confirm."
+    )
+    unavailable_retry_after_s: int = Field(
+        default=5, ge=1, description="`Retry-After` of a 503 when the broker is unreachable."
+    )
+    sweep_after: str = Field(
+        default="5m",
+        description="A job still waiting this long after acceptance is published again.",
+    )
+    sweep_interval: str = Field(default="10s", description="How often the sweep runs.")
+    idempotency_ttl_s: int = Field(
+        default=24 * 3600, ge=1, description="How long an `Idempotency-Key` is remembered."
+    )
+
+    @field_validator("queue_depth_refresh", "sweep_after", "sweep_interval")
+    @classmethod
+    def _duration_parses(cls, value: str) -> str:
+        parse_duration_ms(value)
+        return value
+
+    @property
+    def sweep_after_s(self) -> float:
+        return parse_duration_ms(self.sweep_after) / 1000
+
+    @property
+    def sweep_interval_s(self) -> float:
+        return parse_duration_ms(self.sweep_interval) / 1000
+
+    @property
+    def queue_depth_refresh_s(self) -> float:
+        return parse_duration_ms(self.queue_depth_refresh) / 1000

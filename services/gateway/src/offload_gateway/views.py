@@ -1,0 +1,43 @@
+"""How stored jobs are shown to their tenant."""
+
+from typing import Any
+
+from offload_contracts.api import JobLinks, JobView
+from offload_contracts.jobs import JobStatus
+from offload_runtime.store import JobRecord
+
+
+def job_path(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def job_view(record: JobRecord) -> JobView:
+    return JobView(
+        id=record.id,
+        type=record.type,
+        status=record.status,
+        attempt=record.attempt,
+        max_attempts=record.max_attempts,
+        progress=record.progress,
+        result=record.result,
+        error=record.error,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        next_attempt_at=record.next_attempt_at,
+        links=JobLinks(
+            self=job_path(record.id),
+            # SSE is served by the notifier, under the same path scheme.
+            events=f"{job_path(record.id)}/events",
+            result=_result_link(record.status, record.result),
+        ),
+    )
+
+
+def _result_link(status: JobStatus, result: dict[str, Any] | None) -> str | None:
+    if status != JobStatus.COMPLETED or not result:
+        return None
+    file = result.get("file")
+    if isinstance(file, dict) and isinstance(file.get("url"), str):
+        return str(file["url"])
+    return None

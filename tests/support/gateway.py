@@ -1,0 +1,136 @@
+"""The real gateway, served by uvicorn in the test's event loop on a free port.
+
+    async with running_gateway(infra) as gw:
+        async with gw.client("acme") as http:   # httpx.AsyncClient, base URL and key set
+            answer = await http.post("/v1/jobs", json={...})
+
+Each gateway gets its own Redis key prefix (so its jobs, files and keys are
+its own) and works in the run's RabbitMQ vhost, where it declares every
+worker service's queues. Settings can be overridden by keyword, e.g.
+`running_gateway(infra, rate_limit_per_s=3, sweep_after="100ms")`.
+"""
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from offload_gateway.app import build_app
+from offload_gateway.deps import GatewayDeps
+from offload_gateway.settings import GatewaySettings
+from offload_runtime.keys import RedisKeys
+from tests.support.infra import Infra
+
+TENANTS = ("acme", "globex")
+
+
+@dataclass
+class RunningGateway:
+    """A gateway serving on `base_url`; `api_keys` maps tenant → its API key."""
+
+    base_url: str
+    settings: GatewaySettings
+    api_keys: dict[str, str]
+    app: FastAPI
+
+    @property
+    def deps(self) -> GatewayDeps:
+        """The gateway's wired parts (its store, broker link, ...), for assertions."""
+        deps: GatewayDeps = self.app.state.deps
+        return deps
+
+    @property
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.settings.redis_prefix)
+
+    def headers(self, tenant: str = TENANTS[0]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_keys[tenant]}"}
+
+    def client(self, tenant: str | None = TENANTS[0], **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTP client for `tenant` (None: no Authorization header)."""
+        headers = self.headers(tenant) if tenant else {}
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs
+        )
+
+    async def wait_ready(self, timeout: float = 15) -> None:
+        """Wait until `/readyz` says ready (the broker link connects in the background)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with self.client(None) as http:
+            while True:
+                answer = await http.get("/readyz")
+                if answer.status_code == 200:
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(f"gateway never became ready: {answer.text}")
+                await asyncio.sleep(0.05)
+
+
+def gateway_settings(infra: Infra, **overrides: Any) -> tuple[GatewaySettings, dict[str, str]]:
+    """Settings for a test gateway: own Redis prefix, fresh API keys, fast timers."""
+    run = uuid.uuid4().hex[:10]
+    api_keys = {tenant: f"key-{tenant}-{uuid.uuid4().hex}" for tenant in TENANTS}
+    values: dict[str, Any] = {
+        "rabbitmq_url": infra.rabbitmq_url,
+        "redis_url": infra.redis_url,
+        "redis_prefix": f"{infra.redis_prefix}gw{run}:",
+        "api_keys": ",".join(f"{key}={tenant}" for tenant, key in api_keys.items()),
+        "storage_dir": Path(tempfile.gettempdir()) / f"offload-gw-{run}",
+        "webhook_allow_private": True,
+        "retry_tiers": "50ms,100ms",
+        "publish_timeout_s": 2.0,
+        "rate_limit_per_s": 10_000,
+        "queue_depth_refresh": "50ms",
+        "sweep_interval": "50ms",
+        "sweep_after": "1h",
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return GatewaySettings(**values), api_keys
+
+
+@asynccontextmanager
+async def running_gateway(
+    infra: Infra, *, ready: bool = True, **overrides: Any
+) -> AsyncIterator[RunningGateway]:
+    """Serve the gateway until the block ends. With `ready`, wait for `/readyz` first."""
+    settings, api_keys = gateway_settings(infra, **overrides)
+    app = build_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, lifespan="on", log_config=None, access_log=False, ws="none", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    # uvicorn would capture SIGINT/SIGTERM while it serves; the test runner owns them.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()  # startup failed: raise its error
+                raise RuntimeError("gateway stopped during startup")
+            await asyncio.sleep(0.01)
+        gateway = RunningGateway(f"http://127.0.0.1:{port}", settings, api_keys, app)
+        if ready:
+            await gateway.wait_ready()
+        yield gateway
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+        if "storage_dir" not in overrides:
+            await asyncio.to_thread(shutil.rmtree, settings.storage_dir, True)
