@@ -273,6 +273,7 @@ class JobRunner:
         done = await self.store.complete(request, run_id, payload)
         if done.applied:
             metrics.JOBS.labels(handler.job_type, "completed").inc()
+            metrics.JOB_ATTEMPTS.labels(handler.job_type, "completed").observe(request.attempt)
             log.debug("job completed")
         else:
             log.info("result discarded", found_status=done.previous_status)
@@ -324,6 +325,7 @@ class JobRunner:
             request.id, request.tenant, _type(request), request.attempt, error, run_id=run_id
         )
         metrics.JOBS.labels(_type(request), "failed").inc()
+        metrics.JOB_ATTEMPTS.labels(_type(request), "failed").observe(request.attempt)
         log.warning("job failed", error=error.message, error_type=error.type)
         await _ack(message)
 

@@ -86,6 +86,14 @@ class RuntimeSettings(BaseSettings):
     )
     log_level: str = Field(default="info", description="debug, info, warning, error.")
     log_format: str = Field(default="json", description="`json` lines, or `console` for humans.")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP over HTTP, e.g. `http://127.0.0.1:4318`): "
+        "when set, traces are exported there; when unset, tracing is off.",
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of new traces sampled when tracing is on."
+    )
 
     @field_validator("retry_tiers")
     @classmethod
@@ -119,4 +127,19 @@ class WorkerSettings(RuntimeSettings):
     )
     shutdown_grace_s: float = Field(
         default=30, ge=0, description="On SIGTERM, how long in-flight jobs may take to finish."
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus `/metrics` on this port (unset: not served; 0: any free "
+        "port).",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of `/metrics` (`0.0.0.0` in a container)."
+    )
+    broker_metrics: bool = Field(
+        default=False,
+        description="Add FastStream's Prometheus middleware (`offload_broker_*` per-message "
+        "metrics); costs hot-path CPU, see the README.",
     )

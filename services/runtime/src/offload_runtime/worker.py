@@ -12,9 +12,11 @@ from typing import Any
 from faststream import FastStream
 from faststream.rabbit import RabbitBroker
 
+from offload_runtime import telemetry
 from offload_runtime.broker import declare_service_topology, make_broker
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
+from offload_runtime.metrics import LoopLagSampler, MetricsServer
 from offload_runtime.redis import connect_redis
 from offload_runtime.runner import JobHandler, JobRunner
 from offload_runtime.settings import WorkerSettings
@@ -35,6 +37,8 @@ class Worker:
     runner: JobRunner
     settings: WorkerSettings
     on_stop: list[Hook] = field(default_factory=list)
+    metrics_server: MetricsServer | None = None
+    """Serves `/metrics` while the worker runs, when `metrics_port` is set."""
 
 
 def build_worker(
@@ -49,6 +53,24 @@ def build_worker(
     broker = make_broker(
         settings.rabbitmq_url, service=service, graceful_timeout=settings.shutdown_grace_s
     )
+    # Both are broker middlewares, added before the subscriber, and only when
+    # asked for: with tracing off and broker metrics off the hot path is unchanged.
+    telemetry.instrument_broker(broker, telemetry.tracer_provider_for(settings, service))
+    if settings.broker_metrics:
+        from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+        from prometheus_client import REGISTRY
+
+        broker.add_middleware(
+            RabbitPrometheusMiddleware(
+                registry=REGISTRY, app_name=service, metrics_prefix="offload_broker"
+            )
+        )
+    metrics_server = (
+        MetricsServer(settings.metrics_host, settings.metrics_port)
+        if settings.metrics_port is not None
+        else None
+    )
+    loop_lag = LoopLagSampler()
     store = JobStore(
         connect_redis(settings.redis_url),
         RedisKeys(settings.redis_prefix),
@@ -69,6 +91,9 @@ def build_worker(
 
     async def startup() -> None:
         configure_logging(service, level=settings.log_level, fmt=settings.log_format)
+        if metrics_server is not None:
+            metrics_server.start()
+        loop_lag.start()
         await store.client.ping()
         await broker.connect()
         await declare_service_topology(
@@ -90,10 +115,20 @@ def build_worker(
         for hook in on_stop:
             await hook()
         await store.client.aclose()
+        await loop_lag.stop()
+        if metrics_server is not None:
+            metrics_server.stop()
         log.info("worker stopped")
 
     app = FastStream(broker, on_startup=[startup], after_shutdown=[shutdown], logger=None)
-    return Worker(app=app, broker=broker, store=store, runner=runner, settings=settings)
+    return Worker(
+        app=app,
+        broker=broker,
+        store=store,
+        runner=runner,
+        settings=settings,
+        metrics_server=metrics_server,
+    )
 
 
 def run_worker(worker: Worker) -> None:

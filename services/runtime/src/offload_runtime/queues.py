@@ -1,0 +1,405 @@
+"""Queue inspection and dead-letter mechanics over plain AMQP (no management plugin).
+
+What AMQP 0-9-1 can tell, and what it cannot:
+
+- A passive `queue.declare` answers a queue's **ready** messages and its
+  **consumers**. It does not count unacknowledged (in-flight) messages: that
+  figure exists only in RabbitMQ's management API / `rabbitmqctl`, which
+  Offload does not depend on. `QueueStats.unacked` is therefore always `None`
+  here, and says so rather than guess.
+- A passive declare of a queue that does not exist closes the channel
+  (404 NOT_FOUND); the inspector then opens a fresh channel and goes on.
+- Reading a dead queue without consuming it for good: `basic.get` without
+  ack takes a window of messages, which are then returned with
+  `basic.nack(requeue=True)`, in their original order. Checked on RabbitMQ
+  3.10 quorum queues: the returned messages go back to the head of the queue,
+  in the order they are returned, so the queue's order is kept. Each return
+  counts as a delivery: the message's `x-delivery-count` grows by one and
+  `redelivered` is set. The dead queues carry no `x-delivery-limit`, so on
+  RabbitMQ 3.x browsing never drops a message; RabbitMQ 4.x gives quorum
+  queues a default delivery limit of 20, so there give the `*.dead` queues a
+  policy with `delivery-limit: -1` (see the README).
+- While a window is held, those messages are invisible to other readers of
+  the same queue. Nothing consumes dead queues (the notifier's alerts use
+  their own queue bound to `jobs.dead`), so only concurrent admin calls
+  notice; `QueueOps` serialises them per queue within one process.
+- A channel that did `basic.get` on a quorum queue is counted as a consumer
+  while it is open, so every window uses its own channel, closed at the end.
+"""
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from aiormq.exceptions import ChannelNotFoundEntity
+
+from offload_contracts import topology
+from offload_runtime.settings import RetryTier
+
+QueueKind = Literal["work", "retry", "dead"]
+
+UNACKED_NOTE = (
+    "unacked (in-flight) counts are not available over AMQP; read them from RabbitMQ's "
+    "management API or `rabbitmqctl list_queues name messages_unacknowledged`"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRef:
+    """One queue of Offload's topology (DESIGN §3)."""
+
+    name: str
+    service: str
+    kind: QueueKind
+    tier: str | None = None
+
+
+def service_queues(services: Iterable[str], tiers: Sequence[RetryTier]) -> list[QueueRef]:
+    """Every work, retry and dead queue of `services`, in topology order."""
+    refs: list[QueueRef] = []
+    for service in services:
+        refs.append(QueueRef(topology.work_queue(service), service, "work"))
+        refs.extend(
+            QueueRef(topology.retry_queue(service, tier.name), service, "retry", tier.name)
+            for tier in tiers
+        )
+        refs.append(QueueRef(topology.dead_queue(service), service, "dead"))
+    return refs
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What a passive declare says about one queue; `exists` is false for a 404."""
+
+    queue: QueueRef
+    exists: bool
+    ready: int | None
+    consumers: int | None
+    unacked: int | None = None  # never known over AMQP: see UNACKED_NOTE
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One message in a dead queue, as an operator reads it.
+
+    Offload's runner sets the `x-offload-*` headers when it parks a job; a
+    message RabbitMQ parked by itself (over the delivery limit, say) has
+    `x-death` / `x-first-death-reason` instead and no Offload error.
+    """
+
+    position: int
+    job_id: str | None
+    type: str | None
+    tenant: str | None
+    reason: str
+    error: str | None
+    error_type: str | None
+    attempts: int | None
+    failed_at: str | None
+    source_queue: str | None
+    browsed: int
+    size: int
+    valid_json: bool
+
+    @classmethod
+    def parse(cls, position: int, body: bytes, headers: Mapping[str, Any]) -> "DeadLetter":
+        data: dict[str, Any] | None
+        try:
+            parsed = json.loads(body)
+            data = parsed if isinstance(parsed, dict) else None
+        except ValueError:
+            data = None
+        deaths = headers.get("x-death")
+        first_death: Mapping[str, Any] = (
+            deaths[-1]
+            if isinstance(deaths, list) and deaths and isinstance(deaths[-1], Mapping)
+            else {}
+        )
+        error = _text(headers.get(topology.HEADER_ERROR))
+        reason = (
+            "failed"
+            if error is not None
+            else _text(headers.get("x-first-death-reason"))
+            or _text(first_death.get("reason"))
+            or "unknown"
+        )
+        attempts = _int(headers.get(topology.HEADER_ATTEMPT))
+        if attempts is None and data is not None:
+            attempts = _int(data.get("attempt"))
+        failed_at = _text(headers.get(topology.HEADER_FAILED_AT))
+        if failed_at is None and isinstance(first_death.get("time"), datetime):
+            failed_at = first_death["time"].isoformat()
+        return cls(
+            position=position,
+            job_id=_text(data.get("id")) if data else None,
+            type=_text(data.get("type")) if data else None,
+            tenant=_text(data.get("tenant")) if data else None,
+            reason=reason,
+            error=error,
+            error_type=_text(headers.get(topology.HEADER_ERROR_TYPE)),
+            attempts=attempts,
+            failed_at=failed_at,
+            source_queue=_text(headers.get(topology.HEADER_SOURCE_QUEUE))
+            or _text(headers.get("x-first-death-queue"))
+            or _text(first_death.get("queue")),
+            browsed=_int(headers.get("x-delivery-count")) or 0,
+            size=len(body),
+            valid_json=data is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    """A window of a dead queue: `total` ready messages, these from `offset` on."""
+
+    queue: str
+    total: int
+    offset: int
+    items: list[DeadLetter]
+
+    @property
+    def next_offset(self) -> int | None:
+        following = self.offset + len(self.items)
+        return following if self.items and following < self.total else None
+
+
+TakeDecision = Literal["ack", "keep"]
+"""What a replay callback decides for one message: consume it for good, or put it back."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMessage:
+    """A dead letter held unacked while a callback decides its fate."""
+
+    letter: DeadLetter
+    body: bytes
+    headers: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What one pass over a dead queue did."""
+
+    scanned: int = 0
+    acked: int = 0
+    kept: int = 0
+    outcomes: list[tuple[DeadLetter, str]] = field(default_factory=list)
+
+
+class QueueMissing(LookupError):
+    """The queue is not declared on the broker."""
+
+
+class QueueOps:
+    """Broker-level queue inspection and dead-letter handling on one AMQP connection.
+
+    The connection is opened on first use and reconnects by itself (aio-pika
+    robust connection). Every call opens its own short-lived channel.
+    """
+
+    def __init__(self, url: str, *, connection_name: str = "offload-admin") -> None:
+        self._url = url
+        self._connection_name = connection_name
+        self._connection: AbstractRobustConnection | None = None
+        self._connecting = asyncio.Lock()
+        self._queue_locks: dict[str, asyncio.Lock] = {}
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def _conn(self) -> AbstractRobustConnection:
+        async with self._connecting:
+            if self._connection is None or self._connection.is_closed:
+                self._connection = await aio_pika.connect_robust(
+                    self._url,
+                    client_properties={"connection_name": self._connection_name},
+                    timeout=10,
+                )
+            return self._connection
+
+    async def _channel(self) -> AbstractRobustChannel:
+        connection = await self._conn()
+        return await connection.channel(publisher_confirms=False)
+
+    def _lock(self, queue: str) -> asyncio.Lock:
+        return self._queue_locks.setdefault(queue, asyncio.Lock())
+
+    # ------------------------------------------------------------------ inspection
+
+    async def stats(self, refs: Sequence[QueueRef]) -> list[QueueStats]:
+        """Ready and consumer counts of each queue, by passive declare."""
+        found: list[QueueStats] = []
+        channel = await self._channel()
+        try:
+            for ref in refs:
+                if channel.is_closed:
+                    channel = await self._channel()
+                try:
+                    # robust=False: a robust passive declare answers a cached object.
+                    queue = await channel.declare_queue(ref.name, passive=True, robust=False)
+                except ChannelNotFoundEntity:
+                    found.append(QueueStats(ref, exists=False, ready=None, consumers=None))
+                    continue
+                result = queue.declaration_result
+                found.append(
+                    QueueStats(
+                        ref,
+                        exists=True,
+                        ready=int(result.message_count or 0),
+                        consumers=int(result.consumer_count or 0),
+                    )
+                )
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return found
+
+    async def depth(self, queue: str) -> int:
+        """Ready messages in one queue; `QueueMissing` if it is not declared."""
+        channel = await self._channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True, robust=False)
+            return int(declared.declaration_result.message_count or 0)
+        except ChannelNotFoundEntity as exc:
+            raise QueueMissing(queue) from exc
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def browse(self, queue: str, *, offset: int, limit: int) -> DeadLetterPage:
+        """Read messages `offset .. offset+limit-1` and put every one of them back."""
+        async with self._lock(queue):
+            channel = await self._channel()
+            held: list[AbstractIncomingMessage] = []
+            try:
+                declared = await self._passive(channel, queue)
+                total = int(declared.declaration_result.message_count or 0)
+                items: list[DeadLetter] = []
+                while len(held) < min(offset + limit, total):
+                    message = await declared.get(no_ack=False, fail=False)
+                    if message is None:
+                        break
+                    held.append(message)
+                    if len(held) > offset:
+                        items.append(
+                            DeadLetter.parse(len(held) - 1, message.body, message.headers or {})
+                        )
+                await _return_in_order(held)
+                return DeadLetterPage(queue, total, offset, items)
+            finally:
+                # Closing the channel returns anything still unacked (e.g. after an error).
+                if not channel.is_closed:
+                    await channel.close()
+
+    async def sweep(
+        self,
+        queue: str,
+        decide: Callable[[HeldMessage], Awaitable[tuple[TakeDecision, str]]],
+        *,
+        scan_limit: int,
+        act_limit: int,
+        wanted: Callable[[DeadLetter], bool] = lambda _letter: True,
+    ) -> SweepReport:
+        """Pass over up to `scan_limit` messages; for those `wanted`, ask `decide`.
+
+        A message is acked only when `decide` answers "ack" (after it has done
+        its work, e.g. republished the job); every other message is returned
+        to the queue in order. At most `act_limit` messages are decided.
+        """
+        report = SweepReport()
+        async with self._lock(queue):
+            channel = await self._channel()
+            kept: list[AbstractIncomingMessage] = []
+            try:
+                declared = await self._passive(channel, queue)
+                total = int(declared.declaration_result.message_count or 0)
+                decided = 0
+                while report.scanned < min(scan_limit, total) and decided < act_limit:
+                    message = await declared.get(no_ack=False, fail=False)
+                    if message is None:
+                        break
+                    report.scanned += 1
+                    headers = message.headers or {}
+                    letter = DeadLetter.parse(report.scanned - 1, message.body, headers)
+                    if not wanted(letter):
+                        kept.append(message)
+                        continue
+                    decided += 1
+                    try:
+                        decision, note = await decide(HeldMessage(letter, message.body, headers))
+                    except Exception:
+                        kept.append(message)
+                        raise
+                    report.outcomes.append((letter, note))
+                    if decision == "ack":
+                        await message.ack()
+                        report.acked += 1
+                    else:
+                        kept.append(message)
+                report.kept = len(kept)
+                await _return_in_order(kept)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        return report
+
+    async def purge(self, queue: str) -> int:
+        """Delete every ready message of `queue`; answers how many."""
+        async with self._lock(queue):
+            channel = await self._channel()
+            try:
+                declared = await self._passive(channel, queue)
+                result = await declared.purge()
+                return int(getattr(result, "message_count", 0) or 0)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+
+    @staticmethod
+    async def _passive(channel: AbstractRobustChannel, queue: str) -> Any:
+        try:
+            return await channel.declare_queue(queue, passive=True, robust=False)
+        except ChannelNotFoundEntity as exc:
+            raise QueueMissing(queue) from exc
+
+
+async def _return_in_order(messages: list[AbstractIncomingMessage]) -> None:
+    # One nack per message, oldest first: the quorum queue puts returned messages
+    # back at its head in the order they come back, so the queue's order is kept.
+    for message in messages:
+        await message.nack(requeue=True)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = str(value)
+    return text or None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str | bytes):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,133 @@
+"""OpenTelemetry tracing for every Offload process: off by default, OTLP when configured.
+
+A trace follows a job from the HTTP request that submitted it, through the
+queue, into the worker that runs it (and on to the webhook, through the
+notifier's HTTP client):
+
+- the gateway's FastAPI app is instrumented (`instrument_fastapi`), so each
+  request opens a server span;
+- every FastStream broker gets `RabbitTelemetryMiddleware`
+  (`broker_middlewares`), which writes the W3C `traceparent` into the headers
+  of each published message and continues the trace from those headers when a
+  message is consumed, so a worker's span is a child of the gateway's publish;
+- an httpx client instrumented with `instrument_httpx` (the notifier's webhook
+  sender) puts the current trace into its outgoing requests.
+
+Tracing is on when `OFFLOAD_OTLP_ENDPOINT` is set (spans go there over
+OTLP/HTTP in batches) or when a provider is handed in with
+`use_tracer_provider` (tests, embedding). When it is off, nothing is added:
+no middleware on the broker, no ASGI middleware, so the hot path pays nothing.
+"""
+
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from offload_runtime.logging import get_logger
+from offload_runtime.settings import RuntimeSettings
+
+log = get_logger("offload.telemetry")
+
+_override: TracerProvider | None = None
+_configured: dict[tuple[str, str, float], TracerProvider] = {}
+
+
+def use_tracer_provider(provider: TracerProvider | None) -> None:
+    """Make every process part built from now on trace into `provider` (None: back to settings).
+
+    Tests use it with an `InMemorySpanExporter`; it wins over `OFFLOAD_OTLP_ENDPOINT`.
+    """
+    global _override
+    _override = provider
+
+
+def tracer_provider_for(settings: RuntimeSettings, service: str) -> TracerProvider | None:
+    """The provider a process part of `service` traces into, or None when tracing is off.
+
+    One provider per (endpoint, service, ratio) and process, so the gateway's
+    app and broker share it and spans are exported once.
+    """
+    if _override is not None:
+        return _override
+    endpoint = settings.otlp_endpoint
+    if not endpoint:
+        return None
+    key = (endpoint, service, settings.trace_sample_ratio)
+    provider = _configured.get(key)
+    if provider is None:
+        # Imported here: the exporter pulls in protobuf and requests, which a
+        # process without tracing never needs.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": f"offload-{service}"}),
+            sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+        )
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=_traces_url(endpoint)))
+        )
+        _configured[key] = provider
+        log.info("tracing on", endpoint=endpoint, service=service)
+    return provider
+
+
+def _traces_url(endpoint: str) -> str:
+    """`http://collector:4318` → `http://collector:4318/v1/traces` (a full URL is kept)."""
+    trimmed = endpoint.rstrip("/")
+    return trimmed if trimmed.endswith("/v1/traces") else f"{trimmed}/v1/traces"
+
+
+def broker_middlewares(provider: TracerProvider | None) -> tuple[Any, ...]:
+    """FastStream middlewares that carry trace context through message headers."""
+    if provider is None:
+        return ()
+    from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+
+    return (RabbitTelemetryMiddleware(tracer_provider=provider),)
+
+
+def instrument_broker(broker: Any, provider: TracerProvider | None) -> None:
+    """Add the tracing middleware to a FastStream broker (no-op when tracing is off).
+
+    Call before the broker starts; publishes and subscribers added earlier are
+    covered too, since FastStream reads the broker's middlewares per message.
+    """
+    for middleware in broker_middlewares(provider):
+        broker.add_middleware(middleware)
+
+
+def instrument_fastapi(app: Any, provider: TracerProvider | None) -> None:
+    """Open a server span per HTTP request (no-op when tracing is off).
+
+    `/metrics`, `/healthz` and `/readyz` are left out: scrapes and probes
+    would drown the traces that matter.
+    """
+    if provider is None:
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=provider, excluded_urls="/metrics,/healthz,/readyz"
+    )
+
+
+def instrument_httpx(client: Any, provider: TracerProvider | None) -> None:
+    """Propagate the current trace on an `httpx.AsyncClient`'s requests (no-op when off)."""
+    if provider is None:
+        return
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+
+
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` of the current span, if one is recording (for bodies, logs)."""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
