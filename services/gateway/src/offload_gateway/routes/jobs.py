@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from starlette.responses import Response
 
 from offload_contracts import JobStatus, JobType, TraceContext
@@ -99,6 +99,8 @@ def _json(
     status_code=202,
     response_model=JobView,
     summary="Submit a job",
+    # A dependency, so a non-JSON body is a 415 before the body is validated.
+    dependencies=[Depends(_require_json)],
     responses={
         200: {
             "description": "A replay: an earlier request with the same `Idempotency-Key` and "
@@ -134,7 +136,6 @@ async def submit_job(
     Answers 503 (with `Retry-After`) when the broker is unreachable, and 429 when the
     tenant's rate or the type's queue-depth limit is passed.
     """
-    _require_json(request)
     if submission.webhook is not None:
         await _check_webhook_url(deps, submission.webhook.url)
     traceparent = request.headers.get("traceparent")
