@@ -1,0 +1,185 @@
+"""The "before" of Offload: one FastAPI process that does the heavy work inside the request.
+
+    uv run python -m bench.baseline_app   # BASELINE_PORT, BASELINE_LLM_BASE_URL, ...
+
+What a web application looks like before it offloads anything, doing the very
+same work as Offload's workers, with the same code where there is code to share:
+
+- `POST /v1/jobs` `{"type": "ai.generate", ...}`: the LLM call (the runtime's
+  OpenAI-compatible httpx adapter, streamed) is awaited inside the request.
+- `research.run`: plan, one call per sub-question, synthesis, awaited one after
+  the other inside the request.
+- `image.process`: the image service's Pillow pipeline (`offload_image.pipeline.render`)
+  runs inside the request handler, on the event loop, as a naive app does.
+- `GET /v1/jobs/{id}`: the light request, a Redis read, as Offload's gateway does.
+- `POST /v1/files`: a raw upload kept on disk (the image jobs' source).
+
+Each job is recorded in Redis (running, then completed) so the light endpoint
+reads real records. This is a benchmark fixture, not a product.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from offload_contracts import AiGenerateInput, ImageProcessInput, ResearchRunInput
+from offload_runtime.llm.openai_compatible import LlmSettings, OpenAICompatibleClient
+from offload_runtime.llm.ports import ChatMessage, ChatModel, ChatRequest, collect
+
+
+class BaselineSettings(BaseSettings):
+    """`BASELINE_*`: where the baseline listens and what it talks to."""
+
+    model_config = SettingsConfigDict(env_prefix="BASELINE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8100
+    api_key: str = Field(default="bench-key", description="The one bearer key it accepts.")
+    llm_base_url: str = "http://127.0.0.1:8002/v1"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "baseline:"
+    files_dir: Path = Path("var/baseline-files")
+    max_pixels: int = 100_000_000
+
+
+def build_app(settings: BaselineSettings | None = None) -> FastAPI:
+    settings = settings or BaselineSettings()
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    # Every request in flight holds a Redis call at some point: a pool as large as the load.
+    redis = aioredis.from_url(settings.redis_url, decode_responses=True, max_connections=2000)
+    llm = OpenAICompatibleClient(
+        LlmSettings(llm_base_url=settings.llm_base_url, llm_max_connections=1000)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await llm.aclose()
+        await redis.aclose()
+
+    app = FastAPI(title="Offload bench baseline (work in the request)", lifespan=lifespan)
+
+    def job_key(job_id: str) -> str:
+        return f"{settings.redis_prefix}job:{job_id}"
+
+    def authorize(request: Request) -> None:
+        if request.headers.get("authorization") != f"Bearer {settings.api_key}":
+            raise HTTPException(401, "missing or unknown API key")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/files", status_code=201)
+    async def upload(request: Request) -> dict[str, Any]:
+        authorize(request)
+        body = await request.body()
+        file_id = uuid.uuid4().hex
+        (settings.files_dir / file_id).write_bytes(body)
+        return {"id": file_id, "bytes": len(body)}
+
+    @app.post("/v1/jobs")
+    async def run_job(request: Request) -> JSONResponse:
+        authorize(request)
+        body = await request.json()
+        job_id = uuid.uuid4().hex
+        job_type = body.get("type")
+        await redis.hset(
+            job_key(job_id),
+            mapping={"id": job_id, "type": str(job_type), "status": "active", "at": time.time()},
+        )
+        try:
+            if job_type == "ai.generate":
+                result = await generate(llm, AiGenerateInput.model_validate(body["input"]), job_id)
+            elif job_type == "research.run":
+                result = await research(llm, ResearchRunInput.model_validate(body["input"]), job_id)
+            elif job_type == "image.process":
+                result = process_image(
+                    ImageProcessInput.model_validate(body["input"]), settings, job_id
+                )
+            else:
+                raise HTTPException(422, f"unknown job type {job_type!r}")
+        except ValidationError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        await redis.hset(
+            job_key(job_id), mapping={"status": "completed", "result": json.dumps(result)}
+        )
+        return JSONResponse({"id": job_id, "status": "completed", "result": result})
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        data: dict[str, str] = await redis.hgetall(job_key(job_id))  # type: ignore[assignment]
+        if not data:
+            raise HTTPException(404, "no such job")
+        record: dict[str, Any] = dict(data)
+        if "result" in record:
+            record["result"] = json.loads(record["result"])
+        return record
+
+    return app
+
+
+async def generate(llm: ChatModel, spec: AiGenerateInput, job_id: str) -> dict[str, Any]:
+    """One streamed LLM call, awaited inside the request."""
+    messages = [ChatMessage("user", spec.prompt)]
+    if spec.system:
+        messages.insert(0, ChatMessage("system", spec.system))
+    answer = await collect(
+        llm,
+        ChatRequest(messages, spec.model, spec.max_tokens, spec.temperature, job_id=job_id),
+    )
+    return {"text": answer.text, "model": answer.model}
+
+
+async def research(llm: ChatModel, spec: ResearchRunInput, job_id: str) -> dict[str, Any]:
+    """Plan, answer each sub-question, synthesize: steps + 2 LLM calls, one after the other."""
+
+    async def ask(prompt: str) -> str:
+        answer = await collect(
+            llm, ChatRequest([ChatMessage("user", prompt)], spec.model, 256, job_id=job_id)
+        )
+        return answer.text
+
+    plan = await ask(f"Plan {spec.steps} sub-questions to research: {spec.question}")
+    questions = [f"{spec.question} (part {i + 1}: {plan[:40]})" for i in range(spec.steps)]
+    answers = [await ask(q) for q in questions]
+    report = await ask("Synthesize: " + " ".join(answers)[:4000])
+    return {"report": report, "steps": len(answers)}
+
+
+def process_image(
+    spec: ImageProcessInput, settings: BaselineSettings, job_id: str
+) -> dict[str, Any]:
+    """The image service's own Pillow pipeline, run right here on the event loop."""
+    from offload_image.pipeline import render
+
+    if spec.source.file_id is None:
+        raise HTTPException(422, "the baseline reads uploaded files only")
+    source = settings.files_dir / spec.source.file_id
+    if not source.exists():
+        raise HTTPException(404, "no such file")
+    out_dir = settings.files_dir / f"out-{job_id}"
+    out_dir.mkdir()
+    outputs = render(source, spec.operations, out_dir, max_pixels=settings.max_pixels)
+    return {"outputs": len(outputs)}
+
+
+def main() -> None:
+    settings = BaselineSettings()
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
