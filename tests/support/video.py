@@ -1,0 +1,142 @@
+"""A video worker built by the service's own `build_app`, against a sandbox, for one test.
+
+It runs in the run's RabbitMQ vhost (queue `video.jobs`) with its own Redis key
+prefix, so each test only sees its own jobs; a message another test left behind
+is skipped by the store (its job does not exist under this prefix) and acked.
+"""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from offload_contracts import (
+    JobEvent,
+    JobStatus,
+    VideoGenerateInput,
+    VideoGenerateRequest,
+    topology,
+)
+from offload_runtime.broker import make_broker, publish_confirmed
+from offload_runtime.keys import RedisKeys
+from offload_runtime.redis import connect_redis
+from offload_runtime.storage import FileStore
+from offload_runtime.store import JobRecord, JobStore, new_id
+from offload_runtime.worker import Worker
+from offload_video.app import VideoDeps, build_app
+from offload_video.settings import VideoSettings
+from tests.support.infra import Infra
+
+
+class VideoRig:
+    """Submit `video.generate` jobs to a real video worker and watch what happens."""
+
+    def __init__(self, infra: Infra, sandbox_url: str, storage_dir: Path, **overrides: Any) -> None:
+        self.infra = infra
+        self.sandbox_url = sandbox_url
+        values: dict[str, Any] = {
+            "rabbitmq_url": infra.rabbitmq_url,
+            "redis_url": infra.redis_url,
+            "redis_prefix": f"{infra.redis_prefix}video-{uuid.uuid4().hex[:8]}:",
+            "retry_tiers": "50ms,100ms",
+            "storage_dir": storage_dir,
+            "video_base_url": sandbox_url,
+            "video_poll_initial_s": 0.02,
+            "video_poll_max_s": 0.1,
+            "concurrency": 4,
+            "shutdown_grace_s": 1,
+            "log_level": "warning",
+        }
+        values.update(overrides)
+        self.settings = VideoSettings(**values)
+        self.keys = RedisKeys(self.settings.redis_prefix)
+        self.store = JobStore(
+            connect_redis(infra.redis_url), self.keys, retention_s=3600, events_maxlen=1000
+        )
+        self.files = FileStore(storage_dir, self.store.client, self.keys)
+        self.broker = make_broker(infra.rabbitmq_url, service="video-test")
+        self.http = httpx.AsyncClient(base_url=sandbox_url, timeout=10)
+        self.worker: Worker | None = None
+
+    async def start(self, deps: VideoDeps | None = None) -> Worker:
+        """Start the worker (declaring the video topology) and the submitting broker."""
+        self.worker = build_app(self.settings, deps)
+        await self.worker.app.start()
+        await self.broker.connect()
+        return self.worker
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            await self.worker.app.stop()
+        await self.broker.stop()
+        await self.http.aclose()
+        await self.store.client.aclose()
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.files.scratch_dir / "video"
+
+    async def submit(
+        self,
+        *,
+        model: str = "sandbox",
+        duration_s: int = 10,
+        resolution: str = "1080p",
+        max_attempts: int = 5,
+    ) -> VideoGenerateRequest:
+        """What the gateway does: record `waiting`, then publish with a confirm."""
+        request = VideoGenerateRequest(
+            id=new_id(),
+            tenant="acme",
+            max_attempts=max_attempts,
+            created_at=datetime.now(UTC),
+            input=VideoGenerateInput(
+                prompt="a cat surfing at dawn",
+                duration_s=duration_s,
+                resolution=resolution,  # type: ignore[arg-type]
+                model=model,
+            ),
+        )
+        assert (await self.store.create(request)).applied
+        await publish_confirmed(
+            self.broker,
+            request.model_dump_json().encode(),
+            exchange=topology.JOBS_EXCHANGE,
+            routing_key="video.generate",
+        )
+        return request
+
+    async def wait_status(
+        self, job_id: str, statuses: Iterable[JobStatus], timeout: float = 20
+    ) -> JobRecord:
+        wanted = set(statuses)
+        deadline = time.monotonic() + timeout
+        record = None
+        while time.monotonic() < deadline:
+            record = await self.store.get(job_id)
+            if record is not None and record.status in wanted:
+                return record
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"job {job_id} never reached {wanted}; last seen: {record}")
+
+    async def events(self, job_id: str) -> list[JobEvent]:
+        entries = await self.store.client.xrange(self.keys.job_events(job_id))
+        return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+
+    async def renders(self, job_id: str) -> list[dict[str, Any]]:
+        """The sandbox's counters for the renders submitted for this job."""
+        answer = await self.http.get("/sandbox/videos/stats", params={"key": job_id})
+        answer.raise_for_status()
+        renders: list[dict[str, Any]] = answer.json()["renders"]
+        return renders
+
+    async def content(self, render_id: str) -> bytes:
+        """The render's bytes, fetched straight from the sandbox (the expected file)."""
+        answer = await self.http.get(f"/v1/videos/{render_id}/content")
+        answer.raise_for_status()
+        return answer.content
