@@ -2,68 +2,28 @@
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aio_pika
 import pytest
 
-from offload_contracts import AiGenerateInput, AiGenerateRequest, JobStatus, topology
-from tests.support.gateway import RunningGateway, running_gateway
+from offload_contracts import AiGenerateInput, AiGenerateRequest, JobStatus
+from tests.support.gateway import (
+    INPUTS,
+    RunningGateway,
+    ai_job,
+    assert_problem,
+    running_gateway,
+    take_request,
+)
 from tests.support.infra import Infra
-
-PROBLEM = "application/problem+json"
-
-INPUTS: dict[str, dict[str, Any]] = {
-    "ai.generate": {"prompt": "Write a haiku about queues."},
-    "research.run": {"question": "How do quorum queues replicate?", "steps": 3},
-    "video.generate": {"prompt": "A paper boat", "duration_s": 5, "resolution": "720p"},
-    "image.process": {
-        "source": {"file_id": "abc123"},
-        "operations": [{"op": "resize", "width": 64}, {"op": "convert", "format": "webp"}],
-    },
-}
 
 
 @pytest.fixture(scope="module")
 async def gateway(infra: Infra) -> AsyncIterator[RunningGateway]:
     async with running_gateway(infra) as gw:
         yield gw
-
-
-def ai_job(prompt: str = "hello") -> dict[str, Any]:
-    return {"type": "ai.generate", "input": {"prompt": prompt}}
-
-
-def assert_problem(answer: Any, status: int) -> dict[str, Any]:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = answer.json()
-    assert body["status"] == status
-    assert body["title"] and body["detail"]
-    return body
-
-
-async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[str, Any]:
-    """Take messages from the job's work queue until the one for `job_id` shows up."""
-    connection = await aio_pika.connect(infra.rabbitmq_url)
-    try:
-        channel = await connection.channel()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for service in topology.WORKER_SERVICES:
-                queue = await channel.get_queue(topology.work_queue(service), ensure=False)
-                while (message := await queue.get(no_ack=True, fail=False)) is not None:
-                    body: dict[str, Any] = json.loads(message.body)
-                    if body.get("id") == job_id:
-                        assert message.routing_key == body["type"]
-                        return body
-            await asyncio.sleep(0.02)
-    finally:
-        await connection.close()
-    raise AssertionError(f"no request for job {job_id} reached a work queue")
 
 
 # ---------------------------------------------------------------------- submit and read

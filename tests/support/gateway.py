@@ -12,9 +12,11 @@ worker service's queues. Settings can be overridden by keyword, e.g.
 
 import asyncio
 import contextlib
+import json
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from offload_contracts import topology
 from offload_gateway.app import build_app
 from offload_gateway.deps import GatewayDeps
 from offload_gateway.settings import GatewaySettings
@@ -134,3 +138,55 @@ async def running_gateway(
         sock.close()
         if "storage_dir" not in overrides:
             await asyncio.to_thread(shutil.rmtree, settings.storage_dir, True)
+
+
+# ---------------------------------------------------------------------- test helpers
+
+PROBLEM = "application/problem+json"
+
+INPUTS: dict[str, dict[str, Any]] = {
+    "ai.generate": {"prompt": "Write a haiku about queues."},
+    "research.run": {"question": "How do quorum queues replicate?", "steps": 3},
+    "video.generate": {"prompt": "A paper boat", "duration_s": 5, "resolution": "720p"},
+    "image.process": {
+        "source": {"file_id": "abc123"},
+        "operations": [{"op": "resize", "width": 64}, {"op": "convert", "format": "webp"}],
+    },
+}
+
+
+def ai_job(prompt: str = "hello") -> dict[str, Any]:
+    return {"type": "ai.generate", "input": {"prompt": prompt}}
+
+
+def assert_problem(answer: Any, status: int) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = answer.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"]
+    return body
+
+
+async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[str, Any]:
+    """Take messages from the work queues until the request for `job_id` shows up.
+
+    Other messages met on the way are consumed and dropped: use it only while no
+    worker of the run's vhost consumes those queues.
+    """
+    connection = await aio_pika.connect(infra.rabbitmq_url)
+    try:
+        channel = await connection.channel()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for service in topology.WORKER_SERVICES:
+                queue = await channel.get_queue(topology.work_queue(service), ensure=False)
+                while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                    body: dict[str, Any] = json.loads(message.body)
+                    if body.get("id") == job_id:
+                        assert message.routing_key == body["type"]
+                        return body
+            await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+    raise AssertionError(f"no request for job {job_id} reached a work queue")
