@@ -30,6 +30,20 @@ async def test_a_job_completes_with_its_result(harness: Harness) -> None:
     ]
 
 
+async def test_a_worker_never_runs_more_jobs_at_once_than_its_concurrency(
+    harness: Harness,
+) -> None:
+    recorder = Recorder()
+    await harness.start_worker(recorder.handler(), concurrency=4)
+    jobs = [await harness.submit(sleep_s=0.1) for _ in range(20)]
+
+    for job in jobs:
+        await harness.wait_status(job.id, TERMINAL)
+
+    # Prefetch = concurrency: the broker hands the worker at most 4 unacked jobs.
+    assert recorder.most_in_flight == 4
+
+
 async def test_transient_failures_retry_through_the_tiers_then_complete(harness: Harness) -> None:
     recorder = Recorder()
     await harness.start_worker(recorder.handler(max_attempts=3))

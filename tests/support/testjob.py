@@ -48,9 +48,19 @@ class Recorder:
     runs: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: defaultdict(list))
     released: dict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
     finished: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    in_flight: int = 0
+    most_in_flight: int = 0
 
     def handler(self, *, max_attempts: int = 3, timeout_s: float = 10) -> JobHandler[ProbeRequest]:
         async def run(request: ProbeRequest, ctx: JobContext) -> ProbeResult:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                return await attempt(request, ctx)
+            finally:
+                self.in_flight -= 1
+
+        async def attempt(request: ProbeRequest, ctx: JobContext) -> ProbeResult:
             runs = self.runs[request.id]
             runs.append((request.attempt, time.monotonic()))
             spec = request.input

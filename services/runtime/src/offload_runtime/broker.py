@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from aio_pika.abc import AbstractRobustExchange, AbstractRobustQueue
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustExchange, AbstractRobustQueue
 from faststream.rabbit import (
     Channel,
     ExchangeType,
@@ -112,10 +112,31 @@ def dead_queue(service: str) -> RabbitQueue:
     )
 
 
+# Topology is declared on a channel of its own, straight through aio-pika.
+# FastStream's declarer caches queue objects by queue and ignores the channel:
+# a work queue declared through `broker.declare_queue` first would be handed,
+# channel and all, to the subscriber, which then consumes on the default
+# channel with no prefetch (found by a test: 100 jobs ran at concurrency 10).
+_TOPOLOGY_CHANNEL = Channel()
+
+
+async def _topology_channel(broker: RabbitBroker) -> AbstractRobustChannel:
+    return await broker.config.channel_manager.get_channel(_TOPOLOGY_CHANNEL)
+
+
+async def _declare_queue(channel: AbstractRobustChannel, queue: RabbitQueue) -> AbstractRobustQueue:
+    return await channel.declare_queue(
+        queue.name, durable=True, arguments=dict(queue.arguments or {})
+    )
+
+
 async def declare_exchanges(broker: RabbitBroker) -> dict[str, AbstractRobustExchange]:
-    """Declare the three exchanges (idempotent)."""
+    """Declare the three exchanges (idempotent). The broker must be connected."""
+    channel = await _topology_channel(broker)
     return {
-        exchange.name: await broker.declare_exchange(exchange)
+        exchange.name: await channel.declare_exchange(
+            exchange.name, type=exchange.type.value, durable=True
+        )
         for exchange in (jobs_exchange(), dead_exchange(), events_exchange())
     }
 
@@ -132,18 +153,19 @@ async def declare_service_topology(
     The broker must be connected. Safe to call from every replica at every start.
     """
     exchanges = await declare_exchanges(broker)
+    channel = await _topology_channel(broker)
     queues: dict[str, AbstractRobustQueue] = {}
 
-    work = await broker.declare_queue(work_queue(service, delivery_limit=delivery_limit))
+    work = await _declare_queue(channel, work_queue(service, delivery_limit=delivery_limit))
     await work.bind(exchanges[topology.JOBS_EXCHANGE], routing_key=topology.work_binding(service))
     queues[work.name] = work
 
-    dead = await broker.declare_queue(dead_queue(service))
+    dead = await _declare_queue(channel, dead_queue(service))
     await dead.bind(exchanges[topology.DEAD_EXCHANGE], routing_key=service)
     queues[dead.name] = dead
 
     for tier in tiers:
-        retry = await broker.declare_queue(retry_queue(service, tier))
+        retry = await _declare_queue(channel, retry_queue(service, tier))
         queues[retry.name] = retry
     return queues
 
