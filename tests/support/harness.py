@@ -19,6 +19,7 @@ from offload_runtime.settings import WorkerSettings
 from offload_runtime.store import JobRecord, JobStore, new_id
 from offload_runtime.worker import Worker, build_worker
 from tests.support.infra import Infra
+from tests.support.processes import ServiceProcess
 from tests.support.testjob import ProbeInput, ProbeRequest
 
 
@@ -39,10 +40,11 @@ class Harness:
         self.settings = WorkerSettings(**values)
         self.keys = RedisKeys(self.settings.redis_prefix)
         self.store = JobStore(
-            connect_redis(infra.redis_url), self.keys, retention_s=3600, events_maxlen=100
+            connect_redis(self.settings.redis_url), self.keys, retention_s=3600, events_maxlen=100
         )
-        self.broker = make_broker(infra.rabbitmq_url, service=f"{self.service}-test")
+        self.broker = make_broker(self.settings.rabbitmq_url, service=f"{self.service}-test")
         self.workers: list[Worker] = []
+        self.processes: list[ServiceProcess] = []
 
     async def open(self) -> None:
         await self.broker.connect()
@@ -54,6 +56,8 @@ class Harness:
         )
 
     async def close(self) -> None:
+        for process in self.processes:
+            process.stop()
         for worker in self.workers:
             await worker.app.stop()
         await self.broker.stop()
@@ -118,7 +122,7 @@ class Harness:
 
     async def take_dead(self, expected: int, timeout: float = 10) -> list[AbstractIncomingMessage]:
         """Take `expected` messages from the service's dead queue (waiting for them)."""
-        connection = await aio_pika.connect(self.infra.rabbitmq_url)
+        connection = await aio_pika.connect(self.settings.rabbitmq_url)
         taken: list[AbstractIncomingMessage] = []
         try:
             channel = await connection.channel()
@@ -134,8 +138,40 @@ class Harness:
             await connection.close()
         return taken
 
+    def worker_process(self, **overrides: Any) -> ServiceProcess:
+        """This harness's probe service as a real worker process (not started yet)."""
+        keys = (
+            "rabbitmq_url",
+            "redis_url",
+            "redis_prefix",
+            "retry_tiers",
+            "concurrency",
+            "shutdown_grace_s",
+            "log_level",
+        )
+        settings = {key: getattr(self.settings, key) for key in keys} | overrides
+        process = ServiceProcess("tests.support.probe_worker", self.service, settings=settings)
+        self.processes.append(process)
+        return process
+
+    async def wait_all(
+        self, job_ids: Iterable[str], statuses: Iterable[JobStatus], timeout: float = 30
+    ) -> list[JobRecord]:
+        """Wait until every job is in one of `statuses`."""
+        wanted = set(statuses)
+        ids = list(job_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            records = [await self.store.get(job_id) for job_id in ids]
+            if all(r is not None and r.status in wanted for r in records):
+                return [r for r in records if r is not None]
+            if time.monotonic() > deadline:
+                behind = [(r.id, r.status) for r in records if r and r.status not in wanted]
+                raise AssertionError(f"{len(behind)} jobs not in {wanted}: {behind[:10]}")
+            await asyncio.sleep(0.05)
+
     async def queue_depth(self, name: str) -> int:
-        connection = await aio_pika.connect(self.infra.rabbitmq_url)
+        connection = await aio_pika.connect(self.settings.rabbitmq_url)
         try:
             channel = await connection.channel()
             queue = await channel.declare_queue(name, passive=True)

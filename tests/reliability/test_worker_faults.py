@@ -1,0 +1,90 @@
+"""Faults in and around a worker process lose nothing and complete nothing twice."""
+
+import asyncio
+
+from offload_contracts import JobStatus, topology
+from tests.reliability.conftest import assert_each_completed_exactly_once
+from tests.support.harness import Harness
+
+
+async def _completed(harness: Harness, job_ids: list[str]) -> int:
+    records = [await harness.store.get(job_id) for job_id in job_ids]
+    return sum(1 for r in records if r is not None and r.status == JobStatus.COMPLETED)
+
+
+async def _until_completed(harness: Harness, job_ids: list[str], count: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while await _completed(harness, job_ids) < count:
+        assert loop.time() < deadline, "jobs stopped completing"
+        await asyncio.sleep(0.02)
+
+
+async def test_kill_9_of_a_worker_mid_batch_loses_and_duplicates_nothing(harness: Harness) -> None:
+    jobs = [await harness.submit(sleep_s=0.1) for _ in range(100)]
+    ids = [job.id for job in jobs]
+    first = harness.worker_process().start()
+    await _until_completed(harness, ids, 20)
+
+    first.kill()  # mid-batch: up to 10 jobs active, the rest queued
+    active = [r for r in [await harness.store.get(i) for i in ids] if r and r.status == "active"]
+    harness.worker_process().start()
+
+    await assert_each_completed_exactly_once(harness, ids)
+    assert active, "the kill should have caught jobs in flight"
+
+
+async def test_sigterm_lets_in_flight_jobs_finish_and_leaves_the_rest_queued(
+    harness: Harness,
+) -> None:
+    jobs = [await harness.submit(sleep_s=0.5) for _ in range(30)]
+    ids = [job.id for job in jobs]
+    worker = harness.worker_process(shutdown_grace_s=10).start()
+    await _until_completed(harness, ids, 1)
+
+    assert worker.terminate(timeout=30) == 0, worker.logs()[-3000:]
+    after_stop = await _completed(harness, ids)
+    records = [await harness.store.get(i) for i in ids]
+    # Nothing is left half-done: every job either finished or is untouched in the queue.
+    assert {r.status for r in records if r} <= {JobStatus.COMPLETED, JobStatus.WAITING}
+    waiting = await harness.queue_depth(topology.work_queue(harness.service))
+    assert after_stop + waiting == len(ids)
+
+    harness.worker_process().start()
+    await assert_each_completed_exactly_once(harness, ids)
+
+
+async def test_sigterm_past_the_grace_period_returns_unfinished_jobs_to_the_queue(
+    harness: Harness,
+) -> None:
+    worker = harness.worker_process(shutdown_grace_s=0.5).start()
+    jobs = [await harness.submit(sleep_s=3) for _ in range(5)]
+    ids = [job.id for job in jobs]
+    await harness.wait_all(ids, {JobStatus.ACTIVE}, timeout=15)
+
+    assert worker.terminate(timeout=30) == 0, worker.logs()[-3000:]
+    assert await _completed(harness, ids) == 0
+    harness.worker_process().start()
+
+    await assert_each_completed_exactly_once(harness, ids)
+
+
+async def test_a_thousand_malformed_messages_are_parked_while_real_jobs_complete(
+    harness: Harness,
+) -> None:
+    harness.worker_process(concurrency=50).start()
+    real: list[str] = []
+    for i in range(1000):
+        await harness.publish(b'{"not": "a job"' if i % 2 else f"garbage {i}".encode())
+        if i % 100 == 0:
+            real.append((await harness.submit()).id)
+
+    await assert_each_completed_exactly_once(harness, real)
+    dead = topology.dead_queue(harness.service)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while await harness.queue_depth(dead) < 1000:
+        assert loop.time() < deadline, f"only {await harness.queue_depth(dead)} parked"
+        await asyncio.sleep(0.1)
+    assert await harness.queue_depth(dead) == 1000
+    assert await harness.queue_depth(topology.work_queue(harness.service)) == 0
