@@ -20,7 +20,8 @@ class SseEvent:
 
 async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[SseEvent]:
     """The events of an open `text/event-stream` response, comments and pings skipped."""
-    event, data, event_id = "message", [], ""
+    event, event_id = "message", ""
+    data: list[str] = []
     async for raw in response.content:
         line = raw.decode().rstrip("\r\n")
         if not line:
