@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from offload_contracts import JOB_REQUEST_ADAPTER, JobError, JobEvent, JobPolicy, api, jobs
+from offload_contracts.webhooks import WEBHOOK_MODELS
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -21,6 +22,7 @@ MODELS: dict[str, type[BaseModel]] = {
     **{f"{name}.request": model for name, model in jobs.REQUEST_MODELS.items()},
     **{f"{name}.result": model for name, model in jobs.RESULT_MODELS.items()},
     **{f"api.{name}": model for name, model in api.API_MODELS.items()},
+    **{f"webhooks.{name}": model for name, model in WEBHOOK_MODELS.items()},
 }
 
 

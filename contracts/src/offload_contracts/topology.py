@@ -48,3 +48,14 @@ HEADER_ERROR_TYPE: Final = "x-offload-error-type"
 HEADER_ATTEMPT: Final = "x-offload-attempt"
 HEADER_FAILED_AT: Final = "x-offload-failed-at"
 HEADER_SOURCE_QUEUE: Final = "x-offload-source-queue"
+
+
+# The notifier's queues (DESIGN §3, "webhook deliveries follow the same pattern").
+# Its webhook deliveries live in `work_queue(NOTIFIER_SERVICE)` = `notifier.jobs`
+# (DESIGN calls it `notifier.webhooks`): the same name as every service's work
+# queue, so the admin and replay tooling treat the notifier like any worker.
+
+
+def dead_alerts_queue(service: str) -> str:
+    """Bound to `jobs.dead`: a copy of every dead letter, which `service` consumes to alert."""
+    return f"{service}.dead-alerts"

@@ -70,3 +70,11 @@ class RedisKeys:
     def rate(self, tenant: str, window: int) -> str:
         """Counter: the tenant's submissions in one rate-limit window."""
         return f"{self.prefix}rate:{tenant}:{window}"
+
+    def webhook_deliveries(self, job_id: str) -> str:
+        """Hash: event id → what became of its webhook delivery (outcome, attempts, status)."""
+        return f"{self.prefix}job:{{{job_id}}}:webhooks"
+
+    def notifier_wake(self, consumer: str) -> str:
+        """Stream (one entry, expiring): wakes one notifier's shared SSE read for a new key."""
+        return f"{self.prefix}notifier:wake:{consumer}"
