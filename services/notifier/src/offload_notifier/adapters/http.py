@@ -1,0 +1,88 @@
+"""Outgoing HTTP for webhooks: the receiver's transport, the signer, the SSRF check."""
+
+import uuid
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from offload_contracts.webhooks import DeadLetterAlert
+from offload_notifier.webhooks import USER_AGENT, Answer, TransportError
+from offload_runtime.url_guard import check_url
+from offload_runtime.webhook_secrets import WebhookSecrets, sign, signature_header
+
+Clock = Callable[[], float]
+
+
+class HttpxTransport:
+    """POSTs with one shared connection pool; never follows a redirect (each hop could be
+    an address the SSRF guard would refuse)."""
+
+    def __init__(self, *, timeout_s: float, max_connections: int) -> None:
+        self._client = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            trust_env=False,
+        )
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        try:
+            response = await self._client.post(url, content=body, headers=dict(headers))
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"no answer within the time limit ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+        return Answer(response.status_code, response.headers.get("retry-after"))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class SecretsSigner:
+    """Signs with every secret of the tenant that signs now (both during a rotation)."""
+
+    def __init__(self, secrets: WebhookSecrets) -> None:
+        self._secrets = secrets
+
+    async def signature(self, tenant: str, message_id: str, timestamp: int, body: bytes) -> str:
+        return signature_header(await self._secrets.signing(tenant), message_id, timestamp, body)
+
+
+class GuardedURLs:
+    """The runtime's SSRF guard, with this deployment's `webhook_allow_private`."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self._allow_private = allow_private
+
+    async def __call__(self, url: str) -> None:
+        await check_url(url, allow_private=self._allow_private)
+
+
+class HttpOpsWebhook:
+    """POSTs dead-letter alerts to the operations webhook, signed when a secret is set."""
+
+    def __init__(
+        self, client: HttpxTransport, url: str, *, secret: str | None, clock: Clock
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._secret = secret
+        self._clock = clock
+
+    async def send(self, alert: DeadLetterAlert) -> None:
+        body = alert.model_dump_json(exclude_none=True).encode()
+        message_id = f"alert_{uuid.uuid4().hex}"
+        timestamp = int(self._clock())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if self._secret:
+            headers["webhook-signature"] = sign(self._secret, message_id, timestamp, body)
+        answer = await self._client.post(self._url, body, headers)
+        if not 200 <= answer.status < 300:
+            raise TransportError(f"operations webhook answered HTTP {answer.status}")

@@ -1,0 +1,290 @@
+"""One shared Redis stream reader per process, fanning entries out to every SSE client.
+
+A blocking `XREAD` per client would hold one Redis connection per client.
+Instead one loop issues a single `XREAD BLOCK` over every key some client of
+this process follows, and hands each entry to that key's followers (the
+entry object is shared, so its JSON is parsed at most once).
+
+How a follower gets every entry after its position exactly once:
+
+1. It reads the stored entries after its position with `XRANGE` (pages).
+2. It joins the hub at the last id it read. Joining is synchronous, so the
+   hub's position for the key (what it has already handed out) cannot move
+   meanwhile. A new key starts at the follower's position; a key the hub
+   already follows may be ahead, and the follower fills that gap with one
+   more `XRANGE`, or behind, and the follower drops what it already has.
+3. From then on the hub pushes every new entry to it; a follower only ever
+   returns ids greater than the last it returned.
+
+A key added while the `XREAD` is blocked would only join the next read, so
+the hub wakes its own read by appending to a per-process wake stream that
+every read includes. A follower that falls too far behind (a client that
+stops reading) leaves the hub and catches up from Redis again, so a slow
+client costs memory for at most `queue_limit` entries.
+"""
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from offload_notifier.streams import StreamBounds, StreamEntry, stream_id
+from offload_runtime.logging import get_logger
+
+log = get_logger("offload.notifier.streams")
+
+HISTORY_PAGE = 500
+READ_COUNT = 1000
+WAKE_TTL_S = 3600
+
+
+class _Watch:
+    """A key the hub follows: how far it has handed entries out, and to whom."""
+
+    __slots__ = ("followers", "position", "position_id")
+
+    def __init__(self, position_id: str) -> None:
+        self.position_id = position_id
+        self.position = stream_id(position_id)
+        self.followers: set[Follower] = set()
+
+
+class Follower:
+    """One client's subscription to one stream key (the `Subscription` port)."""
+
+    __slots__ = ("_buffer", "_hub", "_joined", "_key", "_last", "_live", "_waiter", "last_id")
+
+    def __init__(self, hub: "RedisStreamHub", key: str, after: str) -> None:
+        self._hub = hub
+        self._key = key
+        self.last_id = after
+        self._last = stream_id(after)
+        self._buffer: deque[StreamEntry] = deque()  # read by this follower from Redis
+        self._live: deque[StreamEntry] = deque()  # pushed by the hub
+        self._joined = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def next(self, timeout: float) -> StreamEntry | None:
+        while True:
+            entry = self._take(self._buffer) or self._take(self._live)
+            if entry is not None:
+                return entry
+            if not self._joined:
+                await self._catch_up()
+                continue
+            if timeout <= 0:
+                return None
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+
+    def _take(self, queue: deque[StreamEntry]) -> StreamEntry | None:
+        while queue:
+            entry = queue.popleft()
+            position = stream_id(entry.id)
+            if position > self._last:
+                self._last = position
+                self.last_id = entry.id
+                return entry
+        return None
+
+    async def _catch_up(self) -> None:
+        page = await self._hub.range_after(self._key, self.last_id, HISTORY_PAGE)
+        self._buffer.extend(page)
+        if len(page) == HISTORY_PAGE:
+            return  # more history: hand this page out first
+        read_to = page[-1].id if page else self.last_id
+        hub_position = self._hub.join(self._key, self, read_to)
+        self._joined = True
+        if stream_id(hub_position) > stream_id(read_to):
+            self._buffer.extend(await self._hub.range_between(self._key, read_to, hub_position))
+
+    def push(self, entry: StreamEntry) -> None:
+        """Called by the hub for each new entry (synchronously, in order)."""
+        if len(self._live) >= self._hub.queue_limit:
+            # The client stopped reading: drop what is queued and re-read from Redis later.
+            self._hub.leave(self._key, self)
+            self._joined = False
+            self._live.clear()
+        else:
+            self._live.append(entry)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def close(self) -> None:
+        if self._joined:
+            self._hub.leave(self._key, self)
+            self._joined = False
+
+
+class RedisStreamHub:
+    """The `StreamSource` port on Redis: one `XREAD` loop for every follower of a process."""
+
+    def __init__(
+        self,
+        client: "aioredis.Redis",
+        *,
+        wake_key: str,
+        block_ms: int,
+        queue_limit: int,
+    ) -> None:
+        self._client = client
+        self._wake_key = wake_key
+        self._wake_position = "0-0"
+        self._block_ms = block_ms
+        self.queue_limit = queue_limit
+        self._watches: dict[str, _Watch] = {}
+        self._reading: frozenset[str] | None = None  # keys of the XREAD in flight
+        self._wake_sent = False
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._wakes: set[asyncio.Task[Any]] = set()
+        self.reads = 0
+
+    # ------------------------------------------------------------------ the port
+
+    @asynccontextmanager
+    async def follow(self, key: str, after: str) -> AsyncIterator[Follower]:
+        follower = Follower(self, key, after)
+        try:
+            yield follower
+        finally:
+            follower.close()
+
+    async def bounds(self, key: str) -> StreamBounds:
+        try:
+            info: dict[str, Any] = await self._client.xinfo_stream(key)
+        except aioredis.ResponseError:  # no such key
+            return StreamBounds(None, None)
+        first, last = info.get("first-entry"), info.get("last-entry")
+        if not first or not last:
+            return StreamBounds(None, None)
+        trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
+        return StreamBounds(first[0], last[0], trimmed)
+
+    # ------------------------------------------------------------------ followers
+
+    async def range_after(self, key: str, after: str, count: int) -> list[StreamEntry]:
+        entries: Any = await self._client.xrange(key, f"({after}", "+", count=count)
+        return [StreamEntry(entry_id, fields.get("data", "")) for entry_id, fields in entries]
+
+    async def range_between(self, key: str, after: str, upto: str) -> list[StreamEntry]:
+        entries: Any = await self._client.xrange(key, f"({after}", upto)
+        return [StreamEntry(entry_id, fields.get("data", "")) for entry_id, fields in entries]
+
+    def join(self, key: str, follower: Follower, position_id: str) -> str:
+        """Add a follower whose entries up to `position_id` are in hand; the hub's position."""
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch(position_id)
+            self._wake()
+        watch.followers.add(follower)
+        return watch.position_id
+
+    def leave(self, key: str, follower: Follower) -> None:
+        watch = self._watches.get(key)
+        if watch is None:
+            return
+        watch.followers.discard(follower)
+        if not watch.followers:
+            del self._watches[key]
+
+    @property
+    def keys_followed(self) -> int:
+        return len(self._watches)
+
+    # ------------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sse-stream-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for wake in list(self._wakes):
+            wake.cancel()
+        await asyncio.gather(*self._wakes, return_exceptions=True)
+        try:
+            await self._client.delete(self._wake_key)
+        except Exception:  # best effort: the key expires anyway
+            log.debug("wake key not deleted", exc_info=True)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _wake(self) -> None:
+        """Make a new key part of the next read at once."""
+        if self._reading is None:
+            self._changed.set()  # the loop is idle or between reads: it will see the key
+            return
+        if self._wake_sent:
+            return
+        self._wake_sent = True
+        task = asyncio.get_running_loop().create_task(self._send_wake())
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+
+    async def _send_wake(self) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.expire(self._wake_key, WAKE_TTL_S)
+                await pipe.execute()
+        except Exception:
+            # The read's block timeout bounds the delay for the new key instead.
+            log.warning("could not wake the stream reader", exc_info=True)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._watches:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            watches = dict(self._watches)
+            streams: dict[Any, Any] = {key: watch.position_id for key, watch in watches.items()}
+            streams[self._wake_key] = self._wake_position
+            self._reading = frozenset(watches)
+            self._wake_sent = False
+            try:
+                reply: Any = await self._client.xread(
+                    streams, count=READ_COUNT, block=self._block_ms
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("stream read failed; retrying", exc_info=True)
+                self._reading = None
+                await asyncio.sleep(0.5)
+                continue
+            self._reading = None
+            self.reads += 1
+            for key, entries in reply or ():
+                if key == self._wake_key:
+                    self._wake_position = entries[-1][0]
+                    continue
+                watch = watches.get(key)
+                if watch is None or self._watches.get(key) is not watch:
+                    continue  # every follower left (and maybe others joined anew) meanwhile
+                self._dispatch(watch, entries)
+
+    @staticmethod
+    def _dispatch(watch: _Watch, entries: list[tuple[str, dict[str, str]]]) -> None:
+        for entry_id, fields in entries:
+            position = stream_id(entry_id)
+            if position <= watch.position:
+                continue
+            watch.position = position
+            watch.position_id = entry_id
+            entry = StreamEntry(entry_id, fields.get("data", ""))
+            for follower in list(watch.followers):
+                follower.push(entry)

@@ -1,0 +1,215 @@
+"""Wiring of the notifier: one process serves SSE, relays the outbox, delivers webhooks
+and raises dead-letter alerts. All its state is in Redis and RabbitMQ, so any
+number of replicas can run side by side and any of them serves any job."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from faststream.rabbit import RabbitBroker
+
+from offload_notifier import handlers
+from offload_notifier.adapters.http import (
+    GuardedURLs,
+    HttpOpsWebhook,
+    HttpxTransport,
+    SecretsSigner,
+)
+from offload_notifier.adapters.outbox import RedisOutbox
+from offload_notifier.adapters.rabbit import RabbitPublisher, declare_notifier_topology
+from offload_notifier.adapters.redis_store import RedisDeliveryLog, RedisJobs, RedisTenantStreams
+from offload_notifier.adapters.redis_streams import RedisStreamHub
+from offload_notifier.relay import Relay
+from offload_notifier.routes import RouteDeps, build_router, install_problem_handlers
+from offload_notifier.settings import NotifierSettings
+from offload_notifier.webhooks import Deliverer
+from offload_runtime.broker import make_broker
+from offload_runtime.keys import RedisKeys
+from offload_runtime.logging import configure_logging, get_logger
+from offload_runtime.redis import connect_redis
+from offload_runtime.webhook_secrets import WebhookSecrets
+
+log = get_logger("offload.notifier")
+
+
+@dataclass
+class NotifierDeps:
+    """What a test may replace; everything left None is built from the settings."""
+
+    redis: "aioredis.Redis | None" = None
+    broker: RabbitBroker | None = None
+    transport: HttpxTransport | None = None
+    clock: Callable[[], float] = time.time
+
+
+@dataclass
+class Notifier:
+    """The running parts, reachable from `app.state.notifier` (tests, diagnostics)."""
+
+    settings: NotifierSettings
+    keys: RedisKeys
+    redis: "aioredis.Redis"
+    broker: RabbitBroker
+    relay: Relay
+    hub: RedisStreamHub
+    outbox: RedisOutbox
+    deliveries: RedisDeliveryLog
+
+
+def build_app(
+    settings: NotifierSettings | None = None, deps: NotifierDeps | None = None
+) -> FastAPI:
+    """Wire the notifier. No I/O happens until the app's lifespan starts."""
+    settings = settings or NotifierSettings()
+    deps = deps or NotifierDeps()
+    service = settings.notifier_service
+    keys = RedisKeys(settings.redis_prefix)
+    redis = deps.redis or connect_redis(settings.redis_url)
+    broker = deps.broker or make_broker(settings.rabbitmq_url, service=service)
+    transport = deps.transport or HttpxTransport(
+        timeout_s=settings.webhook_timeout_s, max_connections=settings.webhook_concurrency
+    )
+
+    outbox = RedisOutbox(
+        redis,
+        keys.outbox,
+        consumer=settings.notifier_consumer,
+        batch=settings.relay_batch,
+        block_ms=settings.relay_block_ms,
+        claim_idle_ms=settings.relay_claim_idle_ms,
+    )
+    publisher = RabbitPublisher(broker, service)
+    relay = Relay(
+        outbox,
+        RedisTenantStreams(
+            redis,
+            keys,
+            maxlen=settings.tenant_events_maxlen,
+            retention_s=settings.job_retention_s,
+        ),
+        publisher,
+        claim_every_s=max(settings.relay_claim_idle_ms / 2000, 0.01),
+        trim_every_s=settings.relay_trim_interval_s,
+        retry_after_failure_s=settings.relay_retry_s,
+    )
+    deliveries = RedisDeliveryLog(redis, keys, retention_s=settings.job_retention_s)
+    deliverer = Deliverer(
+        transport=transport,
+        signer=SecretsSigner(WebhookSecrets(redis, keys)),
+        check_url=GuardedURLs(allow_private=settings.webhook_allow_private),
+        scheduler=publisher,
+        delivery_log=deliveries,
+        tiers=settings.tiers,
+        max_attempts=settings.max_webhook_attempts,
+        max_retry_after_s=settings.webhook_max_retry_after_s,
+        clock=deps.clock,
+    )
+    ops = (
+        HttpOpsWebhook(
+            transport,
+            settings.ops_webhook_url,
+            secret=settings.ops_webhook_secret,
+            clock=deps.clock,
+        )
+        if settings.ops_webhook_url
+        else None
+    )
+    handlers.subscribe(
+        broker,
+        service=service,
+        delivery_limit=settings.delivery_limit,
+        concurrency=settings.webhook_concurrency,
+        deliverer=deliverer,
+        ops=ops,
+    )
+    hub = RedisStreamHub(
+        redis,
+        wake_key=keys.notifier_wake(settings.notifier_consumer),
+        block_ms=settings.sse_block_ms,
+        queue_limit=settings.sse_queue_limit,
+    )
+    jobs = RedisJobs(redis, keys)
+
+    async def readiness() -> dict[str, bool]:
+        async def redis_ok() -> bool:
+            try:
+                return bool(await redis.ping())
+            except Exception:
+                return False
+
+        redis_up, broker_up = await asyncio.gather(redis_ok(), broker.ping(timeout=1.0))
+        return {
+            "broker": bool(broker_up),
+            "redis": redis_up,
+            "relay": relay.running and relay.healthy,
+            "streams": hub.running,
+        }
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(service, level=settings.log_level, fmt=settings.log_format)
+        await redis.ping()
+        await outbox.ensure_group()
+        await broker.connect()
+        await declare_notifier_topology(
+            broker,
+            service,
+            settings.tiers,
+            delivery_limit=settings.delivery_limit,
+            alert_services=settings.alerting_services,
+        )
+        await broker.start()
+        hub.start()
+        relay.start()
+        log.info(
+            "notifier started",
+            consumer=settings.notifier_consumer,
+            alert_services=list(settings.alerting_services),
+        )
+        try:
+            yield
+        finally:
+            await relay.stop()
+            await broker.stop()
+            await hub.stop()
+            if deps.transport is None:
+                await transport.aclose()
+            if deps.redis is None:
+                await redis.aclose()
+            log.info("notifier stopped")
+
+    app = FastAPI(
+        title="Offload notifier",
+        version="0.1.0",
+        description="Job events as Server-Sent Events; signed webhooks; dead-letter alerts.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(
+        build_router(
+            RouteDeps(
+                key_ring=settings.key_ring,
+                keys=keys,
+                streams=hub,
+                snapshots=jobs,
+                tenant_of_job=jobs.tenant_of,
+                ping_s=settings.sse_ping_s,
+                readiness=readiness,
+            )
+        )
+    )
+    app.state.notifier = Notifier(
+        settings=settings,
+        keys=keys,
+        redis=redis,
+        broker=broker,
+        relay=relay,
+        hub=hub,
+        outbox=outbox,
+        deliveries=deliveries,
+    )
+    return app

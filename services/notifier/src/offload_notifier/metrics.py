@@ -1,0 +1,38 @@
+"""The notifier's Prometheus metrics (names start with `offload_`)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RELAYED = Counter(
+    "offload_outbox_relayed_total",
+    "Outbox entries the relay handled, by outcome (relayed, unreadable).",
+    ["outcome"],
+)
+RELAY_FAILURES = Counter(
+    "offload_outbox_relay_failures_total",
+    "Relay batches that failed (broker or Redis unreachable) and were retried.",
+)
+WEBHOOK_DELIVERIES = Counter(
+    "offload_webhook_deliveries_total",
+    "Webhook attempts by outcome: delivered, gone (410), retried, dead, refused (SSRF guard), "
+    "deferred (waiting out a Retry-After), invalid (undecodable message).",
+    ["outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "offload_webhook_request_seconds",
+    "Wall time of one webhook request.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+)
+DEAD_LETTER_ALERTS = Counter(
+    "offload_dead_letter_alerts_total",
+    "Messages seen reaching a dead queue, by queue and reason.",
+    ["queue", "reason"],
+)
+OPS_WEBHOOK_FAILURES = Counter(
+    "offload_ops_webhook_failures_total",
+    "Dead-letter alerts the operations webhook did not accept.",
+)
+SSE_CLIENTS = Gauge(
+    "offload_sse_clients",
+    "SSE clients connected to this process, by stream kind (job, tenant).",
+    ["stream"],
+)

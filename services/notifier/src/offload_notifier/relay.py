@@ -1,0 +1,211 @@
+"""The outbox relay (DESIGN §4, §6): every job event, from the outbox to where it is needed.
+
+The job store appends each transition's event to the outbox stream in the
+same Lua call as the transition. The relay reads it through a consumer group
+shared by every notifier replica and, batch by batch:
+
+1. appends each event to its tenant's stream (`GET /v1/events`),
+2. schedules a webhook delivery when the job asked for one and wants this event,
+3. publishes each event to the `jobs.events` exchange,
+
+waits for all of that (Redis replies and broker confirms, together), and only
+then acknowledges the batch. A notifier that dies mid-batch leaves its entries
+pending; another replica claims them once they have been idle long enough.
+Delivery is therefore at least once: consumers dedupe by `event_id`.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from offload_contracts import JobEvent
+from offload_contracts.webhooks import WebhookDelivery
+from offload_notifier import metrics
+from offload_notifier.webhooks import delivery_for
+from offload_runtime.logging import get_logger
+
+log = get_logger("offload.notifier.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One outbox entry: its stream id, the event JSON, and the job's webhook spec JSON."""
+
+    id: str
+    data: str
+    webhook: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedEvent:
+    """An event on its way out: parsed, and its JSON as the store wrote it."""
+
+    event: JobEvent
+    json: str
+
+
+class Outbox(Protocol):
+    """The outbox stream, seen through this process's consumer in the shared group."""
+
+    async def read_new(self) -> list[OutboxEntry]:
+        """Entries never delivered to any consumer (waits a while when there are none)."""
+        ...
+
+    async def read_own_pending(self) -> list[OutboxEntry]:
+        """Entries delivered to this consumer and not yet acknowledged."""
+        ...
+
+    async def claim_stale(self) -> list[OutboxEntry]:
+        """Take over entries left pending too long by other consumers (dead notifiers)."""
+        ...
+
+    async def ack(self, ids: Sequence[str]) -> None: ...
+
+    async def trim_acknowledged(self) -> int:
+        """Delete entries every consumer group has acknowledged; how many went."""
+        ...
+
+
+class TenantStreams(Protocol):
+    async def append(self, events: Sequence[RelayedEvent]) -> None:
+        """Append each event to its tenant's stream; returns once Redis has them."""
+        ...
+
+
+class Publisher(Protocol):
+    """The broker side; each call returns once every message in it is confirmed."""
+
+    async def schedule_webhooks(self, deliveries: Sequence[WebhookDelivery]) -> None: ...
+
+    async def publish_events(self, events: Sequence[RelayedEvent]) -> None: ...
+
+
+class Relay:
+    """Relays the outbox until stopped; any number of replicas may run one each."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        tenant_streams: TenantStreams,
+        publisher: Publisher,
+        *,
+        claim_every_s: float,
+        trim_every_s: float,
+        retry_after_failure_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._outbox = outbox
+        self._tenant_streams = tenant_streams
+        self._publisher = publisher
+        self._claim_every_s = claim_every_s
+        self._trim_every_s = trim_every_s
+        self._retry_s = retry_after_failure_s
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = True
+
+    # ------------------------------------------------------------------ one batch
+
+    async def relay(self, entries: Sequence[OutboxEntry]) -> int:
+        """Relay one batch, then acknowledge it. Raises (acknowledging nothing) on failure."""
+        if not entries:
+            return 0
+        events: list[RelayedEvent] = []
+        deliveries: list[WebhookDelivery] = []
+        for entry in entries:
+            try:
+                event = JobEvent.model_validate_json(entry.data)
+            except ValidationError:
+                # Written by a buggy or foreign producer: it can never be relayed, and
+                # keeping it would only have it claimed again and again.
+                log.error("unreadable outbox entry dropped", entry_id=entry.id)
+                metrics.RELAYED.labels("unreadable").inc()
+                continue
+            events.append(RelayedEvent(event, entry.data))
+            delivery = delivery_for(event, entry.webhook)
+            if delivery is not None:
+                deliveries.append(delivery)
+        if events:
+            await asyncio.gather(
+                self._tenant_streams.append(events),
+                self._publisher.schedule_webhooks(deliveries),
+                self._publisher.publish_events(events),
+            )
+        await self._outbox.ack([entry.id for entry in entries])
+        metrics.RELAYED.labels("relayed").inc(len(events))
+        return len(events)
+
+    # ------------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Finish the batch in hand, then stop (a blocked read is cancelled)."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def run(self) -> None:
+        """Own pending entries first (a failed batch), then stale ones, then new ones."""
+        retry_own = True
+        next_claim = next_trim = self._clock()
+        while not self._stopping.is_set():
+            try:
+                if retry_own:
+                    entries = await self._outbox.read_own_pending()
+                    retry_own = bool(entries)
+                    await self.relay(entries)
+                    continue
+                now = self._clock()
+                if now >= next_claim:
+                    next_claim = now + self._claim_every_s
+                    claimed = await self._outbox.claim_stale()
+                    if claimed:
+                        log.info("claimed stale outbox entries", count=len(claimed))
+                        await self.relay(claimed)
+                if now >= next_trim:
+                    next_trim = now + self._trim_every_s
+                    await self._outbox.trim_acknowledged()
+                entries = await self._read_new()
+                await self.relay(entries)
+                self.healthy = True
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.healthy = False
+                metrics.RELAY_FAILURES.inc()
+                log.warning("relay batch failed; retrying its entries", exc_info=True)
+                retry_own = True
+                await self._pause(self._retry_s)
+
+    async def _read_new(self) -> list[OutboxEntry]:
+        # A blocked read would delay shutdown by up to its block time: race it with stop.
+        read = asyncio.ensure_future(self._outbox.read_new())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if read in done:
+            stopping.cancel()
+            return read.result()
+        read.cancel()
+        await asyncio.gather(read, return_exceptions=True)
+        return []
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)

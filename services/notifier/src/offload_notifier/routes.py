@@ -1,0 +1,212 @@
+"""The notifier's HTTP API: SSE streams (DESIGN §2), health and metrics.
+
+Errors are RFC 9457 problem details. Another tenant's job is a 404, exactly
+as a job that does not exist.
+"""
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from offload_notifier import metrics
+from offload_notifier.streams import (
+    Frame,
+    JobSnapshots,
+    StreamSource,
+    job_frames,
+    stream_id,
+    tenant_frames,
+)
+from offload_runtime.auth import KeyRing, bearer_token
+from offload_runtime.keys import RedisKeys
+
+PROBLEM_JSON = "application/problem+json"
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Problem(Exception):
+    """An error answer: `status`, a short `title`, and a `detail` the caller can act on."""
+
+    def __init__(
+        self, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def problem_response(request: Request, problem: Problem, **extra: Any) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return JSONResponse(
+        body, status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return problem_response(request, exc)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "Error")
+        return problem_response(request, Problem(exc.status_code, title, str(exc.detail)))
+
+    async def on_invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+            for error in exc.errors()
+        ]
+        problem = Problem(422, "Invalid request", "the request has invalid fields")
+        return problem_response(request, problem, errors=errors)
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_invalid)
+
+
+@dataclass(frozen=True)
+class RouteDeps:
+    """What the routes need, wired by `app.py`."""
+
+    key_ring: KeyRing
+    keys: RedisKeys
+    streams: StreamSource
+    snapshots: JobSnapshots
+    tenant_of_job: Callable[[str], Awaitable[str | None]]
+    ping_s: float
+    readiness: Callable[[], Awaitable[dict[str, bool]]]
+
+
+def _sse(frame: Frame) -> ServerSentEvent:
+    return ServerSentEvent(
+        raw_data=frame.data, event=frame.event, id=frame.id, comment=frame.comment
+    )
+
+
+def build_router(deps: RouteDeps) -> APIRouter:
+    router = APIRouter()
+
+    def tenant(authorization: Annotated[str | None, Header()] = None) -> str:
+        token = bearer_token(authorization)
+        found = deps.key_ring.tenant_for(token) if token else None
+        if found is None:
+            detail = (
+                "send an API key as `Authorization: Bearer <key>`"
+                if token is None
+                else "the API key is not valid"
+            )
+            raise Problem(401, "Unauthorized", detail, {"WWW-Authenticate": "Bearer"})
+        return found
+
+    def last_event_id(
+        header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+        query: Annotated[str | None, Query(alias="last_event_id")] = None,
+    ) -> str | None:
+        # Browsers send the header on reconnection; the query parameter lets a first
+        # connection resume too (EventSource cannot set headers).
+        value = header if header is not None else query
+        if value is None or not value.strip():
+            return None
+        try:
+            stream_id(value)
+        except ValueError:
+            raise Problem(
+                400,
+                "Invalid Last-Event-ID",
+                "Last-Event-ID must be the `id:` of an event this stream sent, "
+                "e.g. `1700000000000-0`",
+            ) from None
+        return value.strip()
+
+    async def owned_job(job_id: str, tenant: Annotated[str, Depends(tenant)]) -> str:
+        if not _JOB_ID.match(job_id) or await deps.tenant_of_job(job_id) != tenant:
+            raise Problem(404, "Not Found", f"no job {job_id!r}")
+        return job_id
+
+    @router.get(
+        "/v1/jobs/{job_id}/events",
+        response_class=EventSourceResponse,
+        summary="A job's events as Server-Sent Events",
+        description="History first, then live; `id:` is the event's stream id and "
+        "`Last-Event-ID` resumes after it. A `resync` event (the job's current state) "
+        "comes first when events since that id were trimmed. `: ping` every 15 s; the "
+        "stream ends after the job's terminal event.",
+    )
+    async def job_events(
+        job_id: Annotated[str, Depends(owned_job)],
+        resume_after: Annotated[str | None, Depends(last_event_id)],
+    ) -> AsyncIterator[ServerSentEvent]:
+        metrics.SSE_CLIENTS.labels("job").inc()
+        try:
+            async for frame in job_frames(
+                job_id,
+                deps.keys.job_events(job_id),
+                resume_after,
+                source=deps.streams,
+                snapshots=deps.snapshots,
+                ping_s=deps.ping_s,
+            ):
+                yield _sse(frame)
+        finally:
+            metrics.SSE_CLIENTS.labels("job").dec()
+
+    @router.get(
+        "/v1/events",
+        response_class=EventSourceResponse,
+        summary="All the tenant's job events as Server-Sent Events",
+        description="Live from the moment of connection, or resumed after `Last-Event-ID`.",
+    )
+    async def tenant_events(
+        tenant: Annotated[str, Depends(tenant)],
+        resume_after: Annotated[str | None, Depends(last_event_id)],
+    ) -> AsyncIterator[ServerSentEvent]:
+        metrics.SSE_CLIENTS.labels("tenant").inc()
+        try:
+            async for frame in tenant_frames(
+                deps.keys.tenant_events(tenant),
+                resume_after,
+                source=deps.streams,
+                ping_s=deps.ping_s,
+            ):
+                yield _sse(frame)
+        finally:
+            metrics.SSE_CLIENTS.labels("tenant").dec()
+
+    @router.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Readiness: RabbitMQ and Redis reachable, relay running")
+    async def readyz() -> JSONResponse:
+        try:
+            checks = await asyncio.wait_for(deps.readiness(), 3)
+        except TimeoutError:
+            checks = {"broker": False, "redis": False}
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

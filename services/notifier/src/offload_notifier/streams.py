@@ -1,0 +1,187 @@
+"""SSE sessions, the domain part (DESIGN §2, §6): what one client sees, and in which order.
+
+A job's stream: its history first, then live events, each with its Redis
+stream id as the SSE `id:`; `Last-Event-ID` resumes strictly after that id,
+with no gap and no duplicate. When the id is older than the stream's first
+entry (the capped stream was trimmed since), the client first gets a
+`resync` event with the job's current state and then the events after it.
+The stream ends after the job's terminal event. A tenant's stream is the same
+without history (it starts live) and without an end.
+
+Reading Redis is a port (`StreamSource`), shared by every client of a process.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+from offload_contracts import EventKind
+
+TERMINAL_KINDS = frozenset(kind.value for kind in EventKind if kind.is_terminal)
+START = "0-0"
+"""The id before every entry of a stream."""
+
+
+class StreamEntry:
+    """One stream entry, shared by every client that receives it (parsed at most once)."""
+
+    def __init__(self, entry_id: str, data: str) -> None:
+        self.id = entry_id
+        self.data = data
+
+    @cached_property
+    def kind(self) -> str:
+        try:
+            value = json.loads(self.data).get("event", "")
+        except (ValueError, AttributeError):
+            return ""
+        return value if isinstance(value, str) else ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One SSE message: an event (`id`, `event`, `data`), or a keep-alive comment."""
+
+    event: str | None = None
+    data: str | None = None
+    id: str | None = None
+    comment: str | None = None
+
+
+PING = Frame(comment="ping")
+SUBSCRIBED = Frame(comment="subscribed")
+"""Sent once a tenant stream's starting point is fixed: events from then on will come."""
+
+
+def stream_id(text: str) -> tuple[int, int]:
+    """`"1700000000000-3"` → `(1700000000000, 3)`; ValueError when it is not a stream id."""
+    ms, sep, seq = text.strip().partition("-")
+    if not ms.isdigit() or (sep and not seq.isdigit()):
+        raise ValueError(f"not a stream id: {text!r}")
+    return int(ms), int(seq) if sep else 0
+
+
+class Subscription(Protocol):
+    async def next(self, timeout: float) -> StreamEntry | None:
+        """The next entry after the last one returned; None when `timeout` passed first."""
+        ...
+
+
+class StreamSource(Protocol):
+    def follow(self, key: str, after: str) -> AbstractAsyncContextManager[Subscription]:
+        """Every entry of `key` after `after`: the stored ones, then new ones as they come."""
+        ...
+
+    async def bounds(self, key: str) -> "StreamBounds":
+        """Where the stream starts and ends now, and whether entries were ever trimmed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBounds:
+    """The ids of a stream's first and last entries (None when it is empty or absent)."""
+
+    first: str | None
+    last: str | None
+    trimmed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """A job's current state and the id of its stream's last entry, read together."""
+
+    view: dict[str, Any]
+    terminal: bool
+    last_id: str
+
+
+class JobSnapshots(Protocol):
+    async def snapshot(self, job_id: str) -> JobSnapshot | None: ...
+
+
+def _resumable(last_event_id: str, bounds: StreamBounds) -> bool:
+    """Whether every entry after `last_event_id` is still in the stream."""
+    if bounds.first is None or bounds.last is None:
+        return False
+    wanted = stream_id(last_event_id)
+    if wanted > stream_id(bounds.last):
+        return False  # not an id this stream has given out
+    # Older than the first entry of a trimmed stream: what came between may be gone.
+    return not bounds.trimmed or wanted >= stream_id(bounds.first)
+
+
+async def job_frames(
+    job_id: str,
+    key: str,
+    last_event_id: str | None,
+    *,
+    source: StreamSource,
+    snapshots: JobSnapshots,
+    ping_s: float,
+) -> AsyncIterator[Frame]:
+    """One client's view of one job's events, until its terminal event."""
+    after = START
+    if last_event_id is not None:
+        bounds = await source.bounds(key)
+        if _resumable(last_event_id, bounds):
+            after = last_event_id
+            if last_event_id == bounds.last:
+                # Caught up: if that was the job's end, there is nothing more to wait for.
+                snapshot = await snapshots.snapshot(job_id)
+                if snapshot is None or (snapshot.terminal and snapshot.last_id == after):
+                    return
+        else:
+            snapshot = await snapshots.snapshot(job_id)
+            if snapshot is None:
+                return
+            yield Frame(event="resync", data=json.dumps(snapshot.view), id=snapshot.last_id)
+            if snapshot.terminal:
+                return
+            after = snapshot.last_id
+    async with source.follow(key, after) as subscription:
+        pending: StreamEntry | None = None
+        while True:
+            entry = pending or await subscription.next(ping_s)
+            pending = None
+            if entry is None:
+                yield PING
+                continue
+            yield Frame(event=entry.kind or None, data=entry.data, id=entry.id)
+            if entry.terminal:
+                # The end, unless more follows at once (a replayed job starts over).
+                pending = await subscription.next(0)
+                if pending is None:
+                    return
+
+
+async def tenant_frames(
+    key: str,
+    last_event_id: str | None,
+    *,
+    source: StreamSource,
+    ping_s: float,
+) -> AsyncIterator[Frame]:
+    """One client's view of all its tenant's job events: live, or resumed, never ending."""
+    bounds = await source.bounds(key)
+    after = bounds.last or START
+    if last_event_id is not None:
+        if _resumable(last_event_id, bounds):
+            after = last_event_id
+        else:
+            reason = "events since your Last-Event-ID were trimmed: re-read your jobs"
+            yield Frame(event="resync", data=json.dumps({"reason": reason}), id=after)
+    yield SUBSCRIBED
+    async with source.follow(key, after) as subscription:
+        while True:
+            entry = await subscription.next(ping_s)
+            if entry is None:
+                yield PING
+            else:
+                yield Frame(event=entry.kind or None, data=entry.data, id=entry.id)

@@ -1,0 +1,194 @@
+"""The notifier's SSE streams over real HTTP, against the real Redis and RabbitMQ (DESIGN §2)."""
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.support.infra import Infra
+from tests.support.notifier import (
+    NotifierSpace,
+    RunningNotifier,
+    notifier_space,
+    running_notifier,
+    sse,
+    until,
+)
+
+
+@pytest.fixture
+async def space(infra: Infra) -> AsyncIterator[NotifierSpace]:
+    async with notifier_space(infra) as space:
+        yield space
+
+
+@pytest.fixture
+async def notifier(space: NotifierSpace) -> AsyncIterator[RunningNotifier]:
+    async with running_notifier(space) as running:
+        yield running
+
+
+async def test_job_stream_sends_history_then_live_events_and_closes_after_the_terminal_one(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    job = await space.jobs.create()
+    await space.jobs.start(job)
+    async with notifier.client() as http, sse(http, f"/v1/jobs/{job.id}/events") as stream:
+        history = await stream.events(2)
+        assert [e.event for e in history] == ["queued", "started"]
+        assert all(e.json["job_id"] == job.id for e in history)
+
+        await space.jobs.progress(job, 50)
+        [progress] = await stream.events(1)
+        assert progress.event == "progress"
+        assert progress.json["progress"] == {"percent": 50.0, "message": "50%"}
+
+        await space.jobs.complete(job, answer=42)
+        [completed] = await stream.events(1)
+        assert completed.event == "completed"
+        assert completed.json["result"] == {"answer": 42}
+        assert await stream.rest() == []  # the server closed the stream
+
+    stored = await space.store.client.xrange(space.keys.job_events(job.id))
+    assert [e.id for e in [*history, progress, completed]] == [entry_id for entry_id, _ in stored]
+
+
+async def test_a_finished_job_streams_its_whole_history_and_closes(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    job = await space.jobs.create()
+    await space.jobs.start(job)
+    await space.jobs.complete(job)
+
+    async with notifier.client() as http, sse(http, f"/v1/jobs/{job.id}/events") as stream:
+        events = await stream.rest()
+
+    assert [e.event for e in events] == ["queued", "started", "completed"]
+
+
+async def test_reconnecting_with_last_event_id_resumes_with_no_gap_and_no_duplicate(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    job = await space.jobs.create()
+    await space.jobs.start(job)
+    async with notifier.client() as http:
+        async with sse(http, f"/v1/jobs/{job.id}/events") as stream:
+            seen = await stream.events(2)
+            await space.jobs.progress(job, 10)
+            seen += await stream.events(1)
+        # Disconnected: events keep happening meanwhile.
+        await space.jobs.progress(job, 20)
+        await space.jobs.progress(job, 30)
+        async with sse(http, f"/v1/jobs/{job.id}/events", last_event_id=seen[-1].id) as stream:
+            resumed = await stream.events(2)
+            await space.jobs.complete(job)
+            resumed += await stream.rest()
+
+    all_ids = [e.id for e in seen + resumed]
+    stored = [
+        entry_id for entry_id, _ in await space.store.client.xrange(space.keys.job_events(job.id))
+    ]
+    assert all_ids == stored
+    assert [e.event for e in resumed] == ["progress", "progress", "completed"]
+
+
+async def test_a_trimmed_last_event_id_gets_a_resync_with_the_current_state_first(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    job = await space.jobs.create()
+    await space.jobs.start(job)
+    first = (await space.store.client.xrange(space.keys.job_events(job.id)))[0][0]
+    await space.jobs.progress(job, 40)
+    # Trim the stream as its cap would: the first two entries are gone.
+    await space.store.client.xtrim(space.keys.job_events(job.id), maxlen=1, approximate=False)
+
+    async with (
+        notifier.client() as http,
+        sse(http, f"/v1/jobs/{job.id}/events", last_event_id=first) as stream,
+    ):
+        [resync] = await stream.events(1)
+        await space.jobs.complete(job)
+        after = await stream.rest()
+
+    assert resync.event == "resync"
+    state = resync.json
+    assert state["id"] == job.id and state["status"] == "active"
+    assert state["progress"] == {"percent": 40.0, "message": "40%"}
+    assert "tenant" not in state and "input" not in state
+    assert [e.event for e in after] == ["completed"]
+    stored = await space.store.client.xrange(space.keys.job_events(job.id))
+    assert resync.id == stored[-2][0]  # resumable: the id of the state it describes
+    assert after[0].id == stored[-1][0]
+
+
+async def test_another_tenants_job_is_404_and_no_key_is_401(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    job = await space.jobs.create(tenant="acme")
+    async with notifier.client("globex") as http:
+        other = await http.get(f"/v1/jobs/{job.id}/events")
+        missing = await http.get("/v1/jobs/nope/events")
+    async with notifier.client(None) as http:
+        anonymous = await http.get(f"/v1/jobs/{job.id}/events")
+    async with notifier.client(None, headers={"Authorization": "Bearer wrong"}) as http:
+        wrong = await http.get("/v1/events")
+
+    for answer in (other, missing):
+        assert answer.status_code == 404
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["status"] == 404
+    assert other.json()["detail"] == missing.json()["detail"].replace("'nope'", repr(job.id))
+    for answer in (anonymous, wrong):
+        assert answer.status_code == 401
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_malformed_last_event_id_is_a_400(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    job = await space.jobs.create()
+    async with notifier.client() as http:
+        answer = await http.get(f"/v1/jobs/{job.id}/events", headers={"Last-Event-ID": "yesterday"})
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "Last-Event-ID" in answer.json()["detail"]
+
+
+async def test_pings_keep_an_idle_stream_alive(space: NotifierSpace) -> None:
+    job = await space.jobs.create()
+    async with (
+        running_notifier(space, sse_ping_s=0.1) as notifier,
+        notifier.client() as http,
+        sse(http, f"/v1/jobs/{job.id}/events") as stream,
+    ):
+        [queued] = await stream.events(1)
+        pings = [await stream.next(2), await stream.next(2)]
+    assert queued.event == "queued"
+    assert [p.comment if p else None for p in pings] == ["ping", "ping"]
+
+
+async def test_tenant_stream_is_live_resumable_and_only_the_tenants(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    before = await space.jobs.create()  # before connecting: not part of a live stream
+    tenant_stream = space.keys.tenant_events("acme")
+    await until(lambda: space.store.client.xlen(tenant_stream), what="the relay")
+    async with notifier.client("acme") as http:
+        async with sse(http, "/v1/events") as stream:
+            subscribed = await stream.next()
+            assert subscribed is not None and subscribed.comment == "subscribed"
+            other = await space.jobs.create(tenant="globex")
+            mine = await space.jobs.create(tenant="acme")
+            await space.jobs.start(mine)
+            live = await stream.events(2)
+        await space.jobs.complete(mine)
+        async with sse(http, "/v1/events", last_event_id=live[-1].id) as stream:
+            [resumed] = await stream.events(1)
+
+    assert [(e.json["job_id"], e.event) for e in live] == [
+        (mine.id, "queued"),
+        (mine.id, "started"),
+    ]
+    assert (resumed.json["job_id"], resumed.event) == (mine.id, "completed")
+    assert other.id not in {e.json["job_id"] for e in live}
+    assert before.id not in {e.json["job_id"] for e in live}
