@@ -6,7 +6,7 @@ PYTHON ?= python3
 # uv from PATH, else the one `pip install uv` puts beside this Python.
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(PYTHON) -m uv)
 
-.PHONY: install lint typecheck test run bench clean
+.PHONY: install lint typecheck test run demo compose-check bench clean
 
 install: ## create .venv from the lock file (installs uv with pip when missing)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -15,10 +15,37 @@ install: ## create .venv from the lock file (installs uv with pip when missing)
 lint: install ## ruff and mypy
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
-	$(UV) run --locked mypy contracts/src services/*/src
+	$(UV) run --locked mypy contracts/src services/*/src client/src deploy
 
 test: lint ## lint, then the whole suite against the real RabbitMQ and Redis
 	$(UV) run --locked pytest
+
+# `make run`: processes per worker service, e.g. `make run VIDEO=4 IMAGE=2` (0 = none).
+AI ?= 1
+RESEARCH ?= 1
+VIDEO ?= 1
+IMAGE ?= 1
+
+# `make run` defaults (DESIGN §8); set any of them in the environment to override.
+run: export OFFLOAD_API_KEYS ?= dev-key=dev
+run: export OFFLOAD_ADMIN_KEYS ?= dev-admin-key
+run: export OFFLOAD_WEBHOOK_ALLOW_PRIVATE ?= true
+run: export OFFLOAD_STORAGE_DIR ?= $(CURDIR)/var/storage
+run: export OFFLOAD_LOG_FORMAT ?= console
+run: export OFFLOAD_SHUTDOWN_GRACE_S ?= 10
+
+run: install ## start every service locally (needs RabbitMQ and Redis); Ctrl-C stops them
+	@$(UV) run --locked --no-sync python deploy/run.py \
+		--scale ai=$(AI) --scale research=$(RESEARCH) --scale video=$(VIDEO) --scale image=$(IMAGE)
+
+# `make demo`: against a running system (`make run` in another terminal).
+demo: export OFFLOAD_API_KEY ?= dev-key
+demo: install ## one job of each type, progressing side by side
+	@$(UV) run --locked --no-sync offload demo
+
+compose-check: ## validate docker-compose.yml with docker-compose, when it is installed
+	@command -v docker-compose >/dev/null 2>&1 || { echo "docker-compose is not installed (apt-get install -y docker-compose); the test suite validates the file against the Compose schema"; exit 1; }
+	docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"
 
 bench: install ## benchmarks (figures, not pass/fail)
 	$(UV) run --locked python -m bench.runner_throughput

@@ -79,8 +79,8 @@ class AsyncOffload:
         key = self._admin_key if admin else self._api_key
         if not key:
             raise OffloadError(
-                "no API key: pass api_key= or set OFFLOAD_API_KEY "
-                "(`make run` prints the development key)"
+                "no API key: set OFFLOAD_API_KEY (or pass --api-key / api_key=); "
+                "`make run` prints the development key"
             )
         return {"Authorization": f"Bearer {key}"}
 
@@ -90,7 +90,9 @@ class AsyncOffload:
         try:
             return await self._http.request(**kwargs)
         except httpx.TransportError as exc:
-            raise ConnectionFailed(f"{call.method} {call.url}: {exc!r}") from exc
+            raise ConnectionFailed(
+                f"{call.method} {call.url}: {exc or type(exc).__name__}"
+            ) from exc
 
     # ----------------------------------------------------------------- jobs
 
@@ -237,7 +239,7 @@ class AsyncOffload:
             try:
                 response = await self._http.post(url, files=upload.files(), headers=self._auth())
             except httpx.TransportError as exc:
-                raise ConnectionFailed(f"POST {url}: {exc!r}") from exc
+                raise ConnectionFailed(f"POST {url}: {exc or type(exc).__name__}") from exc
         finally:
             upload.close()
         return FileInfo.model_validate(protocol.read_json(response))
@@ -267,7 +269,7 @@ class AsyncOffload:
                         out.write(chunk)
         except httpx.TransportError as exc:
             partial.unlink(missing_ok=True)
-            raise ConnectionFailed(f"GET {url}: {exc!r}") from exc
+            raise ConnectionFailed(f"GET {url}: {exc or type(exc).__name__}") from exc
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

@@ -78,8 +78,8 @@ class Offload:
         key = self._admin_key if admin else self._api_key
         if not key:
             raise OffloadError(
-                "no API key: pass api_key= or set OFFLOAD_API_KEY "
-                "(`make run` prints the development key)"
+                "no API key: set OFFLOAD_API_KEY (or pass --api-key / api_key=); "
+                "`make run` prints the development key"
             )
         return {"Authorization": f"Bearer {key}"}
 
@@ -89,7 +89,9 @@ class Offload:
         try:
             return self._http.request(**kwargs)
         except httpx.TransportError as exc:
-            raise ConnectionFailed(f"{call.method} {call.url}: {exc!r}") from exc
+            raise ConnectionFailed(
+                f"{call.method} {call.url}: {exc or type(exc).__name__}"
+            ) from exc
 
     # ----------------------------------------------------------------- jobs
 
@@ -232,7 +234,7 @@ class Offload:
         try:
             response = self._http.post(url, files=upload.files(), headers=self._auth())
         except httpx.TransportError as exc:
-            raise ConnectionFailed(f"POST {url}: {exc!r}") from exc
+            raise ConnectionFailed(f"POST {url}: {exc or type(exc).__name__}") from exc
         finally:
             upload.close()
         return FileInfo.model_validate(protocol.read_json(response))
@@ -262,7 +264,7 @@ class Offload:
                         out.write(chunk)
         except httpx.TransportError as exc:
             partial.unlink(missing_ok=True)
-            raise ConnectionFailed(f"GET {url}: {exc!r}") from exc
+            raise ConnectionFailed(f"GET {url}: {exc or type(exc).__name__}") from exc
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
