@@ -36,6 +36,11 @@ class SandboxSettings(BaseSettings):
     sandbox_video_render_s: float = Field(
         default=10, ge=0, description="Video: how long a render takes, in seconds."
     )
+    sandbox_video_render_s_per_video_s: float = Field(
+        default=0,
+        ge=0,
+        description="Video: render seconds added per second of video (longer videos take longer).",
+    )
     sandbox_video_bytes_per_second: int = Field(
         default=1_000_000,
         ge=1,

@@ -17,7 +17,8 @@
 
 Size: `size_bytes` when given, else `duration_s` × the resolution's byte rate
 (`OFFLOAD_SANDBOX_VIDEO_BYTES_PER_SECOND` is the 1080p rate; 480p is ¼ of it, 720p ½,
-4k 4×). Render time: `OFFLOAD_SANDBOX_VIDEO_RENDER_S` (queued for its first tenth).
+4k 4×). Render time: `OFFLOAD_SANDBOX_VIDEO_RENDER_S`, plus
+`OFFLOAD_SANDBOX_VIDEO_RENDER_S_PER_VIDEO_S` per second of video (queued for its first tenth).
 
 Failure injection by model name (DESIGN §8, plus two video-only ones):
 `sandbox` works; `sandbox-reject` → the submit answers 400; `sandbox-fail-N` → the render is
@@ -273,7 +274,8 @@ class VideoSandbox:
             model=spec.model,
             size=size,
             created=time.monotonic(),
-            render_s=self.settings.sandbox_video_render_s,
+            render_s=self.settings.sandbox_video_render_s
+            + spec.duration_s * self.settings.sandbox_video_render_s_per_video_s,
             fail_calls=int(fail.group(1)) if fail else 0,
             drop_at=drop_at,
             render_fails=spec.model == "sandbox-render-fail",
