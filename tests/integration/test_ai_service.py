@@ -29,7 +29,15 @@ async def driver(infra: Infra) -> AsyncIterator[ServiceDriver]:
 
 @pytest.fixture(scope="module")
 async def sandbox() -> AsyncIterator[RunningSandbox]:
-    # 60 tokens at 40/s: a generation takes ~1.5 s, long enough to see progress events.
+    async with running_sandbox(
+        sandbox_llm_ttft_ms=0, sandbox_llm_tokens_per_s=2000, sandbox_llm_answer_tokens=60
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def slow_sandbox() -> AsyncIterator[RunningSandbox]:
+    # 40 tokens a second: 60 tokens take ~1.5 s, long enough to see progress events.
     async with running_sandbox(
         sandbox_llm_ttft_ms=0, sandbox_llm_tokens_per_s=40, sandbox_llm_answer_tokens=60
     ) as running:
@@ -102,9 +110,9 @@ async def test_ai_generate_streams_the_sandbox_answer_into_the_result(
 
 
 async def test_progress_reports_token_share_and_characters_at_most_twice_a_second(
-    driver: ServiceDriver, sandbox: RunningSandbox
+    driver: ServiceDriver, slow_sandbox: RunningSandbox
 ) -> None:
-    async with ai_worker(driver, sandbox):
+    async with ai_worker(driver, slow_sandbox):
         job = await driver.submit("ai.generate", prompt="Tell a long story.", max_tokens=100)
         record = await driver.wait_status(job.id)
 
@@ -202,8 +210,9 @@ async def test_one_process_holds_fifty_two_second_calls_at_once(driver: ServiceD
 
 
 async def test_cancelling_an_active_job_closes_its_stream_at_once(
-    driver: ServiceDriver, sandbox: RunningSandbox
+    driver: ServiceDriver, slow_sandbox: RunningSandbox
 ) -> None:
+    sandbox = slow_sandbox
     async with ai_worker(driver, sandbox) as worker:
         # 2000 tokens at 40/s would stream for ~50 s.
         job = await driver.submit("ai.generate", prompt="Write a novel.", max_tokens=2000)
