@@ -13,7 +13,7 @@
   deleted.
 - `GET /sandbox/videos/stats?key=` → counters per render for tests and demos: submissions
   for its key, status and content calls, bytes served, the `Range` headers seen, injected
-  failures, whether it was cancelled.
+  failures, whether it was cancelled or deleted.
 
 Size: `size_bytes` when given, else `duration_s` × the resolution's byte rate
 (`OFFLOAD_SANDBOX_VIDEO_BYTES_PER_SECOND` is the 1080p rate; 480p is ¼ of it, 720p ½,
@@ -161,6 +161,7 @@ class Render:
             "ranges": self.ranges,
             "injected_failures": self.injected_failures,
             "cancelled": self.cancelled_at is not None,
+            "deleted": self.deleted,
         }
 
 
