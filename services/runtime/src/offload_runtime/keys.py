@@ -78,3 +78,12 @@ class RedisKeys:
     def notifier_wake(self, consumer: str) -> str:
         """Stream (one entry, expiring): wakes one notifier's shared SSE read for a new key."""
         return f"{self.prefix}notifier:wake:{consumer}"
+
+    @property
+    def admin_audit(self) -> str:
+        """Stream (capped): who did what through the admin API (dead-letter replays, purges)."""
+        return f"{self.prefix}admin:audit"
+
+    def admin_rate(self, actor: str, window: int) -> str:
+        """Counter: an admin key's replay and purge calls in one rate-limit window (a minute)."""
+        return f"{self.prefix}admin:rate:{actor}:{window}"

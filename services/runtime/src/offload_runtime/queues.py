@@ -10,12 +10,12 @@ What AMQP 0-9-1 can tell, and what it cannot:
 - A passive declare of a queue that does not exist closes the channel
   (404 NOT_FOUND); the inspector then opens a fresh channel and goes on.
 - Reading a dead queue without consuming it for good: `basic.get` without
-  ack takes a window of messages, which are then returned with
-  `basic.nack(requeue=True)`, in their original order. Checked on RabbitMQ
-  3.10 quorum queues: the returned messages go back to the head of the queue,
-  in the order they are returned, so the queue's order is kept. Each return
-  counts as a delivery: the message's `x-delivery-count` grows by one and
-  `redelivered` is set. The dead queues carry no `x-delivery-limit`, so on
+  ack takes messages, which are then returned with `basic.nack(requeue=True)`
+  in the order they were read. Checked on RabbitMQ 3.10 quorum queues: a
+  returned message goes to the *back* of the queue, so `browse` reads the
+  whole queue (a full rotation keeps the order) and pages by failure time.
+  Each return counts as a delivery: the message's `x-delivery-count` grows by
+  one and `redelivered` is set. The dead queues carry no `x-delivery-limit`, so on
   RabbitMQ 3.x browsing never drops a message; RabbitMQ 4.x gives quorum
   queues a default delivery limit of 20, so there give the `*.dead` queues a
   policy with `delivery-limit: -1` (see the README).
@@ -28,6 +28,7 @@ What AMQP 0-9-1 can tell, and what it cannot:
 """
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,11 +166,12 @@ class DeadLetterPage:
     total: int
     offset: int
     items: list[DeadLetter]
+    scanned: int = 0
 
     @property
     def next_offset(self) -> int | None:
         following = self.offset + len(self.items)
-        return following if self.items and following < self.total else None
+        return following if self.items and following < self.scanned else None
 
 
 TakeDecision = Literal["ack", "keep"]
@@ -192,6 +194,8 @@ class SweepReport:
     scanned: int = 0
     acked: int = 0
     kept: int = 0
+    remaining: int = 0
+    """Ready letters left: those there at the start, less those acked (new arrivals aside)."""
     outcomes: list[tuple[DeadLetter, str]] = field(default_factory=list)
 
 
@@ -279,30 +283,46 @@ class QueueOps:
 
     # ------------------------------------------------------------------ dead letters
 
-    async def browse(self, queue: str, *, offset: int, limit: int) -> DeadLetterPage:
-        """Read messages `offset .. offset+limit-1` and put every one of them back."""
+    async def browse(
+        self, queue: str, *, offset: int, limit: int, scan_limit: int = 5000
+    ) -> DeadLetterPage:
+        """Letters `offset .. offset+limit-1`, oldest failure first; every letter is put back.
+
+        RabbitMQ returns a requeued message to the *back* of a quorum queue
+        (checked on 3.10), so reading only a window would rotate the queue and
+        make pages shift. A browse therefore reads the whole queue (up to
+        `scan_limit` letters) and returns every letter in the order it was
+        read: a full rotation, which leaves the order as it was. The page is a
+        slice of those letters sorted by failure time, so pages are stable.
+        Past `scan_limit`, each browse sees the next `scan_limit` letters.
+        """
         async with self._lock(queue):
             channel = await self._channel()
             held: list[AbstractIncomingMessage] = []
             try:
                 declared = await self._passive(channel, queue)
                 total = int(declared.declaration_result.message_count or 0)
-                items: list[DeadLetter] = []
-                while len(held) < min(offset + limit, total):
+                letters: list[DeadLetter] = []
+                while len(held) < min(total, scan_limit):
                     message = await declared.get(no_ack=False, fail=False)
                     if message is None:
                         break
                     held.append(message)
-                    if len(held) > offset:
-                        items.append(
-                            DeadLetter.parse(len(held) - 1, message.body, message.headers or {})
-                        )
+                    letters.append(
+                        DeadLetter.parse(len(held) - 1, message.body, message.headers or {})
+                    )
                 await _return_in_order(held)
-                return DeadLetterPage(queue, total, offset, items)
             finally:
                 # Closing the channel returns anything still unacked (e.g. after an error).
                 if not channel.is_closed:
                     await channel.close()
+            await self._settle(queue, len(held))
+        ordered = sorted(letters, key=lambda letter: (letter.failed_at or "", letter.position))
+        items = [
+            dataclasses.replace(letter, position=index)
+            for index, letter in enumerate(ordered[offset : offset + limit], start=offset)
+        ]
+        return DeadLetterPage(queue, total, offset, items, scanned=len(letters))
 
     async def sweep(
         self,
@@ -350,11 +370,32 @@ class QueueOps:
                     else:
                         kept.append(message)
                 report.kept = len(kept)
+                report.remaining = max(0, total - report.acked)
                 await _return_in_order(kept)
             finally:
                 if not channel.is_closed:
                     await channel.close()
+            await self._settle(queue, len(kept))
         return report
+
+    async def _settle(self, queue: str, returned: int, timeout_s: float = 2.0) -> None:
+        """Wait until the queue counts the `returned` messages again.
+
+        A quorum queue applies returns asynchronously (through Raft): right
+        after the nacks its ready count can still miss them, and the next read
+        would skip them. Waiting here makes each call see the previous one's
+        result.
+        """
+        if returned == 0:
+            return
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                if await self.depth(queue) >= returned:
+                    return
+            except QueueMissing:
+                return
+            await asyncio.sleep(0.005)
 
     async def purge(self, queue: str) -> int:
         """Delete every ready message of `queue`; answers how many."""
@@ -377,8 +418,9 @@ class QueueOps:
 
 
 async def _return_in_order(messages: list[AbstractIncomingMessage]) -> None:
-    # One nack per message, oldest first: the quorum queue puts returned messages
-    # back at its head in the order they come back, so the queue's order is kept.
+    # One nack per message, in the order they were read: the quorum queue appends
+    # returned messages at its back in the order they come back, so after a read
+    # of the whole queue its order is what it was.
     for message in messages:
         await message.nack(requeue=True)
 
