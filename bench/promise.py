@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.cpu import MachineCpu
 from bench.infra import BenchInfra, bench_infra
 from bench.probe import ProbeResult, probe, probe_for
 from bench.report import Figure, report
@@ -56,7 +57,8 @@ class Measured:
     load_s: float
     jobs: int
     jobs_failed: int
-    note: str = ""
+    cpu_s: dict[str, float]
+    machine_busy: float
 
     def row(self) -> dict[str, Any]:
         idle, load = (
@@ -77,6 +79,7 @@ class Measured:
             "heavy_jobs": self.jobs,
             "heavy_failed": self.jobs_failed,
             "heavy_wall_s": self.load_s,
+            "machine_busy_%": 100 * self.machine_busy,
         }
 
 
@@ -173,7 +176,9 @@ class Offload:
 # --------------------------------------------------------------------------- measuring
 
 
-async def measure(system: Baseline | Offload, args: argparse.Namespace, image: bytes) -> Measured:
+async def measure(
+    system: Baseline | Offload, args: argparse.Namespace, image: bytes, procs: Processes
+) -> Measured:
     load = HeavyLoad(args.llm_jobs, args.image_jobs, args.research_jobs, args.research_steps)
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=900)
@@ -196,14 +201,17 @@ async def measure(system: Baseline | Offload, args: argparse.Namespace, image: b
         print(f"  {system.name}: {len(bodies)} heavy jobs, probing meanwhile", flush=True)
         stop = asyncio.Event()
         prober = asyncio.create_task(probe(url, headers=AUTH, rate_per_s=args.rate, stop=stop))
-        began = time.perf_counter()
+        began, cpu_before, machine_before = time.perf_counter(), procs.cpu_s(), MachineCpu.now()
         try:
             failed = await system.run(session, bodies)
         finally:
             wall = time.perf_counter() - began
             stop.set()
             under_load = await prober
-    return Measured(system.name, idle, under_load, wall, len(bodies), failed)
+        cpu_after, machine_after = procs.cpu_s(), MachineCpu.now()
+    cpu = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+    busy = machine_after.busy_since(machine_before)
+    return Measured(system.name, idle, under_load, wall, len(bodies), failed, cpu, busy)
 
 
 async def run_baseline(args: argparse.Namespace, infra: BenchInfra, image: bytes) -> Measured:
@@ -225,7 +233,7 @@ async def run_baseline(args: argparse.Namespace, infra: BenchInfra, image: bytes
         )
         base = f"http://127.0.0.1:{port}"
         await baseline.wait_http(f"{base}/healthz")
-        return await measure(Baseline(base), args, image)
+        return await measure(Baseline(base), args, image, procs)
 
 
 async def run_offload(args: argparse.Namespace, infra: BenchInfra, image: bytes) -> Measured:
@@ -247,7 +255,7 @@ async def run_offload(args: argparse.Namespace, infra: BenchInfra, image: bytes)
         await procs.worker("image", env, infra.rabbitmq_url)
         system = Offload(gateway, infra)
         try:
-            return await measure(system, args, image)
+            return await measure(system, args, image, procs)
         finally:
             await system.close()
 
@@ -316,8 +324,14 @@ async def _main(args: argparse.Namespace) -> int:
             "research_steps": args.research_steps,
         },
         probe={"rate_per_s": args.rate, "idle_s": args.idle_s, "endpoint": "GET /v1/jobs/{id}"},
+        cpu_s_during_load={m.system: m.cpu_s for m in results},
         missing=missing or None,
     )
+    for m in results:
+        used = ", ".join(f"{name} {sec:.1f}" for name, sec in sorted(m.cpu_s.items()))
+        print(
+            f"  CPU seconds during the load, {m.system}: {used} (of {2 * m.load_s:.0f} available)"
+        )
     return 2 if missing else 0
 
 

@@ -258,6 +258,12 @@ class Processes:
         await process.wait_consumers(rabbitmq_url, service, count=index + 1)
         return process
 
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by each live process group (service and its pool)."""
+        from bench.cpu import group_cpu_s
+
+        return {p.name: group_cpu_s(p.pid) for p in self.started if p.alive()}
+
     def stop_all(self) -> None:
         for process in reversed(self.started):
             process.stop()
