@@ -81,7 +81,7 @@ async def poll(http: httpx.AsyncClient, job_id: str, timeout: float = 30) -> dic
 
 async def renders(sandbox: RunningSandbox, job_id: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient() as http:
-        answer = await http.get(sandbox.url("/sandbox/videos/stats"), params={"key": job_id})
+        answer = await http.get(sandbox.url("/v1/sandbox/video/renders"), params={"job": job_id})
     found: list[dict[str, Any]] = answer.json()["renders"]
     return found
 

@@ -49,7 +49,7 @@ async def finished(client: httpx.AsyncClient, video_id: str) -> dict[str, Any]:
 
 async def stats(client: httpx.AsyncClient, key: str) -> list[dict[str, Any]]:
     renders: list[dict[str, Any]] = (
-        await client.get("/sandbox/videos/stats", params={"key": key})
+        await client.get("/v1/sandbox/video/renders", params={"job": key})
     ).json()["renders"]
     return renders
 
@@ -132,7 +132,7 @@ async def test_ranges_answer_206_with_the_right_slice(client: httpx.AsyncClient)
     assert stale.status_code == 200 and stale.content == whole  # a changed file comes whole
     [render] = [
         r
-        for r in (await client.get("/sandbox/videos/stats")).json()["renders"]
+        for r in (await client.get("/v1/sandbox/video/renders")).json()["renders"]
         if r["id"] == video_id
     ]
     assert render["ranges"] == [None, "bytes=1000-", "bytes=10-19", "bytes=-5", "bytes=1000-"]

@@ -130,7 +130,7 @@ class VideoRig:
 
     async def renders(self, job_id: str) -> list[dict[str, Any]]:
         """The sandbox's counters for the renders submitted for this job."""
-        answer = await self.http.get("/sandbox/videos/stats", params={"key": job_id})
+        answer = await self.http.get("/v1/sandbox/video/renders", params={"job": job_id})
         answer.raise_for_status()
         renders: list[dict[str, Any]] = answer.json()["renders"]
         return renders

@@ -11,9 +11,10 @@
   `X-Content-SHA256` (and the `ETag`) carry the whole file's SHA-256.
 - `DELETE /v1/videos/{id}` cancels a render still queued or processing; a finished one is
   deleted.
-- `GET /sandbox/videos/stats?key=` → counters per render for tests and demos: submissions
-  for its key, status and content calls, bytes served, the `Range` headers seen, injected
-  failures, whether it was cancelled or deleted.
+- `GET /v1/sandbox/video/renders?job=` → counters per render for tests and demos (`job` is
+  the idempotency key, Offload's job id): submissions for its key, status and content
+  calls, bytes served, the `Range` headers seen, injected failures, whether it was
+  cancelled or deleted.
 
 Size: `size_bytes` when given, else `duration_s` × the resolution's byte rate
 (`OFFLOAD_SANDBOX_VIDEO_BYTES_PER_SECOND` is the 1080p rate; 480p is ¼ of it, 720p ½,
@@ -464,10 +465,10 @@ def build_router(settings: SandboxSettings) -> APIRouter:
         render.deleted = True
         return JSONResponse({"id": render.id, "object": "video", "status": state, "deleted": True})
 
-    @router.get("/sandbox/videos/stats")
-    async def stats(key: str | None = Query(default=None)) -> dict[str, Any]:
+    @router.get("/v1/sandbox/video/renders")
+    async def stats(job: str | None = Query(default=None, max_length=200)) -> dict[str, Any]:
         now = time.monotonic()
-        renders = [r for r in sandbox.renders.values() if key is None or r.key == key]
+        renders = [r for r in sandbox.renders.values() if job is None or r.key == job]
         return {"renders": [r.stats(now) for r in renders]}
 
     return router
