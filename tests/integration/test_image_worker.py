@@ -1,0 +1,459 @@
+"""The image worker against the real RabbitMQ and Redis: results, bad input, dead pool processes,
+and the event loop staying live while large photos are processed (issue 4).
+
+Each test runs the real `image` service (its real queue names) in this run's
+vhost, with its own Redis prefix and storage directory.
+"""
+
+import asyncio
+import io
+import os
+import signal
+import statistics
+import struct
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from offload_contracts import EventKind, ImageProcessRequest, JobStatus, topology
+from offload_image.adapters.pool import PipelinePool
+from offload_image.app import ImageDeps, build_app
+from offload_image.settings import ImageSettings
+from offload_runtime.broker import make_broker, publish_confirmed
+from offload_runtime.keys import RedisKeys
+from offload_runtime.redis import connect_redis
+from offload_runtime.storage import FileStore, StoredFile
+from offload_runtime.store import JobRecord, JobStore, new_id
+from offload_runtime.worker import Worker
+from tests.support.infra import Infra
+
+TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+TENANT = "acme"
+
+
+class ImageRig:
+    """The image worker on the real broker, plus what a test needs to submit and inspect jobs."""
+
+    def __init__(self, infra: Infra, storage: Path, **overrides: Any) -> None:
+        values: dict[str, Any] = {
+            "rabbitmq_url": infra.rabbitmq_url,
+            "redis_url": infra.redis_url,
+            "redis_prefix": f"{infra.redis_prefix}image-{uuid.uuid4().hex[:8]}:",
+            "retry_tiers": "50ms,100ms",
+            "storage_dir": storage,
+            "image_pool_size": 2,
+            "shutdown_grace_s": 1,
+            "log_level": "warning",
+            "webhook_allow_private": True,
+        }
+        values.update(overrides)
+        self.settings = ImageSettings(**values)
+        self.keys = RedisKeys(self.settings.redis_prefix)
+        self.redis = connect_redis(infra.redis_url)
+        self.store = JobStore(self.redis, self.keys, retention_s=3600, events_maxlen=200)
+        self.files = FileStore(storage, self.redis, self.keys)
+        self.broker = make_broker(infra.rabbitmq_url, service=f"image-test-{uuid.uuid4().hex[:6]}")
+        self.pool = PipelinePool(
+            size=self.settings.image_pool_size,
+            scratch_dir=self.files.scratch_dir,
+            max_pixels=self.settings.image_max_pixels,
+        )
+        self.worker: Worker | None = None
+
+    async def start(self, deps: ImageDeps | None = None) -> Worker:
+        deps = deps or ImageDeps()
+        deps.pool = deps.pool or self.pool
+        self.worker = build_app(self.settings, deps)
+        await self.worker.app.start()
+        await self.broker.connect()
+        return self.worker
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            await self.worker.app.stop()
+        await self.broker.stop()
+        await self.redis.aclose()
+
+    # ------------------------------------------------------------------ submitting
+
+    async def upload(self, data: bytes, content_type: str = "image/jpeg") -> StoredFile:
+        return await self.files.save_bytes(TENANT, data, content_type)
+
+    async def submit(
+        self,
+        *operations: dict[str, Any],
+        max_attempts: int = 3,
+        tenant: str = TENANT,
+        **source: Any,
+    ) -> ImageProcessRequest:
+        """What the gateway does: record `waiting`, then publish with a confirm."""
+        request = ImageProcessRequest.model_validate(
+            {
+                "id": new_id(),
+                "tenant": tenant,
+                "max_attempts": max_attempts,
+                "created_at": datetime.now(UTC),
+                "input": {"source": source, "operations": list(operations)},
+            }
+        )
+        assert (await self.store.create(request)).applied
+        await publish_confirmed(
+            self.broker,
+            request.model_dump_json().encode(),
+            exchange=topology.JOBS_EXCHANGE,
+            routing_key=request.type,
+        )
+        return request
+
+    # ------------------------------------------------------------------ observing
+
+    async def wait(self, job_id: str, timeout: float = 30) -> JobRecord:
+        deadline = time.monotonic() + timeout
+        record = None
+        while time.monotonic() < deadline:
+            record = await self.store.get(job_id)
+            if record is not None and record.status in TERMINAL:
+                return record
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s; last seen: {record}")
+
+    async def events(self, job_id: str) -> list[Any]:
+        from offload_contracts import JobEvent
+
+        entries = await self.redis.xrange(self.keys.job_events(job_id))
+        return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+
+    async def output(self, file_id: str) -> tuple[Image.Image, StoredFile]:
+        """Open a stored output as a user downloading it would."""
+        stored = await self.files.get(TENANT, file_id)
+        assert stored is not None, f"output {file_id} is not stored for {TENANT}"
+        image = Image.open(stored.path)
+        image.load()
+        return image, stored
+
+    def scratch_files(self) -> list[Path]:
+        scratch = self.files.scratch_dir
+        return [p for p in scratch.rglob("*") if p.is_file()] if scratch.exists() else []
+
+
+@pytest.fixture
+async def rig(infra: Infra, tmp_path: Path) -> AsyncIterator[ImageRig]:
+    rig = ImageRig(infra, tmp_path / "storage")
+    yield rig
+    await rig.close()
+
+
+# ---------------------------------------------------------------------- images
+
+
+def jpeg_bytes(width: int, height: int, *, orientation: int | None = None) -> bytes:
+    gradient = Image.linear_gradient("L").resize((width, height))
+    image = Image.merge(
+        "RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gradient)
+    )
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def large_photo() -> bytes:
+    """A 6000×4000 JPEG, made once per session (gradients and noise: quick to generate)."""
+    size = (6000, 4000)
+    gradient = Image.linear_gradient("L").resize(size)
+    noise = Image.effect_noise((1500, 1000), 40).resize(size)
+    image = Image.merge(
+        "RGB", (gradient, noise, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def statuses(records: Iterable[JobRecord]) -> list[str]:
+    return [record.status for record in records]
+
+
+# ---------------------------------------------------------------------- results
+
+
+async def test_a_photo_becomes_a_320x240_webp_and_thumbnails(rig: ImageRig) -> None:
+    await rig.start()
+    # Stored sideways (EXIF orientation 6), as phones do: 800×600 on disk, 600×800 upright.
+    photo = await rig.upload(jpeg_bytes(800, 600, orientation=6))
+
+    job = await rig.submit(
+        {"op": "auto_orient"},
+        {"op": "thumbnails", "sizes": [{"width": 200, "height": 200}, {"width": 64, "height": 64}]},
+        {"op": "fit", "width": 320, "height": 240, "mode": "cover"},
+        {"op": "convert", "format": "webp"},
+        {"op": "strip_metadata"},
+        file_id=photo.id,
+    )
+    record = await rig.wait(job.id)
+
+    assert record.status == JobStatus.COMPLETED, record.error
+    result = record.result
+    assert result is not None
+    assert (result["width"], result["height"], result["format"]) == (320, 240, "webp")
+    main, stored = await rig.output(result["file"]["id"])
+    assert (main.format, main.size) == ("WEBP", (320, 240))
+    assert stored.bytes == result["file"]["bytes"] and stored.content_type == "image/webp"
+    assert len(main.getexif()) == 0
+    thumbs = [await rig.output(entry["file"]["id"]) for entry in result["files"]]
+    # Thumbnails of the upright image (auto-oriented first), in the webp output format.
+    assert [(image.format, image.size) for image, _ in thumbs] == [
+        ("WEBP", (150, 200)),
+        ("WEBP", (48, 64)),
+    ]
+    assert [(e["width"], e["height"]) for e in result["files"]] == [(150, 200), (48, 64)]
+    # Progress was reported while it ran, and nothing is left in the scratch directory.
+    events = await rig.events(job.id)
+    progress = [e.progress.percent for e in events if e.event == EventKind.PROGRESS]
+    assert progress and progress == sorted(progress)
+    assert rig.scratch_files() == []
+
+
+async def test_a_source_of_another_tenant_is_not_found(rig: ImageRig) -> None:
+    await rig.start()
+    theirs = await rig.files.save_bytes("other-tenant", jpeg_bytes(40, 30), "image/jpeg")
+    job = await rig.submit({"op": "resize", "width": 10}, file_id=theirs.id)
+    record = await rig.wait(job.id)
+    assert record.status == JobStatus.FAILED
+    assert record.error is not None and record.error.message == f"source file {theirs.id} not found"
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+async def test_bad_input_fails_at_once_with_a_clear_message_and_the_worker_carries_on(
+    rig: ImageRig,
+) -> None:
+    rig.settings = rig.settings.model_copy(update={"image_max_pixels": 10_000_000})
+    rig.pool = PipelinePool(size=2, scratch_dir=rig.files.scratch_dir, max_pixels=10_000_000)
+    await rig.start()
+    pids = sorted(rig.pool.pids())
+    truncated = jpeg_bytes(400, 300)
+    ppm = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(ppm, "PPM")
+    cases: dict[str, tuple[bytes, list[dict[str, Any]]]] = {
+        "the source is not an image Offload can read": (b"%PDF-1.4 not a picture", []),
+        "the source image is truncated or corrupt": (truncated[: len(truncated) // 2], []),
+        "the limit of 10,000,000 (decompression bomb protection)": (
+            bomb_png(5000, 5000),
+            [],
+        ),
+        "unsupported source format PPM": (ppm.getvalue(), []),
+        "crop box (0, 0, 500, 10) lies outside the 400×300 image": (
+            truncated,
+            [{"op": "crop", "left": 0, "top": 0, "right": 500, "bottom": 10}],
+        ),
+    }
+    jobs = {}
+    for expected, (data, operations) in cases.items():
+        stored = await rig.upload(data, "application/octet-stream")
+        jobs[expected] = await rig.submit(*operations, file_id=stored.id)
+    missing = await rig.submit(file_id="doesnotexist")
+
+    for expected, job in jobs.items():
+        record = await rig.wait(job.id)
+        assert record.status == JobStatus.FAILED, (expected, record)
+        assert record.attempt == 1  # no retry
+        assert record.error is not None and record.error.type == "permanent"
+        assert not record.error.retryable
+        assert expected in record.error.message, record.error.message
+    record = await rig.wait(missing.id)
+    assert record.error is not None and record.error.message == "source file doesnotexist not found"
+
+    # The worker and its pool are unharmed: same processes, and the next job completes.
+    good = await rig.upload(jpeg_bytes(400, 300))
+    job = await rig.submit({"op": "resize", "width": 100}, file_id=good.id)
+    record = await rig.wait(job.id)
+    assert record.status == JobStatus.COMPLETED and record.result is not None
+    assert (record.result["width"], record.result["height"]) == (100, 75)
+    assert sorted(rig.pool.pids()) == pids and rig.pool.rebuilds == 0
+    assert rig.scratch_files() == []
+
+
+# ---------------------------------------------------------------------- dead pool processes
+
+
+async def test_a_killed_pool_process_is_replaced_and_the_job_retried(
+    rig: ImageRig, large_photo: bytes
+) -> None:
+    await rig.start()
+    photo = await rig.upload(large_photo)
+    first_pids = rig.pool.pids()
+    # Heavy enough (a 24-megapixel decode, then a 6-megapixel webp) to be killed mid-way.
+    job = await rig.submit(
+        {"op": "resize", "width": 3000},
+        {"op": "convert", "format": "webp"},
+        file_id=photo.id,
+    )
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        events = await rig.events(job.id)
+        if any(e.event == EventKind.PROGRESS and e.progress.percent > 5 for e in events):
+            break  # the pool has started decoding
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the job never reached the pool")
+    for pid in first_pids:
+        os.kill(pid, signal.SIGKILL)
+
+    record = await rig.wait(job.id, timeout=60)
+
+    assert record.status == JobStatus.COMPLETED, record.error
+    assert record.attempt == 2
+    retrying = [e for e in await rig.events(job.id) if e.event == EventKind.RETRYING]
+    assert len(retrying) == 1 and retrying[0].error is not None
+    assert retrying[0].error.type == "transient"
+    assert "pool process died" in retrying[0].error.message
+    assert rig.pool.rebuilds == 1
+    assert set(rig.pool.pids()).isdisjoint(first_pids)
+    image, _ = await rig.output(record.result["file"]["id"])  # type: ignore[index]
+    assert (image.format, image.size) == ("WEBP", (3000, 2000))
+    # And the worker keeps working.
+    small = await rig.upload(jpeg_bytes(200, 100))
+    after = await rig.submit({"op": "resize", "width": 50}, file_id=small.id)
+    assert (await rig.wait(after.id)).status == JobStatus.COMPLETED
+
+
+# ---------------------------------------------------------------------- event loop
+
+CONTROL_TICKER = """
+import asyncio, sys, time
+
+async def main():
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    loop.add_reader(sys.stdin.fileno(), done.set)
+    print("ready", flush=True)
+    worst = 0.0
+    while not done.is_set():
+        before = time.perf_counter()
+        await asyncio.sleep(0.005)
+        worst = max(worst, time.perf_counter() - before - 0.005)
+    print(worst, flush=True)
+
+asyncio.run(main())
+"""
+
+
+class ControlTicker:
+    """An idle event loop in its own process, ticking alongside the worker.
+
+    Its lag is what the machine alone imposes on any process (other work on a
+    shared machine, the scheduler); the worker's lag beyond it is the worker's.
+    """
+
+    async def __aenter__(self) -> "ControlTicker":
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CONTROL_TICKER,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        assert await self.process.stdout.readline() == b"ready\n"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    async def worst_lag(self) -> float:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(b"stop\n")
+        await self.process.stdin.drain()
+        worst = float((await self.process.stdout.readline()).decode())
+        await self.process.wait()
+        return worst
+
+
+async def test_event_loop_lag_stays_under_50ms_while_8_large_photos_are_processed(
+    rig: ImageRig, large_photo: bytes
+) -> None:
+    worker = await rig.start()
+    connection = worker.broker._connection
+    assert connection is not None
+    closes: list[Any] = []
+    connection.close_callbacks.add(lambda *args: closes.append(args))
+    photo = await rig.upload(large_photo)
+
+    lags: list[tuple[float, float]] = []
+    running = True
+
+    async def ticker() -> None:
+        # Oversleep of a 5 ms sleep = how long the loop was busy with something else.
+        while running:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append((time.perf_counter() - before - 0.005, before - began))
+
+    async with ControlTicker() as control:
+        began = time.perf_counter()
+        ticking = asyncio.create_task(ticker())
+        jobs = [
+            await rig.submit(
+                {"op": "auto_orient"},
+                {"op": "resize", "width": 3000},
+                {"op": "thumbnails", "sizes": [{"width": 320, "height": 240}]},
+                {"op": "convert", "format": "webp"},
+                file_id=photo.id,
+            )
+            for _ in range(8)
+        ]
+        records = [await rig.wait(job.id, timeout=90) for job in jobs]
+        elapsed = time.perf_counter() - began
+        running = False
+        await ticking
+        machine = await control.worst_lag()
+
+    assert statuses(records) == [JobStatus.COMPLETED] * 8, [r.error for r in records]
+    assert all(
+        r.result and (r.result["width"], r.result["height"]) == (3000, 2000) for r in records
+    )
+    values = [lag for lag, _ in lags]
+    worst, worst_at = max(lags)
+    print(
+        f"\n8 jobs of 6000×4000 in {elapsed:.2f}s; worker event-loop lag over {len(values)} "
+        f"ticks: max {worst * 1000:.1f} ms (at {worst_at:.2f}s), "
+        f"p99 {statistics.quantiles(values, n=100)[98] * 1000:.1f} ms, "
+        f"median {statistics.median(values) * 1000:.2f} ms; "
+        f"an idle loop in another process: max {machine * 1000:.1f} ms"
+    )
+    # Under 50 ms of lag of the worker's own making: on a machine shared with
+    # other work, an idle process's worst oversleep is the scheduler's, not ours.
+    assert worst < 0.050 + machine, f"event loop lagged {worst * 1000:.1f} ms"
+    assert closes == [] and connection.connected.is_set()
+    assert await worker.broker.ping(timeout=1)
