@@ -218,7 +218,15 @@ class JobRunner:
         with job_context(
             job_id=request.id, job_type=job_type, attempt=request.attempt, tenant=request.tenant
         ):
-            await self._run(message, request, self._handlers[job_type])
+            try:
+                await self._run(message, request, self._handlers[job_type])
+            except Exception:
+                # Redis or the broker stayed unreachable past what the store and
+                # publisher wait for. An unacked message on a live channel would
+                # sit here forever, so hand it back to the queue after a pause.
+                log.error("job could not be recorded; returning it to the queue", exc_info=True)
+                await asyncio.sleep(1)
+                await _nack(message)
 
     async def _run(
         self, message: RabbitMessage, request: JobRequestBase, handler: JobHandler[Any]
@@ -407,6 +415,13 @@ def _job_id_of(body: bytes) -> str | None:
     if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id):
         return job_id
     return None
+
+
+async def _nack(message: RabbitMessage) -> None:
+    try:
+        await message.nack(requeue=True)
+    except Exception:
+        log.warning("nack failed; the message will be redelivered", exc_info=True)
 
 
 async def _ack(message: RabbitMessage) -> None:

@@ -128,6 +128,11 @@ class WorkerSettings(RuntimeSettings):
     shutdown_grace_s: float = Field(
         default=30, ge=0, description="On SIGTERM, how long in-flight jobs may take to finish."
     )
+    redis_outage_wait_s: float = Field(
+        default=300,
+        ge=0,
+        description="How long a job's state change waits for Redis to come back (message unacked).",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=0,

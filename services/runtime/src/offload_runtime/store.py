@@ -7,7 +7,9 @@ redelivered or duplicated message can never run a finished job again nor move
 a job backwards, and state and events never disagree.
 """
 
+import asyncio
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,9 +17,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from offload_contracts import EventKind, JobError, JobEvent, JobRequestBase, JobStatus, Progress
 from offload_runtime.keys import RedisKeys
+from offload_runtime.logging import get_logger
 from offload_runtime.redis import ScriptBatcher
 
 TRANSITION_LUA = r"""
@@ -37,7 +42,7 @@ for pair in string.gmatch(ARGV[1], '[^|]+') do
   if s == status and (a == '*' or a == attempt) then ok = true; break end
 end
 if ok and ARGV[2] ~= '' and cur[3] ~= ARGV[2] then ok = false end
-if not ok then return {0, status, attempt} end
+if not ok then return {0, status, attempt, cur[3] or ''} end
 if #ARGV >= 11 then
   local fields = {}
   for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -62,8 +67,10 @@ elseif ARGV[5] ~= '0' then
   redis.call('EXPIRE', KEYS[6], ARGV[5])
 end
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
-return {1, status, attempt}
+return {1, status, attempt, cur[3] or ''}
 """
+
+log = get_logger("offload.store")
 
 
 def utcnow() -> datetime:
@@ -157,11 +164,18 @@ class JobStore:
         *,
         retention_s: int,
         events_maxlen: int = 1000,
+        outage_wait_s: float = 0,
     ) -> None:
+        """`outage_wait_s`: how long a transition waits for Redis to come back.
+
+        Workers wait (a message stays unacked meanwhile, nothing is lost); the
+        gateway does not (its client gets a 503 at once).
+        """
         self.client = client
         self.keys = keys
         self._retention_s = retention_s
         self._events_maxlen = events_maxlen
+        self._outage_wait_s = outage_wait_s
         self._transition = ScriptBatcher(client, TRANSITION_LUA)
 
     # ------------------------------------------------------------------ reads
@@ -256,7 +270,12 @@ class JobStore:
         webhook: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> TransitionResult:
-        """Record a new job `waiting` (event `queued`). Refused if the id exists."""
+        """Record a new job `waiting` (event `queued`). Refused if the id exists.
+
+        Callers give every new job a fresh random id, so a `waiting` job found
+        under it can only be this call's own, re-sent after its reply was lost
+        (redis-py retries on connection errors): that counts as created.
+        """
         input_json = request.input.model_dump_json()  # type: ignore[attr-defined]
         job_type: str = request.type  # type: ignore[attr-defined]
         fields = {
@@ -271,7 +290,7 @@ class JobStore:
             "webhook": json.dumps(webhook) if webhook else "",
             "idempotency_key": idempotency_key or "",
         }
-        return await self._apply(
+        created = await self._apply(
             request.id,
             request.tenant,
             allowed="none:*",
@@ -280,6 +299,9 @@ class JobStore:
             score=int(request.created_at.timestamp() * 1000),
             fields=fields,
         )
+        if not created.applied and created.previous_status == JobStatus.WAITING:
+            return TransitionResult(True, "none", 0)
+        return created
 
     async def start(
         self, request: JobRequestBase, run_id: str, *, redelivered: bool
@@ -351,7 +373,6 @@ class JobStore:
                 "result": json.dumps(result),
                 "progress": Progress(percent=100, message="completed").model_dump_json(),
                 "finished_at": _iso(utcnow()),
-                "run": "",
             },
         )
 
@@ -409,7 +430,6 @@ class JobStore:
                 "error": error.model_dump_json(),
                 "finished_at": _iso(utcnow()),
                 "next_attempt_at": "",
-                "run": "",
             },
         )
 
@@ -522,8 +542,25 @@ class JobStore:
             job_id,
             *flat,
         )
-        applied, status, attempt = await self._transition(keys, args)
+        applied, status, attempt, found_run = await self._call(keys, args)
+        if not applied and run and found_run == run and status == fields.get("status", "active"):
+            # A call retried after a lost reply finds its own transition done.
+            # (A progress update leaves the status `active`; hence the default.)
+            applied = 1
         return TransitionResult(bool(applied), str(status), int(attempt))
+
+    async def _call(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> list[Any]:
+        """One transition, waiting out a Redis outage for up to `outage_wait_s`."""
+        deadline = time.monotonic() + self._outage_wait_s
+        while True:
+            try:
+                result: list[Any] = await self._transition(keys, args)
+                return result
+            except (RedisConnectionError, RedisTimeoutError):
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("redis unavailable; transition waiting", exc_info=True)
+                await asyncio.sleep(1)
 
 
 def _cursor(score: float, job_id: str) -> str:

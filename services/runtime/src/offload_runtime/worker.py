@@ -76,6 +76,7 @@ def build_worker(
         RedisKeys(settings.redis_prefix),
         retention_s=settings.job_retention_s,
         events_maxlen=settings.job_events_maxlen,
+        outage_wait_s=settings.redis_outage_wait_s,
     )
     runner = JobRunner(
         service=service,
