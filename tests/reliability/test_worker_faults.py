@@ -21,8 +21,7 @@ async def _until_completed(harness: Harness, job_ids: list[str], count: int) -> 
 
 
 async def test_kill_9_of_a_worker_mid_batch_loses_and_duplicates_nothing(harness: Harness) -> None:
-    jobs = [await harness.submit(sleep_s=0.1) for _ in range(100)]
-    ids = [job.id for job in jobs]
+    ids = await harness.submit_many(100, sleep_s=0.1)
     first = harness.worker_process().start()
     await _until_completed(harness, ids, 20)
 
@@ -37,8 +36,7 @@ async def test_kill_9_of_a_worker_mid_batch_loses_and_duplicates_nothing(harness
 async def test_sigterm_lets_in_flight_jobs_finish_and_leaves_the_rest_queued(
     harness: Harness,
 ) -> None:
-    jobs = [await harness.submit(sleep_s=0.5) for _ in range(30)]
-    ids = [job.id for job in jobs]
+    ids = await harness.submit_many(30, sleep_s=0.5)
     worker = harness.worker_process(shutdown_grace_s=10).start()
     await _until_completed(harness, ids, 1)
 
@@ -58,8 +56,7 @@ async def test_sigterm_past_the_grace_period_returns_unfinished_jobs_to_the_queu
     harness: Harness,
 ) -> None:
     worker = harness.worker_process(shutdown_grace_s=0.5).start()
-    jobs = [await harness.submit(sleep_s=3) for _ in range(5)]
-    ids = [job.id for job in jobs]
+    ids = await harness.submit_many(5, sleep_s=3)
     await harness.wait_all(ids, {JobStatus.ACTIVE}, timeout=15)
 
     assert worker.terminate(timeout=30) == 0, worker.logs()[-3000:]

@@ -91,6 +91,11 @@ class Harness:
         await self.publish(request.model_dump_json().encode())
         return request
 
+    async def submit_many(self, count: int, **spec: Any) -> list[str]:
+        """Submit `count` jobs concurrently; their ids in submission order."""
+        jobs = await asyncio.gather(*(self.submit(**spec) for _ in range(count)))
+        return [job.id for job in jobs]
+
     async def publish(self, body: bytes) -> None:
         await publish_confirmed(
             self.broker, body, exchange=topology.JOBS_EXCHANGE, routing_key=f"{self.service}.job"

@@ -1,0 +1,87 @@
+"""RabbitMQ and Redis restarts under load: services recover by themselves, nothing is lost.
+
+Each test starts its own server on other ports (tests.support.dedicated), so
+the machine's shared RabbitMQ and Redis stay up.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from offload_contracts import JobStatus
+from tests.reliability.conftest import assert_each_completed_exactly_once
+from tests.support.dedicated import DedicatedRabbit, DedicatedRedis
+from tests.support.harness import Harness
+from tests.support.infra import Infra
+
+
+@pytest.fixture(scope="module")
+def rabbit() -> Iterator[DedicatedRabbit]:
+    node = DedicatedRabbit()
+    node.start()
+    yield node
+    node.shutdown()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[DedicatedRedis]:
+    server = DedicatedRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _until(harness: Harness, ids: list[str], status: JobStatus, count: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        records = [await harness.store.get(i) for i in ids]
+        if sum(1 for r in records if r and r.status == status) >= count:
+            return
+        assert loop.time() < deadline, f"fewer than {count} jobs reached {status}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def rabbit_harness(infra: Infra, rabbit: DedicatedRabbit) -> AsyncIterator[Harness]:
+    h = Harness(infra, rabbitmq_url=rabbit.url, concurrency=10)
+    await h.open()
+    yield h
+    await h.close()
+
+
+async def test_workers_reconnect_by_themselves_after_rabbitmq_restarts(
+    rabbit: DedicatedRabbit, rabbit_harness: Harness
+) -> None:
+    harness = rabbit_harness
+    ids = await harness.submit_many(60, sleep_s=0.1)
+    worker = harness.worker_process().start()
+    await _until(harness, ids, JobStatus.COMPLETED, 15)
+
+    await asyncio.to_thread(rabbit.stop_app)  # every connection drops, mid-batch
+    await asyncio.sleep(2)
+    await asyncio.to_thread(rabbit.start_app)
+
+    await assert_each_completed_exactly_once(harness, ids)
+    assert worker.process is not None and worker.process.poll() is None, "worker must not exit"
+
+
+async def test_workers_recover_after_redis_is_killed_and_restarted(
+    infra: Infra, redis_server: DedicatedRedis
+) -> None:
+    harness = Harness(infra, redis_url=redis_server.url, concurrency=10)
+    await harness.open()
+    try:
+        ids = await harness.submit_many(60, sleep_s=0.1)
+        worker = harness.worker_process().start()
+        await _until(harness, ids, JobStatus.COMPLETED, 15)
+
+        await asyncio.to_thread(redis_server.kill)  # SIGKILL; AOF (fsync always) keeps state
+        await asyncio.sleep(2)
+        await asyncio.to_thread(redis_server.start)
+
+        await assert_each_completed_exactly_once(harness, ids)
+        assert worker.process is not None and worker.process.poll() is None
+    finally:
+        await harness.close()
