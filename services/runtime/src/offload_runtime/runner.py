@@ -81,7 +81,16 @@ def pick_tier(tiers: Sequence[RetryTier], attempt: int, retry_after: float | Non
 class _RunningJob:
     """The JobContext a job function receives."""
 
-    __slots__ = ("_last_progress", "_runner", "cancel_requested", "request", "run_id", "task")
+    __slots__ = (
+        "_flush",
+        "_last_progress",
+        "_pending",
+        "_runner",
+        "cancel_requested",
+        "request",
+        "run_id",
+        "task",
+    )
 
     def __init__(self, runner: "JobRunner", request: JobRequestBase, run_id: str) -> None:
         self._runner = runner
@@ -90,6 +99,8 @@ class _RunningJob:
         self.task: asyncio.Task[Any] | None = asyncio.current_task()
         self.cancel_requested = False
         self._last_progress = 0.0
+        self._pending: tuple[float, str] | None = None
+        self._flush: asyncio.Task[None] | None = None
 
     @property
     def job_id(self) -> str:
@@ -104,14 +115,36 @@ class _RunningJob:
         return self.request.attempt
 
     async def progress(self, percent: float, message: str = "") -> None:
-        now = time.monotonic()
-        if now - self._last_progress < PROGRESS_INTERVAL_S:
+        # Throttled, trailing edge: within an interval only the latest report is
+        # kept, and it is sent when the interval ends, so the last step's message
+        # is never lost.
+        wait = self._last_progress + PROGRESS_INTERVAL_S - time.monotonic()
+        if wait > 0:
+            self._pending = (percent, message)
+            if self._flush is None:
+                self._flush = asyncio.create_task(self._send_pending_after(wait))
             return
-        self._last_progress = now
+        await self._send(percent, message)
+
+    async def _send_pending_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._flush = None
+        if self._pending is not None:
+            percent, message = self._pending
+            self._pending = None
+            await self._send(percent, message)
+
+    async def _send(self, percent: float, message: str) -> None:
+        self._last_progress = time.monotonic()
         outcome = await self._runner.store.progress(self.request, self.run_id, percent, message)
         if not outcome.applied and outcome.previous_status == JobStatus.CANCELLED:
             # The cancel notice may have been missed (pub/sub reconnecting): stop now.
             self._runner.cancel_local(self.request.id)
+
+    def close(self) -> None:
+        """The attempt is over: a progress report still waiting is dropped."""
+        if self._flush is not None:
+            self._flush.cancel()
 
     async def load_checkpoint(self, step: str) -> str | None:
         return await self._runner.store.load_checkpoint(self.request.id, step)
@@ -275,6 +308,7 @@ class JobRunner:
             await self._retry_or_fail(message, request, _error_of(exc), run_id, retry_after)
             return
         finally:
+            running.close()
             self._running.pop(request.id, None)
             metrics.JOB_DURATION.labels(handler.job_type).observe(time.perf_counter() - began)
 
