@@ -20,6 +20,9 @@ from typing import Any, Protocol
 from offload_contracts import POLICIES, REQUEST_MODELS, JobError, JobRequestBase, TraceContext
 from offload_contracts.api import JobSubmission
 from offload_contracts.topology import service_of
+from offload_runtime.logging import get_logger
+
+log = get_logger("offload.gateway.submission")
 
 NOT_ACCEPTED = "not_accepted"
 """`JobError.type` of a job whose request the broker did not take."""
@@ -181,6 +184,9 @@ class JobSubmitter:
         try:
             await self.publisher.publish(request)
         except BaseException as exc:
+            log.warning(
+                "publish failed; job recorded not accepted", job_id=request.id, error=repr(exc)
+            )
             # The broker may or may not have the message: record the job failed so
             # it is not left `waiting`; a copy that did arrive is skipped by the
             # worker's start compare-and-set.

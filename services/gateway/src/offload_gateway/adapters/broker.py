@@ -14,6 +14,7 @@ import asyncio
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
+from aiormq.exceptions import ChannelInvalidStateError
 from faststream.rabbit import RabbitBroker
 
 from offload_contracts import JobRequestBase, topology
@@ -25,6 +26,7 @@ log = get_logger("offload.gateway.broker")
 
 RECONNECT_DELAY_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
+CHANNEL_RESTORE_POLL_S = 0.05
 
 
 class BrokerLink:
@@ -111,14 +113,23 @@ class BrokerLink:
         if not self.connected:
             raise ConnectionError("broker not connected")
         job_type: str = request.type  # type: ignore[attr-defined]
+        body = request.model_dump_json().encode()
         async with asyncio.timeout(self._publish_timeout_s):
-            await publish_confirmed(
-                self.broker,
-                request.model_dump_json().encode(),
-                exchange=topology.JOBS_EXCHANGE,
-                routing_key=job_type,
-                message_id=request.id,
-            )
+            while True:
+                try:
+                    await publish_confirmed(
+                        self.broker,
+                        body,
+                        exchange=topology.JOBS_EXCHANGE,
+                        routing_key=job_type,
+                        message_id=request.id,
+                    )
+                    return
+                except ChannelInvalidStateError:
+                    # Right after a reconnect the connection is up but the robust
+                    # channel is still being restored; nothing was sent, so waiting
+                    # for it (within the publish timeout) is safe.
+                    await asyncio.sleep(CHANNEL_RESTORE_POLL_S)
 
     # ------------------------------------------------------------------ queue depths
 
