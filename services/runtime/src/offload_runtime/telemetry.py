@@ -110,7 +110,10 @@ def instrument_fastapi(app: Any, provider: TracerProvider | None) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, excluded_urls="/metrics,/healthz,/readyz"
+        app,
+        tracer_provider=provider,
+        excluded_urls="/metrics,/healthz,/readyz",
+        exclude_spans=["receive", "send"],
     )
 
 

@@ -1,0 +1,79 @@
+"""Prometheus `/metrics` of a worker (OFFLOAD_METRICS_PORT), and the event-loop lag sampler."""
+
+import asyncio
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from offload_contracts import JobStatus
+from offload_runtime.metrics import EVENT_LOOP_LAG, LoopLagSampler
+from tests.support.harness import Harness
+from tests.support.testjob import Recorder
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_a_worker_serves_its_metrics_on_the_configured_port(harness: Harness) -> None:
+    recorder = Recorder()
+    worker = await harness.start_worker(recorder.handler(max_attempts=2), metrics_port=0)
+    assert worker.metrics_server is not None
+    url = f"http://127.0.0.1:{worker.metrics_server.port}/metrics"
+    async with httpx.AsyncClient() as http:
+        before = _samples((await http.get(url)).text)
+        done = await harness.submit()
+        retried = await harness.submit(transient_failures=1)
+        failed = await harness.submit(permanent=True)
+        for job in (done, retried, failed):
+            await harness.wait_status(job.id, {JobStatus.COMPLETED, JobStatus.FAILED})
+        answer = await http.get(url)
+    assert answer.status_code == 200
+    after = _samples(answer.text)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("offload_jobs_total", type="test.job", outcome="completed") == 2
+    assert grew("offload_jobs_total", type="test.job", outcome="retried") == 1
+    assert grew("offload_jobs_total", type="test.job", outcome="failed") == 1
+    assert grew("offload_job_attempts_count", type="test.job", outcome="completed") == 2
+    assert grew("offload_job_attempts_sum", type="test.job", outcome="completed") == 3  # 1 + 2
+    assert grew("offload_job_duration_seconds_count", type="test.job") == 4
+    assert grew("offload_event_loop_lag_seconds_count") >= 0
+    assert "offload_event_loop_lag_seconds_count" in answer.text
+
+    await worker.app.stop()
+    harness.workers.remove(worker)
+    async with httpx.AsyncClient() as http:
+        try:
+            await http.get(url, timeout=1)
+            stopped = False
+        except httpx.HTTPError:
+            stopped = True
+    assert stopped, "the metrics server outlived its worker"
+
+
+def _lag_sum() -> float:
+    return next(s.value for s in EVENT_LOOP_LAG.collect()[0].samples if s.name.endswith("_sum"))
+
+
+async def test_the_loop_lag_sampler_sees_a_blocked_loop() -> None:
+    before = _lag_sum()
+    sampler = LoopLagSampler(interval_s=0.02)
+    sampler.start()
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.2)  # noqa: ASYNC251  (block the loop, as CPU work on it would)
+        await asyncio.sleep(0.05)
+    finally:
+        await sampler.stop()
+    # One sample saw the block (other samplers of this process add little in 0.3 s).
+    assert _lag_sum() - before >= 0.15
+    assert sampler.last_lag_s < 0.15  # the last sample came after the block

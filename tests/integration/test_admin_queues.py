@@ -1,0 +1,152 @@
+"""Queue inspection and dead-letter mechanics (`offload_runtime.queues`) on the real RabbitMQ."""
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+
+from offload_contracts import topology
+from offload_runtime.queues import HeldMessage, QueueMissing, QueueOps, QueueRef, service_queues
+from offload_runtime.settings import parse_retry_tiers
+from tests.support.harness import Harness
+
+
+@pytest.fixture
+async def ops(harness: Harness) -> AsyncIterator[QueueOps]:
+    queue_ops = QueueOps(harness.infra.rabbitmq_url)
+    yield queue_ops
+    await queue_ops.close()
+
+
+async def park(harness: Harness, count: int, *, start: int = 0) -> list[str]:
+    """Put `count` letters in the harness service's dead queue, as the runner would."""
+    ids = []
+    connection = await aio_pika.connect(harness.infra.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topology.DEAD_EXCHANGE)
+        for n in range(start, start + count):
+            job_id = f"job{n:04d}-{uuid.uuid4().hex[:6]}"
+            ids.append(job_id)
+            await exchange.publish(
+                aio_pika.Message(
+                    json.dumps({"id": job_id, "type": "test.job", "tenant": "acme"}).encode(),
+                    headers={
+                        topology.HEADER_ERROR: f"boom {n}",
+                        topology.HEADER_ERROR_TYPE: "permanent",
+                        topology.HEADER_ATTEMPT: 2,
+                        topology.HEADER_FAILED_AT: f"2026-01-01T00:00:{n:02d}+00:00",
+                        topology.HEADER_SOURCE_QUEUE: topology.work_queue(harness.service),
+                    },
+                ),
+                routing_key=harness.service,
+            )
+    return ids
+
+
+def test_the_topology_lists_work_retry_and_dead_queues_per_service() -> None:
+    refs = service_queues(["ai", "image"], parse_retry_tiers("30s,2m"))
+    assert [(r.name, r.kind, r.tier) for r in refs] == [
+        ("ai.jobs", "work", None),
+        ("ai.retry.30s", "retry", "30s"),
+        ("ai.retry.2m", "retry", "2m"),
+        ("ai.dead", "dead", None),
+        ("image.jobs", "work", None),
+        ("image.retry.30s", "retry", "30s"),
+        ("image.retry.2m", "retry", "2m"),
+        ("image.dead", "dead", None),
+    ]
+
+
+async def test_a_missing_queue_is_reported_and_the_next_ones_still_read(
+    harness: Harness, ops: QueueOps
+) -> None:
+    await park(harness, 2)
+    dead = QueueRef(topology.dead_queue(harness.service), harness.service, "dead")
+    missing = QueueRef("no-such.queue", "no-such", "work")
+    stats = await ops.stats([missing, dead, missing, dead])
+    assert [(s.exists, s.ready, s.consumers) for s in stats] == [
+        (False, None, None),
+        (True, 2, 0),
+        (False, None, None),
+        (True, 2, 0),
+    ]
+    assert all(s.unacked is None for s in stats)
+    with pytest.raises(QueueMissing):
+        await ops.depth("no-such.queue")
+
+
+async def test_browsing_keeps_every_letter_and_the_order_and_consumer_counts(
+    harness: Harness, ops: QueueOps
+) -> None:
+    queue = topology.dead_queue(harness.service)
+    ids = await park(harness, 7)
+    pages = []
+    for offset in (0, 3, 6):
+        page = await ops.browse(queue, offset=offset, limit=3)
+        pages.append(page)
+    assert [letter.job_id for page in pages for letter in page.items] == ids
+    assert [page.next_offset for page in pages] == [3, 6, None]
+    letter = pages[0].items[1]
+    assert (letter.error, letter.error_type, letter.attempts, letter.reason) == (
+        "boom 1",
+        "permanent",
+        2,
+        "failed",
+    )
+    # Three full reads before this one: each letter says it was put back three times.
+    again = await ops.browse(queue, offset=0, limit=10)
+    assert [letter.job_id for letter in again.items] == ids
+    assert {letter.browsed for letter in again.items} == {3}
+    assert await ops.depth(queue) == 7
+    # The browsing channels are closed: no consumer is left counted.
+    ref = QueueRef(queue, harness.service, "dead")
+    assert (await ops.stats([ref]))[0].consumers == 0
+
+
+async def test_a_sweep_acks_only_what_was_decided_and_returns_the_rest(
+    harness: Harness, ops: QueueOps
+) -> None:
+    queue = topology.dead_queue(harness.service)
+    ids = await park(harness, 5)
+    seen: list[str | None] = []
+
+    async def decide(held: HeldMessage) -> tuple[str, str]:
+        seen.append(held.letter.job_id)
+        return ("ack", "taken") if held.letter.job_id == ids[1] else ("keep", "left")
+
+    report = await ops.sweep(
+        queue,
+        decide,  # type: ignore[arg-type]
+        scan_limit=100,
+        act_limit=100,
+        wanted=lambda letter: letter.job_id in {ids[1], ids[3]},
+    )
+    assert seen == [ids[1], ids[3]]
+    assert (report.scanned, report.acked, report.kept, report.remaining) == (5, 1, 4, 4)
+    left = await ops.browse(queue, offset=0, limit=10)
+    assert [letter.job_id for letter in left.items] == [ids[0], ids[2], ids[3], ids[4]]
+
+
+async def test_a_sweep_that_fails_midway_loses_nothing(harness: Harness, ops: QueueOps) -> None:
+    queue = topology.dead_queue(harness.service)
+    await park(harness, 3)
+
+    async def decide(held: HeldMessage) -> tuple[str, str]:
+        raise ConnectionError("broker went away")
+
+    with pytest.raises(ConnectionError):
+        await ops.sweep(queue, decide, scan_limit=10, act_limit=10)  # type: ignore[arg-type]
+    page = await ops.browse(queue, offset=0, limit=10)
+    assert page.total == 3 and len(page.items) == 3
+
+
+async def test_purge_empties_a_dead_queue(harness: Harness, ops: QueueOps) -> None:
+    queue = topology.dead_queue(harness.service)
+    await park(harness, 4)
+    assert await ops.purge(queue) == 4
+    assert await ops.depth(queue) == 0
+    with pytest.raises(QueueMissing):
+        await ops.purge("no-such.dead")
