@@ -27,10 +27,8 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
-import os
 import queue
 import shutil
-import signal
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -40,9 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from offload_image import pipeline
+from offload_image.adapters import pool_process
 from offload_image.pipeline import Operation, RenderedImage, Report
 from offload_runtime.errors import TransientError
 from offload_runtime.logging import get_logger
@@ -50,42 +46,6 @@ from offload_runtime.logging import get_logger
 log = get_logger("offload.image.pool")
 
 _READER_POLL_S = 0.2
-
-
-# --------------------------------------------------------------- in the pool process
-
-_progress_queue: Any = None
-
-
-def _init_pool_process(progress_queue: Any, max_pixels: int, niceness: int) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
-    # Pillow's own bomb check (at open) uses this global; the pipeline also
-    # checks every intermediate size against the same limit.
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    if niceness:
-        os.nice(niceness)
-    # Ctrl-C reaches the whole process group; the worker decides when the pool
-    # stops, after its in-flight jobs had their grace period.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _warm_up() -> int:
-    Image.init()  # load every format plugin once, not during the first job
-    pipeline.writable_formats()
-    return os.getpid()
-
-
-def _render_in_pool(
-    token: int, source: str, operations: Sequence[Operation], out_dir: str, max_pixels: int
-) -> list[RenderedImage]:
-    def report(percent: float, message: str) -> None:
-        if _progress_queue is not None:
-            _progress_queue.put_nowait((token, percent, message))
-
-    return pipeline.render(
-        Path(source), operations, Path(out_dir), max_pixels=max_pixels, report=report
-    )
 
 
 # --------------------------------------------------------------- in the worker
@@ -121,6 +81,11 @@ class PipelinePool:
         self._max_pixels = max_pixels
         self._niceness = niceness
         self._context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # The fork server loads Pillow and the pipeline once; every pool
+            # process (and every replacement after a crash) starts with them.
+            # Ignored if this process's fork server is already running.
+            self._context.set_forkserver_preload([pool_process.__name__])
         self._generation: _Generation | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: dict[int, Report] = {}
@@ -193,7 +158,7 @@ class PipelinePool:
         if generation is None:
             raise TransientError("the image pool is shutting down")
         try:
-            return generation.executor.submit(_render_in_pool, *args), generation
+            return generation.executor.submit(pool_process.render_in_pool, *args), generation
         except BrokenProcessPool:
             # A process died while idle: the job never ran, so run it on a fresh pool.
             self._replace(generation)
@@ -201,7 +166,7 @@ class PipelinePool:
             raise TransientError("the image pool is shutting down") from exc
         fresh = self._generation
         assert fresh is not None
-        return fresh.executor.submit(_render_in_pool, *args), fresh
+        return fresh.executor.submit(pool_process.render_in_pool, *args), fresh
 
     # ------------------------------------------------------------------ generations
 
@@ -210,7 +175,7 @@ class PipelinePool:
         executor = ProcessPoolExecutor(
             max_workers=self.size,
             mp_context=self._context,
-            initializer=_init_pool_process,
+            initializer=pool_process.init_pool_process,
             initargs=(progress, self._max_pixels, self._niceness),
         )
         generation = _Generation(executor=executor, progress=progress)
@@ -250,7 +215,7 @@ class PipelinePool:
         generation.progress.close()
 
     async def _warm_up(self, generation: _Generation) -> None:
-        futures = [generation.executor.submit(_warm_up) for _ in range(self.size)]
+        futures = [generation.executor.submit(pool_process.warm_up) for _ in range(self.size)]
         await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
 
     # ------------------------------------------------------------------ progress

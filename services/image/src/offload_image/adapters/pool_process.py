@@ -1,0 +1,55 @@
+"""What runs inside a pool process: its set-up, a warm-up task, and the render entry point.
+
+Kept apart from `pool.py` so a pool process imports Pillow and the pipeline
+only, not the worker's logging, broker or HTTP stack; the forkserver imports
+this module once and every pool process starts with it already loaded.
+"""
+
+import os
+import signal
+from collections.abc import Sequence
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from offload_image import pipeline
+from offload_image.pipeline import Operation, RenderedImage
+
+_progress: "Queue[Any] | None" = None
+
+
+def init_pool_process(progress: "Queue[Any]", max_pixels: int, niceness: int) -> None:
+    """Run once in each pool process when it starts."""
+    global _progress
+    _progress = progress
+    # Pillow's own bomb check (at open) reads this global; the pipeline also
+    # checks every intermediate size against the same limit.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    if niceness:
+        os.nice(niceness)
+    # Ctrl-C reaches the whole process group; the worker decides when the pool
+    # stops, after its in-flight jobs had their grace period.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def warm_up() -> int:
+    """Load every format plugin now rather than during the first job."""
+    Image.init()
+    pipeline.writable_formats()
+    return os.getpid()
+
+
+def render_in_pool(
+    token: int, source: str, operations: Sequence[Operation], out_dir: str, max_pixels: int
+) -> list[RenderedImage]:
+    """`pipeline.render`, with progress sent back to the worker tagged with `token`."""
+
+    def report(percent: float, message: str) -> None:
+        if _progress is not None:
+            _progress.put_nowait((token, percent, message))
+
+    return pipeline.render(
+        Path(source), operations, Path(out_dir), max_pixels=max_pixels, report=report
+    )
