@@ -41,6 +41,9 @@ from bench.services import (
     require,
 )
 from bench.stats import latency_summary
+from bench.submit import TERMINAL, job_store, record_and_publish, statuses
+from offload_contracts import AiGenerateInput, AiGenerateRequest
+from offload_runtime.store import new_id
 
 TARGET_LAG_MS = 50.0
 
@@ -72,17 +75,8 @@ async def _worker_main(samples_path: Path, sample_s: float) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-async def publish_jobs(rabbitmq_url: str, redis_url: str, prefix: str, jobs: int) -> list[str]:
-    """Record and publish `jobs` ai.generate jobs, as the gateway would."""
-    import aio_pika
-
-    from offload_contracts import AiGenerateInput, AiGenerateRequest, topology
-    from offload_runtime.keys import RedisKeys
-    from offload_runtime.redis import connect_redis
-    from offload_runtime.store import JobStore, new_id
-
-    store = JobStore(connect_redis(redis_url), RedisKeys(prefix), retention_s=3600)
-    requests = [
+def ai_requests(jobs: int) -> list[AiGenerateRequest]:
+    return [
         AiGenerateRequest(
             id=new_id(),
             tenant=TENANT,
@@ -92,43 +86,6 @@ async def publish_jobs(rabbitmq_url: str, redis_url: str, prefix: str, jobs: int
         )
         for i in range(jobs)
     ]
-    await asyncio.gather(*(store.create(r) for r in requests))
-    await store.client.aclose()
-    connection = await aio_pika.connect(rabbitmq_url)
-    channel = await connection.channel(publisher_confirms=True)
-    exchange = await channel.get_exchange(topology.JOBS_EXCHANGE)
-    await asyncio.gather(
-        *(
-            exchange.publish(
-                aio_pika.Message(
-                    r.model_dump_json().encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-                ),
-                routing_key=r.type,
-            )
-            for r in requests
-        )
-    )
-    await connection.close()
-    return [r.id for r in requests]
-
-
-async def count_statuses(redis_url: str, prefix: str, ids: list[str]) -> dict[str, int]:
-    from offload_runtime.keys import RedisKeys
-    from offload_runtime.redis import connect_redis
-
-    keys = RedisKeys(prefix)
-    client = connect_redis(redis_url)
-    try:
-        async with client.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hget(keys.job(job_id), "status")
-            statuses = await pipe.execute()
-    finally:
-        await client.aclose()
-    counts: dict[str, int] = {}
-    for status in statuses:
-        counts[str(status)] = counts.get(str(status), 0) + 1
-    return counts
 
 
 def parse_lag_metric(text: str) -> tuple[float, float]:
@@ -222,18 +179,23 @@ async def _main(args: argparse.Namespace) -> int:
 
         cpu_before, groups_before = process_cpu_s(worker.pid), procs.cpu_s()
         began = time.time()
-        ids = await publish_jobs(infra.rabbitmq_url, infra.redis_url, infra.redis_prefix, args.jobs)
+        store = job_store(infra.redis_url, infra.redis_prefix)
+        requests = ai_requests(args.jobs)
+        ids = [r.id for r in requests]
+        await record_and_publish(infra.rabbitmq_url, store, requests)
         published = time.time()
         rss_peak = rss_before
         deadline = time.monotonic() + args.llm_latency_s * 4 + 60
         while True:
             rss_peak = max(rss_peak, process_rss_mb(worker.pid))
-            counts = await count_statuses(infra.redis_url, infra.redis_prefix, ids)
-            if counts.get("completed", 0) + counts.get("failed", 0) >= args.jobs:
+            found = await statuses(store, ids)
+            counts = {s: list(found.values()).count(s) for s in set(found.values())}
+            if sum(counts.get(s, 0) for s in TERMINAL) >= args.jobs:
                 break
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
+        await store.client.aclose()
         finished = time.time()
         cpu_used = process_cpu_s(worker.pid) - cpu_before
         groups_after = procs.cpu_s()
