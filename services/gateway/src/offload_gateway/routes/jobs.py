@@ -1,5 +1,6 @@
 """`/v1/jobs`: submit, read, list and cancel jobs."""
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
@@ -64,6 +65,7 @@ SUBMISSION_EXAMPLES: dict[str, Any] = {
 }
 
 _JSON = "application/json"
+WEBHOOK_RESOLVE_TIMEOUT_S = 5.0
 _REFUSALS: dict[type[SubmitRefused], tuple[int, str]] = {
     RateLimited: (429, "rate_limited"),
     QueueFull: (429, "queue_full"),
@@ -174,14 +176,22 @@ async def submit_job(
 
 async def _check_webhook_url(deps: Deps, url: str) -> None:
     try:
-        await check_url(url, allow_private=deps.settings.webhook_allow_private)
+        async with asyncio.timeout(WEBHOOK_RESOLVE_TIMEOUT_S):
+            await check_url(url, allow_private=deps.settings.webhook_allow_private)
     except UnsafeURL as exc:
-        raise ProblemError(
-            422,
-            f"webhook.url is refused: {exc}",
-            title="Invalid request",
-            errors=[_field(["body", "webhook", "url"], str(exc), "unsafe_url")],
-        ) from exc
+        reason = str(exc)
+    except ValueError as exc:  # e.g. a host name IDNA cannot encode
+        reason = f"URL is malformed ({exc})"
+    except TimeoutError:
+        reason = "the host did not resolve in time"
+    else:
+        return
+    raise ProblemError(
+        422,
+        f"webhook.url is refused: {reason}",
+        title="Invalid request",
+        errors=[_field(["body", "webhook", "url"], reason, "unsafe_url")],
+    )
 
 
 def _field(loc: list[str | int], msg: str, kind: str) -> FieldProblem:
