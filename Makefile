@@ -47,8 +47,8 @@ compose-check: ## validate docker-compose.yml with docker-compose, when it is in
 	@command -v docker-compose >/dev/null 2>&1 || { echo "docker-compose is not installed (apt-get install -y docker-compose); the test suite validates the file against the Compose schema"; exit 1; }
 	docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid"
 
-bench: install ## benchmarks (figures, not pass/fail)
-	$(UV) run --locked python -m bench.runner_throughput
+bench: install ## every benchmark (~15 min): a table of figures vs targets; JSON in bench/results/
+	$(UV) run --locked python -m bench.all
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache var
