@@ -105,7 +105,7 @@ class PipelinePool:
         """Stop the pool. Work still running in it is abandoned (its jobs were cancelled)."""
         generation, self._generation = self._generation, None
         if generation is not None:
-            await asyncio.to_thread(self._retire, generation, terminate=True)
+            await asyncio.to_thread(self._retire, generation)
 
     def pids(self) -> list[int]:
         """Process ids of the current pool processes (for operators and tests)."""
@@ -194,19 +194,26 @@ class PipelinePool:
             return  # already replaced (or closing)
         self.rebuilds += 1
         log.warning("image pool process died; rebuilding the pool", rebuilds=self.rebuilds)
-        self._generation = self._new_generation()
-        threading.Thread(
-            target=self._retire, args=(broken,), kwargs={"terminate": True}, daemon=True
-        ).start()
+        fresh = self._new_generation()
+        self._generation = fresh
 
-    def _retire(self, generation: _Generation, *, terminate: bool) -> None:
+        def swap() -> None:
+            # Off the event loop: start the new processes (as warm-up tasks, so
+            # the next job does not pay for it) and reap the old ones.
+            for _ in range(self.size):
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    fresh.executor.submit(pool_process.warm_up)
+            self._retire(broken)
+
+        threading.Thread(target=swap, name="image-pool-rebuild", daemon=True).start()
+
+    def _retire(self, generation: _Generation) -> None:
         executor = generation.executor
         processes = list((executor._processes or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
-        if terminate:
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
+        for process in processes:
+            if process.is_alive():
+                process.kill()  # pool processes ignore SIGTERM (see pool_process)
         for process in processes:
             process.join(timeout=5)
         generation.stop.set()

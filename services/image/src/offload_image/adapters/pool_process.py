@@ -29,9 +29,10 @@ def init_pool_process(progress: "Queue[Any]", max_pixels: int, niceness: int) ->
     Image.MAX_IMAGE_PIXELS = max_pixels
     if niceness:
         os.nice(niceness)
-    # Ctrl-C reaches the whole process group; the worker decides when the pool
-    # stops, after its in-flight jobs had their grace period.
+    # Ctrl-C, or a SIGTERM sent to the whole process group, must not kill renders
+    # in flight: the worker stops the pool itself, after the jobs' grace period.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def warm_up() -> int:
