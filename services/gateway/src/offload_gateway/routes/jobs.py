@@ -74,7 +74,7 @@ _REFUSALS: dict[type[SubmitRefused], tuple[int, str]] = {
 }
 
 
-def _require_json(request: Request) -> None:
+async def _require_json(request: Request) -> None:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != _JSON and not (
         media_type.startswith("application/") and media_type.endswith("+json")
