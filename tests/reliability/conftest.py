@@ -1,10 +1,20 @@
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from offload_contracts import EventKind, JobStatus
+from tests.support.dedicated import DedicatedRabbit
 from tests.support.harness import Harness
 from tests.support.infra import Infra
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> Iterator[DedicatedRabbit]:
+    """A RabbitMQ node of this run's own, which tests may stop and start."""
+    node = DedicatedRabbit()
+    node.start()
+    yield node
+    node.shutdown()
 
 
 @pytest.fixture

@@ -16,14 +16,6 @@ from tests.support.harness import Harness
 from tests.support.infra import Infra
 
 
-@pytest.fixture(scope="module")
-def rabbit() -> Iterator[DedicatedRabbit]:
-    node = DedicatedRabbit()
-    node.start()
-    yield node
-    node.shutdown()
-
-
 @pytest.fixture
 def redis_server() -> Iterator[DedicatedRedis]:
     server = DedicatedRedis()

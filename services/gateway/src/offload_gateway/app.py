@@ -37,7 +37,8 @@ QUEUE_FULL_RETRY_AFTER_S = 5
 
 def build_deps(settings: GatewaySettings) -> GatewayDeps:
     """Create every adapter and use case (no I/O until the app starts)."""
-    client = connect_redis(settings.redis_url)
+    # One quick retry: a client waiting on an outage should get its 503 promptly.
+    client = connect_redis(settings.redis_url, retries=1)
     keys = RedisKeys(settings.redis_prefix)
     store = JobStore(
         client,

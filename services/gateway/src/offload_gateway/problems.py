@@ -12,6 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -122,6 +124,20 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _on_redis_unavailable(request: Request, exc: Exception) -> Response:
+    # Redis holds every job's state: without it the gateway can neither accept
+    # nor read a job. That is an outage to wait out, not a bug: 503, not 500.
+    log.warning("redis unreachable", path=request.url.path, error=str(exc))
+    deps = getattr(request.app.state, "deps", None)
+    retry_after = deps.settings.unavailable_retry_after_s if deps is not None else 5
+    return problem_response(
+        503,
+        "job state storage is unreachable; nothing was changed, try again shortly",
+        instance=request.url.path,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", path=request.url.path, exc_info=exc)
     return problem_response(
@@ -133,6 +149,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(RedisConnectionError, _on_redis_unavailable)
+    app.add_exception_handler(RedisTimeoutError, _on_redis_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

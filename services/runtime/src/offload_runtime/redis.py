@@ -18,15 +18,19 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
-def connect_redis(url: str) -> "aioredis.Redis":
-    """A client that retries on connection loss, so a Redis restart heals by itself."""
+def connect_redis(url: str, *, retries: int = 8) -> "aioredis.Redis":
+    """A client that retries on connection loss, so a Redis restart heals by itself.
+
+    The default rides out a few seconds of outage (workers); a request path that
+    should answer "try later" at once (the gateway) passes fewer retries.
+    """
     return aioredis.from_url(
         url,
         decode_responses=True,
         health_check_interval=15,
         socket_connect_timeout=5,
         socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
