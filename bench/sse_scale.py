@@ -1,115 +1,277 @@
 """One notifier process serving 5,000 concurrent SSE clients (issue 9, section 3).
 
-    uv run python -m bench.sse_scale [--clients 5000] [--rounds 5]
+    uv run python -m bench.sse_scale [--clients 5000] [--connect-rate 1000] [--event-rate 1000]
 
-Runs the notifier's own fan-out benchmark (`bench.sse_fanout`, owned by the
-notifier) with 5,000 clients, as a child process, and reads its figures back:
-every scenario's delivery latency (event stamped by the store → read by the
-client, p50/p99/max over every client and event) against the 250 ms target,
-and the notifier's memory per connected client. `sse_fanout`'s own result file
-(its 1,000-client run) is left as it was.
+The notifier runs as its own process (`python -m offload_notifier`); this
+process drives job transitions through the real `JobStore` (no workers: the
+notifier is what is measured) and holds the clients, on raw sockets so that
+the client side costs little. Clients connect at `--connect-rate` a second and,
+like a browser's EventSource, retry a refused or reset connection after a
+second (the retries are counted).
 
-Scenarios (see `bench/sse_fanout.py`): `jobs` (each client follows its own
-job; the N jobs start, paced over one second, then complete), `broadcast`
-(all N follow one job; each progress event reaches all N at once) and `tenant`
-(all N on the tenant's stream, each event through the outbox relay first).
+- `jobs`: every client follows its own job (`GET /v1/jobs/{id}/events`); once
+  all are connected, the jobs start, `--event-rate` a second, and each client
+  must receive its job's `started` event.
+- `tenant`: every client follows the tenant's stream (`GET /v1/events`); one
+  job is created a second, `--rounds` times, and each `queued` event (through
+  the outbox relay) must reach every client.
+
+Latency of a delivery: from the event's `at` (stamped by the store when the
+transition is made) to the moment the client has read it. Target: p99 ≤ 250
+ms. Memory per client: the notifier's RSS growth with every client of `jobs`
+connected and idle, divided by the number of clients.
 """
 
 import argparse
+import asyncio
 import json
-import shutil
-import subprocess
+import resource
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.report import RESULTS, Figure, report
+from bench.cpu import group_cpu_s, process_rss_mb
+from bench.infra import bench_infra
+from bench.report import Figure, report
+from bench.services import API_KEY, TENANT, MissingService, Processes, offload_env, require
+from bench.stats import latency_summary
+from bench.submit import job_store
+from offload_contracts import AiGenerateInput, AiGenerateRequest
+from offload_runtime.store import JobStore, new_id
 
 TARGET_P99_MS = 250.0
-SCENARIOS = ("jobs", "broadcast", "tenant")
+RETRY_S = 1.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clients", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--timeout-s", type=float, default=600)
-    args = parser.parse_args()
+@dataclass
+class Client:
+    """One SSE connection: what it received, when, and how often it had to reconnect."""
 
-    source = Path(__file__).with_name("sse_fanout.py")
-    if not source.exists():
-        message = "bench/sse_fanout.py (the notifier's fan-out bench) is not in the tree yet"
-        print(f"sse_scale: not run: {message}", file=sys.stderr)
-        report(
-            "sse_scale",
-            [],
-            [_figure(None, False, message)],
-            missing=message,
+    path: str
+    port: int
+    wanted: str
+    latencies_ms: list[float] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    retries: int = 0
+    error: str = ""
+    task: "asyncio.Task[None] | None" = None
+
+    async def run(self) -> None:
+        request = (
+            f"GET {self.path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        ).encode()
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                try:
+                    writer.write(request)
+                    status = await reader.readline()
+                    if b" 200 " not in status:
+                        self.error = status.decode(errors="replace").strip()
+                        return
+                    await reader.readuntil(b"\r\n\r\n")
+                    self.connected.set()
+                    await self._read(reader)
+                finally:
+                    writer.close()
+                return
+            except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+                if self.connected.is_set():
+                    self.error = f"lost after connecting: {exc!r}"
+                    return
+                self.retries += 1
+                await asyncio.sleep(RETRY_S)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        pending = b""
+        marker = f'"event":"{self.wanted}"'.encode()
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            now = time.time()
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line.startswith(b"data:") and marker in line:
+                    event = json.loads(line[5:])
+                    at = datetime.fromisoformat(event["at"]).timestamp()
+                    self.latencies_ms.append((now - at) * 1000)
+
+
+async def open_clients(paths: list[str], port: int, wanted: str, rate: float) -> list[Client]:
+    """Connect every client, `rate` a second in waves of 50; wait until all are streaming."""
+    clients = [Client(path, port, wanted) for path in paths]
+    wave = 50
+    for start in range(0, len(clients), wave):
+        for client in clients[start : start + wave]:
+            client.task = asyncio.create_task(client.run())
+        await asyncio.sleep(wave / rate)
+    deadline = time.monotonic() + 120
+    while not all(c.connected.is_set() or c.error for c in clients):
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    return clients
+
+
+async def close_clients(clients: list[Client]) -> None:
+    tasks = [c.task for c in clients if c.task is not None]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def requests(n: int) -> list[AiGenerateRequest]:
+    return [
+        AiGenerateRequest(
+            id=new_id(),
+            tenant=TENANT,
+            max_attempts=1,
+            created_at=datetime.now(UTC),
+            input=AiGenerateInput(prompt="sse"),
         )
-        sys.exit(2)
+        for _ in range(n)
+    ]
 
-    theirs = RESULTS / "sse_fanout.json"
-    rows: list[dict[str, Any]] = []
-    failures: list[str] = []
-    memory: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as keep:
-        saved = Path(keep) / "sse_fanout.json"
-        if theirs.exists():
-            shutil.copy2(theirs, saved)
+
+async def wait_received(clients: list[Client], per_client: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(len(c.latencies_ms) >= per_client for c in clients if c.connected.is_set()):
+            return
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Scenario:
+    name: str
+    clients: list[Client]
+    expected: int
+    notifier_cpu_s: float
+    wall_s: float
+
+    def row(self) -> dict[str, Any]:
+        values = [v for c in self.clients for v in c.latencies_ms]
+        summary = latency_summary(values)
+        connected = sum(1 for c in self.clients if c.connected.is_set())
+        return {
+            "scenario": self.name,
+            "clients": len(self.clients),
+            "connected": connected,
+            "connect_retries": sum(c.retries for c in self.clients),
+            "deliveries": len(values),
+            "missing": self.expected - len(values),
+            "p50_ms": summary["p50"],
+            "p99_ms": summary["p99"],
+            "max_ms": summary["max"],
+            "notifier_cpu_ms_per_delivery": 1000 * self.notifier_cpu_s / max(len(values), 1),
+        }
+
+
+async def scenario_jobs(
+    store: JobStore, port: int, pid: int, args: argparse.Namespace
+) -> tuple[Scenario, float]:
+    jobs = requests(args.clients)
+    await asyncio.gather(*(store.create(r) for r in jobs))
+    await asyncio.sleep(0.5)
+    rss_before = process_rss_mb(pid)
+    clients = await open_clients(
+        [f"/v1/jobs/{r.id}/events" for r in jobs], port, "started", args.connect_rate
+    )
+    await asyncio.sleep(2)  # idle, every client connected
+    per_client_kib = 1024 * (process_rss_mb(pid) - rss_before) / max(1, len(clients))
+    cpu_before, began = group_cpu_s(pid), time.perf_counter()
+    wave = max(1, int(args.event_rate / 100))  # one wave every 10 ms
+    for start in range(0, len(jobs), wave):
+        await asyncio.gather(
+            *(store.start(r, new_id(), redelivered=False) for r in jobs[start : start + wave])
+        )
+        await asyncio.sleep(wave / args.event_rate)
+    await wait_received(clients, 1, 30)
+    scenario = Scenario(
+        f"jobs: own job's stream, {args.event_rate:g} events/s",
+        clients,
+        len(clients),
+        group_cpu_s(pid) - cpu_before,
+        time.perf_counter() - began,
+    )
+    await close_clients(clients)
+    return scenario, per_client_kib
+
+
+async def scenario_tenant(
+    store: JobStore, port: int, pid: int, args: argparse.Namespace
+) -> Scenario:
+    clients = await open_clients(["/v1/events"] * args.clients, port, "queued", args.connect_rate)
+    await asyncio.sleep(2)
+    cpu_before, began = group_cpu_s(pid), time.perf_counter()
+    for request in requests(args.rounds):
+        await store.create(request)
+        await asyncio.sleep(1)
+    await wait_received(clients, args.rounds, 30)
+    scenario = Scenario(
+        f"tenant: all on GET /v1/events, 1 event/s × {args.rounds}",
+        clients,
+        len(clients) * args.rounds,
+        group_cpu_s(pid) - cpu_before,
+        time.perf_counter() - began,
+    )
+    await close_clients(clients)
+    return scenario
+
+
+async def _main(args: argparse.Namespace) -> int:
+    try:
+        require("notifier")
+    except MissingService as exc:
+        print(f"sse_scale: not run: {exc}", file=sys.stderr)
+        report("sse_scale", [], [_figure(None, False, str(exc), args.clients)], missing=str(exc))
+        return 2
+    cpu_self = resource.getrusage(resource.RUSAGE_SELF)
+    with (
+        bench_infra("sse-scale") as infra,
+        Processes("sse-scale") as procs,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        notifier, base = await procs.notifier(offload_env(infra, Path(scratch)))
+        port = int(base.rsplit(":", 1)[1])
+        store = job_store(infra.redis_url, infra.redis_prefix)
+        idle_rss = process_rss_mb(notifier.pid)
         try:
-            # One run per scenario, so one that breaks does not hide the others.
-            for scenario in SCENARIOS:
-                print(f"  sse_fanout --clients {args.clients} --only {scenario}", flush=True)
-                theirs.unlink(missing_ok=True)
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.sse_fanout",
-                        "--clients",
-                        str(args.clients),
-                        "--rounds",
-                        str(args.rounds),
-                        "--only",
-                        scenario,
-                    ],
-                    timeout=args.timeout_s,
-                    check=False,
-                    capture_output=True,
-                    text=True,
-                )
-                if done.returncode != 0 or not theirs.exists():
-                    errors = [line for line in done.stderr.splitlines() if "Error" in line]
-                    failures.append(
-                        f"{scenario}: exit {done.returncode}"
-                        + (f", {errors[-1].strip()} (x{len(errors)})" if errors else "")
-                    )
-                    rows.append({"scenario": scenario, "failed": failures[-1]})
-                    continue
-                result = json.loads(theirs.read_text())
-                rows.extend(result["rows"])
-                memory = result
+            print(f"  jobs: {args.clients} clients, each on its own job", flush=True)
+            jobs, per_client_kib = await scenario_jobs(store, port, notifier.pid, args)
+            print(f"  tenant: {args.clients} clients on the tenant stream", flush=True)
+            tenant = await scenario_tenant(store, port, notifier.pid, args)
         finally:
-            if saved.exists():
-                shutil.copy2(saved, theirs)
-            else:
-                theirs.unlink(missing_ok=True)
+            await store.client.aclose()
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = used.ru_utime + used.ru_stime - cpu_self.ru_utime - cpu_self.ru_stime
 
-    measured = [row for row in rows if "p99_ms" in row]
-    worst = max((row["p99_ms"] for row in measured), default=None)
-    per_client = memory.get("memory_per_client_kib")
-    met = not failures and worst is not None and worst <= TARGET_P99_MS
-    note = "worst scenario; " + _scenarios(measured)
-    if failures:
-        note += "; failed: " + "; ".join(failures)
+    rows = [jobs.row(), tenant.row()]
+    broken = [
+        f"{row['scenario']}: {row['clients'] - row['connected']} never connected, "
+        f"{row['missing']} deliveries missing"
+        for row in rows
+        if row["connected"] < row["clients"] or row["missing"] > 0
+    ]
+    worst = max(row["p99_ms"] for row in rows)
+    met = not broken and worst <= TARGET_P99_MS
+    note = ", ".join(f"{row['scenario'].split(':')[0]} {row['p99_ms']:.0f}" for row in rows)
+    if broken:
+        note += "; " + "; ".join(broken)
     figures = [
-        _figure(worst, met, note, args.clients),
+        _figure(worst, met, "p99 by scenario: " + note, args.clients),
         Figure(
-            f"notifier: memory per SSE client ({args.clients:,} idle connections)",
-            per_client,
+            f"notifier: memory per SSE client ({args.clients:,} connected)",
+            per_client_kib,
             "KiB",
-            note=f"notifier RSS idle {memory.get('notifier_idle_rss_mib')} MiB",
+            note=f"notifier RSS idle {idle_rss:.0f} MB",
         ),
     ]
     report(
@@ -117,16 +279,15 @@ def main() -> None:
         rows,
         figures,
         clients=args.clients,
-        memory_per_client_kib=per_client,
-        notifier_idle_rss_mib=memory.get("notifier_idle_rss_mib"),
-        failures=failures,
-        measured_by="bench.sse_fanout",
+        connect_rate_per_s=args.connect_rate,
+        memory_per_client_kib=per_client_kib,
+        notifier_idle_rss_mb=idle_rss,
+        client_process_cpu_s=client_cpu,
     )
-    # Unmet targets are figures, not failures; a scenario that broke is a failure.
-    sys.exit(1 if failures or worst is None else 0)
+    return 1 if broken else 0
 
 
-def _figure(value: float | None, met: bool, note: str, clients: int = 5000) -> Figure:
+def _figure(value: float | None, met: bool, note: str, clients: int) -> Figure:
     return Figure(
         f"notifier: {clients:,} SSE clients, event delivery p99",
         value,
@@ -137,8 +298,16 @@ def _figure(value: float | None, met: bool, note: str, clients: int = 5000) -> F
     )
 
 
-def _scenarios(rows: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{row['scenario']} {row['p99_ms']:.0f}" for row in rows)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=5000)
+    parser.add_argument("--connect-rate", type=float, default=1000, help="new connections/s")
+    parser.add_argument("--event-rate", type=float, default=1000, help="jobs scenario events/s")
+    parser.add_argument("--rounds", type=int, default=5, help="tenant scenario events")
+    args = parser.parse_args()
+    import uvloop
+
+    sys.exit(uvloop.run(_main(args)))
 
 
 if __name__ == "__main__":
