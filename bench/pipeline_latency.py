@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.cpu import MachineCpu
 from bench.infra import bench_infra
 from bench.report import Figure, report
 from bench.services import AUTH, MissingService, Processes, offload_env, require
@@ -186,11 +187,13 @@ async def _main(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(connected.wait(), 10)
                 await asyncio.sleep(0.2)
                 print(f"  {phase}: {n} jobs at {args.rate:g}/s", flush=True)
+                cpu_before, machine_before = procs.cpu_s(), MachineCpu.now()
                 ids = await paced(session, gateway, args.rate, n, timeline)
                 timeline.expected = set(ids)
                 timeline.check()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(timeline.completed.wait(), 30)
+                cpu_after, machine_after = procs.cpu_s(), MachineCpu.now()
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
 
@@ -249,6 +252,9 @@ async def _main(args: argparse.Namespace) -> int:
         jobs_missing=missing,
         errors=timeline.errors,
         worker_concurrency=args.concurrency,
+        # CPU seconds per service over the measured run, and the machine's busy share.
+        cpu_s_by_process={k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
+        machine_busy_pct=100 * machine_after.busy_since(machine_before),
     )
     if not ok:
         print(f"  {missing} jobs never seen completed, {timeline.errors} errors", file=sys.stderr)
