@@ -61,8 +61,15 @@ async function api(path, options = {}) {
 
 // ------------------------------------------------------------------ sign in / out
 
-function signIn(key) {
+async function signIn(key) {
   state.key = key;
+  $("#login-error").textContent = "";
+  try {
+    await refreshQueues();   // checks the key before anything is shown
+  } catch (error) {
+    if (state.key) $("#login-error").textContent = error.message;
+    return;
+  }
   sessionStorage.setItem(KEY_STORE, key);
   $("#login").hidden = true;
   $("#board").hidden = false;
@@ -89,13 +96,7 @@ $("#login-form").addEventListener("submit", (event) => {
 });
 $("#signout").addEventListener("click", () => signOut(""));
 
-async function start() {
-  try {
-    await refreshQueues();
-  } catch (error) {
-    $("#login-error").textContent = error.message;
-    return;
-  }
+function start() {
   refreshDead();
   refreshAudit();
   openStream();
@@ -115,7 +116,7 @@ async function refreshQueues() {
     el("td", { class: "num" }, q.consumers),
   )));
   $("#queues-at").textContent = `read ${shortTime(view.read_at)} · ${view.dead_letters} dead`;
-  $("#unacked-note").textContent = `In flight (unacked): ${view.unacked_note}.`;
+  $("#unacked-note").textContent = `Ready counts only: ${view.unacked_note}.`;
   const select = $("#dead-queue");
   const dead = view.queues.filter((q) => q.kind === "dead" && q.exists);
   if (select.options.length !== dead.length) {

@@ -1,0 +1,170 @@
+"""The dashboard in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+An operator opens `/dashboard`, types the admin key, watches a submitted job
+reach `completed` live (over SSE, no reload), sees a failed job land in the
+dead letters with its reason, fixes the cause and presses Replay, and watches
+the job complete. The run saves screenshots: `var/test-artifacts/dashboard-dead-letter.png`
+(a failed job parked, with its timeline) and `var/test-artifacts/dashboard.png` (after the
+replay).
+
+`make test` installs Chromium first (`make browser`: `apt-get install -y
+chromium` when /usr/bin/chromium is missing and we are root).
+"""
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import BrowserContext, Page, async_playwright, expect
+
+from offload_runtime.worker import Worker
+from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.infra import Infra
+from tests.support.ops import ADMIN_KEY, StubAi, own_vhost
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+async def ops_infra(infra: Infra) -> AsyncIterator[Infra]:
+    async with own_vhost(infra) as own:
+        yield own
+
+
+@pytest.fixture(scope="module")
+async def gateway(ops_infra: Infra) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(ops_infra, admin_keys=ADMIN_KEY) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+async def stub() -> StubAi:
+    # Slow enough to be seen running, fast enough for a quick test.
+    return StubAi(delay_s=0.4)
+
+
+@pytest.fixture(scope="module")
+async def worker(ops_infra: Infra, gateway: RunningGateway, stub: StubAi) -> AsyncIterator[Worker]:
+    running = await stub.start(ops_infra, gateway.settings.redis_prefix)
+    yield running
+    await running.app.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[BrowserContext]:
+    if not CHROMIUM.exists():  # noqa: ASYNC240  (one stat, before any I/O)
+        pytest.fail(
+            "Chromium is not installed: run `make browser` (apt-get install -y chromium) "
+            "or `make test`, which does it"
+        )
+    profile = Path(tempfile.mkdtemp(prefix="offload-chromium-"))
+    try:
+        async with async_playwright() as playwright:
+            context = await playwright.chromium.launch_persistent_context(
+                str(profile),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1400, "height": 1000},
+            )
+            try:
+                yield context
+            finally:
+                await context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def open_dashboard(browser: BrowserContext, gateway: RunningGateway) -> Page:
+    page = await browser.new_page()
+    page.set_default_timeout(15_000)
+    await page.goto(f"{gateway.base_url}/dashboard")
+    await expect(page.locator("#login")).to_be_visible()
+    await page.fill("#admin-key", ADMIN_KEY)
+    await page.click("#login-form button[type=submit]")
+    await expect(page.locator('#queues tr[data-queue="ai.jobs"]')).to_be_visible()
+    await expect(page.locator("#live")).to_have_text("live")
+    return page
+
+
+async def submit(gateway: RunningGateway, prompt: str) -> str:
+    async with gateway.client("acme") as http:
+        answer = await http.post(
+            "/v1/jobs", json={"type": "ai.generate", "input": {"prompt": prompt}}
+        )
+    assert answer.status_code == 202, answer.text
+    job_id: str = answer.json()["id"]
+    return job_id
+
+
+async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
+    browser: BrowserContext, gateway: RunningGateway, worker: Worker, stub: StubAi
+) -> None:
+    page = await open_dashboard(browser, gateway)
+    consumers = page.locator('#queues tr[data-queue="ai.jobs"] td').nth(3)
+    await expect(consumers).to_have_text("1")  # the worker, seen through a passive declare
+
+    # A job submitted elsewhere appears and completes on the page, without a reload.
+    job_id = await submit(gateway, "browser: hello")
+    row = page.locator(f'#jobs tr[data-job="{job_id}"]')
+    await expect(row.locator("[data-status]")).to_have_attribute("data-status", "active")
+    await expect(row.locator("[data-status]")).to_have_attribute(
+        "data-status", "completed", timeout=15_000
+    )
+    await expect(page.locator('#counts [data-status="completed"] b')).not_to_have_text("0")
+
+    # A job that fails for good shows up in the dead letters, with why.
+    stub.failing.add("browser: fail me")
+    failed_id = await submit(gateway, "browser: fail me")
+    await expect(page.locator(f'#jobs tr[data-job="{failed_id}"] [data-status]')).to_have_attribute(
+        "data-status", "failed"
+    )
+    letter = page.locator(f'#dead tr[data-job="{failed_id}"]')
+    await expect(letter).to_contain_text("refused the prompt 'browser: fail me'")
+    await expect(page.locator('#queues tr[data-queue="ai.dead"] td').nth(2)).to_have_text("1")
+
+    # Its timeline says the same.
+    await page.locator(f'#jobs tr[data-job="{failed_id}"]').click()
+    await expect(page.locator('#timeline li[data-event="failed"]')).to_contain_text("refused")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-dead-letter.png"), full_page=True)
+
+    # The cause is fixed; the operator replays it and watches it complete.
+    stub.failing.discard("browser: fail me")
+    await letter.locator("button.replay").click()
+    await expect(page.locator("#dead-status")).to_contain_text("Replayed 1")
+    await expect(letter).to_have_count(0)
+    await expect(page.locator(f'#jobs tr[data-job="{failed_id}"] [data-status]')).to_have_attribute(
+        "data-status", "completed", timeout=15_000
+    )
+    await expect(page.locator('#timeline li[data-event="completed"]')).to_have_count(1)
+    await expect(page.locator("#audit li").first).to_contain_text("replayed 1 from ai.dead")
+
+    shot = ARTIFACTS / "dashboard.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+async def test_a_wrong_key_is_refused_on_the_page(
+    browser: BrowserContext, gateway: RunningGateway
+) -> None:
+    page = await browser.new_page()
+    page.set_default_timeout(15_000)
+    await page.goto(f"{gateway.base_url}/dashboard")
+    await page.fill("#admin-key", gateway.api_keys["acme"])  # a tenant's key, not an admin's
+    await page.click("#login-form button[type=submit]")
+    await expect(page.locator("#login-error")).to_contain_text("admin key")
+    await expect(page.locator("#board")).to_be_hidden()
