@@ -6,7 +6,7 @@ PYTHON ?= python3
 # uv from PATH, else the one `pip install uv` puts beside this Python.
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(PYTHON) -m uv)
 
-.PHONY: install lint typecheck test run demo compose-check bench clean
+.PHONY: install lint typecheck test browser docs run demo compose-check bench clean
 
 install: ## create .venv from the lock file (installs uv with pip when missing)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -17,8 +17,25 @@ lint: install ## ruff and mypy
 	$(UV) run --locked ruff format --check .
 	$(UV) run --locked mypy contracts/src services/*/src client/src deploy
 
-test: lint ## lint, then the whole suite against the real RabbitMQ and Redis
+test: lint browser ## lint, then the whole suite against the real RabbitMQ and Redis
 	$(UV) run --locked pytest
+
+# The dashboard's browser test drives Debian's Chromium (Playwright's own browser
+# download cannot work here). Installed only when missing, and only as root.
+browser: ## install Debian's chromium for the browser test when it is missing
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium (for tests/e2e/test_dashboard_browser.py)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq chromium >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+	else \
+		echo "Chromium is missing and this is not root: run 'apt-get install -y chromium' as root," \
+			"or the dashboard browser test fails"; \
+	fi
+
+docs: install ## write every service's AsyncAPI document to docs/asyncapi/ (JSON and YAML)
+	$(UV) run --locked python -m offload_runtime.asyncapi --out docs/asyncapi
 
 # `make run`: processes per worker service, e.g. `make run VIDEO=4 IMAGE=2` (0 = none).
 AI ?= 1
