@@ -2,7 +2,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from offload_contracts import EventKind, JobStatus
+from tests.reliability import outcomes
 from tests.support.dedicated import DedicatedRabbit
 from tests.support.harness import Harness
 from tests.support.infra import Infra
@@ -25,10 +25,7 @@ async def harness(infra: Infra) -> AsyncIterator[Harness]:
     await h.close()
 
 
-async def assert_each_completed_exactly_once(harness: Harness, job_ids: list[str]) -> None:
-    """Every job `completed`, with exactly one `completed` event; none left `active`."""
-    records = await harness.wait_all(job_ids, {JobStatus.COMPLETED, JobStatus.FAILED}, timeout=60)
-    assert [r.id for r in records if r.status != JobStatus.COMPLETED] == []
-    for job_id in job_ids:
-        kinds = [e.event for e in await harness.events(job_id)]
-        assert kinds.count(EventKind.COMPLETED) == 1, (job_id, kinds)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if outcomes.RESULTS:
+        terminalreporter.section("reliability outcomes")
+        terminalreporter.write_line(outcomes.table())

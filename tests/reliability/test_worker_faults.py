@@ -3,7 +3,7 @@
 import asyncio
 
 from offload_contracts import JobStatus, topology
-from tests.reliability.conftest import assert_each_completed_exactly_once
+from tests.reliability.outcomes import settle
 from tests.support.harness import Harness
 
 
@@ -29,7 +29,13 @@ async def test_kill_9_of_a_worker_mid_batch_loses_and_duplicates_nothing(harness
     active = [r for r in [await harness.store.get(i) for i in ids] if r and r.status == "active"]
     harness.worker_process().start()
 
-    await assert_each_completed_exactly_once(harness, ids)
+    outcome = await settle(
+        harness.store,
+        ids,
+        scenario="kill -9 of a worker mid-batch",
+        load=f"100 jobs of 0.1 s, concurrency 10; {len(active)} active at the kill",
+    )
+    outcome.assert_nothing_lost_or_duplicated()
     assert active, "the kill should have caught jobs in flight"
 
 
@@ -49,7 +55,13 @@ async def test_sigterm_lets_in_flight_jobs_finish_and_leaves_the_rest_queued(
     assert after_stop + waiting == len(ids)
 
     harness.worker_process().start()
-    await assert_each_completed_exactly_once(harness, ids)
+    outcome = await settle(
+        harness.store,
+        ids,
+        scenario="SIGTERM during work (grace 10 s)",
+        load=f"30 jobs of 0.5 s; {after_stop} finished in the grace period, {waiting} requeued",
+    )
+    outcome.assert_nothing_lost_or_duplicated()
 
 
 async def test_sigterm_past_the_grace_period_returns_unfinished_jobs_to_the_queue(
@@ -63,7 +75,13 @@ async def test_sigterm_past_the_grace_period_returns_unfinished_jobs_to_the_queu
     assert await _completed(harness, ids) == 0
     harness.worker_process().start()
 
-    await assert_each_completed_exactly_once(harness, ids)
+    outcome = await settle(
+        harness.store,
+        ids,
+        scenario="SIGTERM past the grace period (0.5 s)",
+        load="5 jobs of 3 s, all active at the signal",
+    )
+    outcome.assert_nothing_lost_or_duplicated()
 
 
 async def test_a_thousand_malformed_messages_are_parked_while_real_jobs_complete(
@@ -76,7 +94,13 @@ async def test_a_thousand_malformed_messages_are_parked_while_real_jobs_complete
         if i % 100 == 0:
             real.append((await harness.submit()).id)
 
-    await assert_each_completed_exactly_once(harness, real)
+    outcome = await settle(
+        harness.store,
+        real,
+        scenario="1,000 malformed messages in a work queue",
+        load="1,000 poison messages interleaved with 10 real jobs",
+    )
+    outcome.assert_nothing_lost_or_duplicated()
     dead = topology.dead_queue(harness.service)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30

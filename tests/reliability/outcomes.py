@@ -1,0 +1,83 @@
+"""Measure what a fault did to the jobs it hit, and keep the figures for the run's summary.
+
+Every reliability test ends with `await settle(...)`: it waits until each job
+it submitted reaches a terminal state (or the deadline passes), counts
+completed, lost and duplicated jobs, and records the row; the session prints
+the table (`docs/reliability.md` is written from it).
+"""
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+
+from offload_contracts import JobEvent, JobStatus
+from offload_runtime.store import JobStore
+
+TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+RESULTS: list[dict[str, object]] = []
+
+
+@dataclass(frozen=True)
+class Outcome:
+    scenario: str
+    load: str
+    accepted: int
+    completed: int
+    failed: int
+    lost: int  # accepted but never finished (missing, or stuck waiting/active/delayed)
+    duplicated: int  # completed more than once as recorded (more than one `completed` event)
+    seconds: float
+
+    def assert_nothing_lost_or_duplicated(self) -> None:
+        assert (self.lost, self.duplicated, self.failed) == (0, 0, 0), self
+        assert self.completed == self.accepted, self
+
+
+async def settle(
+    store: JobStore, job_ids: list[str], *, scenario: str, load: str, timeout: float = 60
+) -> Outcome:
+    began = time.monotonic()
+    deadline = began + timeout
+    while True:
+        records = [await store.get(job_id) for job_id in job_ids]
+        if all(r is not None and r.status in TERMINAL for r in records):
+            break
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    duplicated = 0
+    for job_id in job_ids:
+        entries = await store.client.xrange(store.keys.job_events(job_id))
+        events = [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+        if sum(1 for e in events if e.event == "completed") > 1:
+            duplicated += 1
+    outcome = Outcome(
+        scenario=scenario,
+        load=load,
+        accepted=len(job_ids),
+        completed=sum(1 for r in records if r and r.status == JobStatus.COMPLETED),
+        failed=sum(1 for r in records if r and r.status == JobStatus.FAILED),
+        lost=sum(1 for r in records if r is None or r.status not in TERMINAL),
+        duplicated=duplicated,
+        seconds=round(time.monotonic() - began, 2),
+    )
+    RESULTS.append(asdict(outcome))
+    return outcome
+
+
+def table() -> str:
+    lines = [
+        "| scenario | load | accepted | completed | failed | lost | duplicated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in RESULTS:
+        lines.append(
+            f"| {row['scenario']} | {row['load']} | {row['accepted']} | {row['completed']} "
+            f"| {row['failed']} | {row['lost']} | {row['duplicated']} |"
+        )
+    return "\n".join(lines)
+
+
+def dump() -> str:
+    return json.dumps(RESULTS, indent=2)
