@@ -12,6 +12,7 @@ worker service's queues. Settings can be overridden by keyword, e.g.
 
 import asyncio
 import contextlib
+import io
 import json
 import shutil
 import socket
@@ -37,6 +38,7 @@ from offload_runtime.keys import RedisKeys
 from tests.support.infra import Infra
 
 TENANTS = ("acme", "globex")
+SHUTDOWN_TIMEOUT_S = 30
 
 
 @dataclass
@@ -116,7 +118,13 @@ async def running_gateway(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, lifespan="on", log_config=None, access_log=False, ws="none", log_level="warning"
+        app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        ws="none",
+        log_level="warning",
+        timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
     # uvicorn would capture SIGINT/SIGTERM while it serves; the test runner owns them.
@@ -134,10 +142,20 @@ async def running_gateway(
         yield gateway
     finally:
         server.should_exit = True
-        await serving
-        sock.close()
-        if "storage_dir" not in overrides:
-            await asyncio.to_thread(shutil.rmtree, settings.storage_dir, True)
+        try:
+            done, _ = await asyncio.wait({serving}, timeout=SHUTDOWN_TIMEOUT_S)
+            if not done:
+                stuck = io.StringIO()
+                serving.print_stack(file=stuck)  # where shutdown hangs, before cancelling it
+                serving.cancel()
+                raise AssertionError(
+                    f"the gateway did not stop within {SHUTDOWN_TIMEOUT_S} s:\n{stuck.getvalue()}"
+                )
+            serving.result()
+        finally:
+            sock.close()
+            if "storage_dir" not in overrides:
+                await asyncio.to_thread(shutil.rmtree, settings.storage_dir, True)
 
 
 # ---------------------------------------------------------------------- test helpers

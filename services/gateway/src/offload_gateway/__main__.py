@@ -20,6 +20,8 @@ def main() -> None:
         access_log=False,
         proxy_headers=True,
         ws="none",
+        # In-flight requests get this long after SIGTERM; then the process exits.
+        timeout_graceful_shutdown=10,
     )
 
 

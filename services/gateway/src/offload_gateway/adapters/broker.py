@@ -27,6 +27,7 @@ log = get_logger("offload.gateway.broker")
 RECONNECT_DELAY_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 CHANNEL_RESTORE_POLL_S = 0.05
+STOP_TIMEOUT_S = 10.0
 
 
 class BrokerLink:
@@ -63,7 +64,13 @@ class BrokerLink:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.broker.stop()
+        try:
+            # Closing can wait on a channel whose RPC was cancelled mid-flight;
+            # a gateway that is stopping must not hang on it.
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await self.broker.stop()
+        except TimeoutError:
+            log.warning("broker connection did not close in time; abandoning it")
 
     @property
     def connected(self) -> bool:
