@@ -17,6 +17,7 @@ from offload_gateway.adapters.redis_ports import (
     StoreLedger,
 )
 from offload_gateway.admin import install_operations
+from offload_gateway.body_limit import BodyLimit
 from offload_gateway.deps import GatewayDeps
 from offload_gateway.problems import add_problem_schemas, install_problem_handlers
 from offload_gateway.routes import files, health, jobs, secrets
@@ -120,6 +121,7 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
     app.state.deps = deps
     install_problem_handlers(app)
     app.add_middleware(metrics.RequestMetrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes, exempt=(files.router.prefix,))
     for module in (jobs, files, secrets, health):
         app.include_router(module.router)
     install_operations(app, deps)  # /v1/admin/*, /dashboard, /asyncapi, tracing (issue 11)

@@ -15,6 +15,12 @@ class GatewaySettings(RuntimeSettings):
     max_upload_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` accepts."
     )
+    max_json_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="Largest JSON request body (job submissions, admin calls); past it, 413 "
+        "before the body is read. Uploads have `max_upload_bytes`.",
+    )
     rate_limit_per_s: int = Field(
         default=50,
         ge=0,

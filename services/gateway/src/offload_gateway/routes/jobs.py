@@ -113,7 +113,7 @@ def _json(
             "description": "Accepted: the job is recorded and queued; `Location` is its URL.",
             "headers": {"Location": {"description": "The job.", "schema": {"type": "string"}}},
         },
-        **problem_responses(400, 401, 409, 415, 422, 429, 503),
+        **problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
     },
 )
 async def submit_job(
