@@ -145,17 +145,31 @@ async def running_gateway(
         try:
             done, _ = await asyncio.wait({serving}, timeout=SHUTDOWN_TIMEOUT_S)
             if not done:
-                stuck = io.StringIO()
-                serving.print_stack(file=stuck)  # where shutdown hangs, before cancelling it
+                stuck = await_chains()  # where shutdown hangs, before cancelling it
                 serving.cancel()
                 raise AssertionError(
-                    f"the gateway did not stop within {SHUTDOWN_TIMEOUT_S} s:\n{stuck.getvalue()}"
+                    f"the gateway did not stop within {SHUTDOWN_TIMEOUT_S} s; tasks:\n{stuck}"
                 )
             serving.result()
         finally:
             sock.close()
             if "storage_dir" not in overrides:
                 await asyncio.to_thread(shutil.rmtree, settings.storage_dir, True)
+
+
+def await_chains() -> str:
+    """Every pending task's chain of awaits, innermost last: where a shutdown is stuck."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        frames = []
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is not None:
+                frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        out.write(f"- {task.get_name()}: " + " -> ".join(frames[-6:]) + "\n")
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------------- test helpers
