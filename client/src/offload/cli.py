@@ -96,7 +96,10 @@ def parse_input(text: str) -> dict[str, Any]:
 
 
 def _print_json(value: Any) -> None:
-    console.print(JSON(json.dumps(value, default=str)))
+    if console.is_terminal:
+        console.print(JSON(json.dumps(value, default=str)))
+    else:  # piped (`| jq`): plain JSON, never wrapped or coloured
+        sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def _finish(job: Job) -> None:
@@ -106,8 +109,11 @@ def _finish(job: Job) -> None:
 
 
 def follow(client: Offload, job: Job, *, timeout_s: float | None) -> Job:
-    """Show a live progress bar until the job finishes; return the finished job."""
-    with JobBars(console) as bars:
+    """Show a live progress bar until the job finishes; return the finished job.
+
+    The bar goes to stderr, like curl's, so stdout carries only the result.
+    """
+    with JobBars(err_console) as bars:
         bars.update(job)
         return client.wait(job.id, timeout_s=timeout_s, on_update=bars.update)
 

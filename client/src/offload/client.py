@@ -4,7 +4,7 @@ import builtins
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -154,12 +154,14 @@ class Offload:
 
     def watch(
         self, job_id: str, *, timeout_s: float | None = None, poll_interval_s: float = 1.0
-    ) -> Iterator[Job]:
+    ) -> Generator[Job, None, None]:
         """Yield the job each time it changes, until it finishes.
 
         Follows the notifier's SSE stream (resuming with `Last-Event-ID` when the
         connection drops); when the notifier cannot be used, polls the gateway
         every `poll_interval_s` instead. Raises `WaitTimeout` after `timeout_s`.
+        To stop early, close it: `with contextlib.closing(offload.watch(id)) as jobs:`
+        so the SSE connection is released at once rather than when garbage-collected.
         """
         tracker = JobTracker(self.get(job_id), timeout_s=timeout_s)
         yield tracker.job
