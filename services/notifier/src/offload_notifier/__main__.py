@@ -1,5 +1,7 @@
 """`python -m offload_notifier`: serve the notifier on `OFFLOAD_NOTIFIER_PORT` (8001)."""
 
+import gc
+
 import uvicorn
 
 from offload_notifier.app import build_app
@@ -12,8 +14,13 @@ SHUTDOWN_GRACE_S = 5
 
 def main() -> None:
     settings = NotifierSettings()
+    app = build_app(settings)
+    # Everything built so far lives as long as the process: keep it out of the
+    # collector's generations, so full collections (which pause every SSE client
+    # at once) scan only what serving creates.
+    gc.freeze()
     uvicorn.run(
-        build_app(settings),
+        app,
         host=settings.notifier_host,
         port=settings.notifier_port,
         loop="uvloop",

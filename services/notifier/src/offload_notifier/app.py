@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from faststream.rabbit import RabbitBroker
+from redis.exceptions import RedisError
 
 from offload_notifier import handlers
 from offload_notifier.adapters.http import (
@@ -21,6 +22,7 @@ from offload_notifier.adapters.http import (
 )
 from offload_notifier.adapters.outbox import RedisOutbox
 from offload_notifier.adapters.rabbit import RabbitPublisher, declare_notifier_topology
+from offload_notifier.adapters.redis_client import connect_pooled_redis
 from offload_notifier.adapters.redis_store import RedisDeliveryLog, RedisJobs, RedisTenantStreams
 from offload_notifier.adapters.redis_streams import RedisStreamHub
 from offload_notifier.relay import Relay
@@ -30,7 +32,6 @@ from offload_notifier.webhooks import Deliverer
 from offload_runtime.broker import make_broker
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
-from offload_runtime.redis import connect_redis
 from offload_runtime.webhook_secrets import WebhookSecrets
 
 log = get_logger("offload.notifier")
@@ -68,7 +69,9 @@ def build_app(
     deps = deps or NotifierDeps()
     service = settings.notifier_service
     keys = RedisKeys(settings.redis_prefix)
-    redis = deps.redis or connect_redis(settings.redis_url)
+    redis = deps.redis or connect_pooled_redis(
+        settings.redis_url, max_connections=settings.redis_max_connections
+    )
     broker = deps.broker or make_broker(settings.rabbitmq_url, service=service)
     transport = deps.transport or HttpxTransport(
         timeout_s=settings.webhook_timeout_s, max_connections=settings.webhook_concurrency
@@ -188,7 +191,7 @@ def build_app(
         description="Job events as Server-Sent Events; signed webhooks; dead-letter alerts.",
         lifespan=lifespan,
     )
-    install_problem_handlers(app)
+    install_problem_handlers(app, unavailable=(RedisError,))
     app.include_router(
         build_router(
             RouteDeps(

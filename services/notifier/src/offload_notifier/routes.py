@@ -6,14 +6,14 @@ as a job that does not exist.
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,6 +21,7 @@ from offload_notifier import metrics
 from offload_notifier.streams import (
     Frame,
     JobSnapshots,
+    StreamEntry,
     StreamSource,
     job_frames,
     stream_id,
@@ -60,7 +61,11 @@ def problem_response(request: Request, problem: Problem, **extra: Any) -> JSONRe
     )
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def install_problem_handlers(
+    app: FastAPI, *, unavailable: tuple[type[Exception], ...] = ()
+) -> None:
+    """Every error answer as problem+json; `unavailable` errors (a dependency down) as 503."""
+
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
         return problem_response(request, exc)
@@ -79,6 +84,17 @@ def install_problem_handlers(app: FastAPI) -> None:
         problem = Problem(422, "Invalid request", "the request has invalid fields")
         return problem_response(request, problem, errors=errors)
 
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        problem = Problem(
+            503,
+            "Service Unavailable",
+            "job state is unreachable right now; retry shortly",
+            {"Retry-After": "1"},
+        )
+        return problem_response(request, problem)
+
+    for error in unavailable:
+        app.add_exception_handler(error, on_unavailable)
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_invalid)
@@ -97,16 +113,60 @@ class RouteDeps:
     readiness: Callable[[], Awaitable[dict[str, bool]]]
 
 
-def _sse(frame: Frame) -> ServerSentEvent:
-    return ServerSentEvent(
-        raw_data=frame.data, event=frame.event, id=frame.id, comment=frame.comment
-    )
+_SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events."},
+    401: {"content": {PROBLEM_JSON: {}}, "description": "No valid API key."},
+    404: {"content": {PROBLEM_JSON: {}}, "description": "No such job for this tenant."},
+}
+
+
+class EventStream(EventSourceResponse):
+    """An SSE response written straight from the session's frames.
+
+    FastAPI's generator endpoints (`response_class=EventSourceResponse` with
+    `yield`) pass every event through two memory streams and a keep-alive task;
+    with a thousand clients receiving the same event, that per-client cost is
+    the fan-out's whole budget. Here each event costs one `send`, its bytes are
+    encoded once per stream entry for all clients, and the session sends its
+    own pings. The session generator is always closed when the response ends,
+    so its subscription is released even when the client vanished mid-send.
+    """
+
+    def __init__(self, kind: str, frames: AsyncGenerator[Frame | StreamEntry, None]) -> None:
+        self._kind = kind
+        self._frames = frames
+        super().__init__(
+            _encoded(frames), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        metrics.SSE_CLIENTS.labels(self._kind).inc()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            metrics.SSE_CLIENTS.labels(self._kind).dec()
+            await self._frames.aclose()
+
+
+async def _encoded(frames: AsyncGenerator[Frame | StreamEntry, None]) -> AsyncIterator[bytes]:
+    async for frame in frames:
+        if isinstance(frame, StreamEntry):
+            if frame.wire is None:
+                frame.wire = format_sse_event(
+                    data_str=frame.data, event=frame.kind or None, id=frame.id
+                )
+            yield frame.wire
+        else:
+            yield format_sse_event(
+                data_str=frame.data, event=frame.event, id=frame.id, comment=frame.comment
+            )
 
 
 def build_router(deps: RouteDeps) -> APIRouter:
     router = APIRouter()
 
-    def tenant(authorization: Annotated[str | None, Header()] = None) -> str:
+    # Dependencies are `async def`: a plain `def` would run in a worker thread.
+    async def tenant(authorization: Annotated[str | None, Header()] = None) -> str:
         token = bearer_token(authorization)
         found = deps.key_ring.tenant_for(token) if token else None
         if found is None:
@@ -118,7 +178,7 @@ def build_router(deps: RouteDeps) -> APIRouter:
             raise Problem(401, "Unauthorized", detail, {"WWW-Authenticate": "Bearer"})
         return found
 
-    def last_event_id(
+    async def last_event_id(
         header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
         query: Annotated[str | None, Query(alias="last_event_id")] = None,
     ) -> str | None:
@@ -145,7 +205,8 @@ def build_router(deps: RouteDeps) -> APIRouter:
 
     @router.get(
         "/v1/jobs/{job_id}/events",
-        response_class=EventSourceResponse,
+        response_class=StreamingResponse,  # not EventSourceResponse: see EventStream
+        responses=_SSE_RESPONSES,
         summary="A job's events as Server-Sent Events",
         description="History first, then live; `id:` is the event's stream id and "
         "`Last-Event-ID` resumes after it. A `resync` event (the job's current state) "
@@ -155,42 +216,33 @@ def build_router(deps: RouteDeps) -> APIRouter:
     async def job_events(
         job_id: Annotated[str, Depends(owned_job)],
         resume_after: Annotated[str | None, Depends(last_event_id)],
-    ) -> AsyncIterator[ServerSentEvent]:
-        metrics.SSE_CLIENTS.labels("job").inc()
-        try:
-            async for frame in job_frames(
-                job_id,
-                deps.keys.job_events(job_id),
-                resume_after,
-                source=deps.streams,
-                snapshots=deps.snapshots,
-                ping_s=deps.ping_s,
-            ):
-                yield _sse(frame)
-        finally:
-            metrics.SSE_CLIENTS.labels("job").dec()
+    ) -> EventStream:
+        frames = job_frames(
+            job_id,
+            deps.keys.job_events(job_id),
+            resume_after,
+            source=deps.streams,
+            snapshots=deps.snapshots,
+            ping_s=deps.ping_s,
+        )
+        return EventStream("job", frames)
 
     @router.get(
         "/v1/events",
-        response_class=EventSourceResponse,
+        response_class=StreamingResponse,  # not EventSourceResponse: see EventStream
+        responses=_SSE_RESPONSES,
         summary="All the tenant's job events as Server-Sent Events",
-        description="Live from the moment of connection, or resumed after `Last-Event-ID`.",
+        description="Live from the moment of connection (a `: subscribed` comment marks it), "
+        "or resumed after `Last-Event-ID`.",
     )
     async def tenant_events(
         tenant: Annotated[str, Depends(tenant)],
         resume_after: Annotated[str | None, Depends(last_event_id)],
-    ) -> AsyncIterator[ServerSentEvent]:
-        metrics.SSE_CLIENTS.labels("tenant").inc()
-        try:
-            async for frame in tenant_frames(
-                deps.keys.tenant_events(tenant),
-                resume_after,
-                source=deps.streams,
-                ping_s=deps.ping_s,
-            ):
-                yield _sse(frame)
-        finally:
-            metrics.SSE_CLIENTS.labels("tenant").dec()
+    ) -> EventStream:
+        frames = tenant_frames(
+            deps.keys.tenant_events(tenant), resume_after, source=deps.streams, ping_s=deps.ping_s
+        )
+        return EventStream("tenant", frames)
 
     @router.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

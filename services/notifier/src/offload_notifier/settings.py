@@ -9,6 +9,9 @@ from pydantic import Field
 from offload_contracts import topology
 from offload_runtime.settings import RuntimeSettings
 
+MAX_BLOCK_MS = 4000
+"""Blocking Redis reads must end before redis-py's socket timeout (5 s) cuts them off."""
+
 
 def _consumer_name() -> str:
     # Unique per process: a restarted notifier must not inherit a dead one's
@@ -38,10 +41,18 @@ class NotifierSettings(RuntimeSettings):
         description="Services whose dead queues raise alerts, comma-separated "
         "(default: every worker service and the notifier itself).",
     )
+    redis_max_connections: int = Field(
+        default=64,
+        ge=4,
+        description="Redis connections one process uses at most; callers beyond wait their turn.",
+    )
     # ---- outbox relay
     relay_batch: int = Field(default=200, ge=1, description="Outbox entries relayed per batch.")
     relay_block_ms: int = Field(
-        default=1000, ge=1, description="How long one outbox read waits for new entries."
+        default=1000,
+        ge=1,
+        le=MAX_BLOCK_MS,
+        description="How long one outbox read waits for new entries.",
     )
     relay_claim_idle_ms: int = Field(
         default=30_000,
@@ -60,7 +71,10 @@ class NotifierSettings(RuntimeSettings):
     # ---- SSE
     sse_ping_s: float = Field(default=15.0, gt=0, description="Seconds between `: ping` lines.")
     sse_block_ms: int = Field(
-        default=5000, ge=10, description="How long the shared stream reader blocks per read."
+        default=2000,
+        ge=10,
+        le=MAX_BLOCK_MS,
+        description="How long the shared stream reader blocks per read.",
     )
     sse_queue_limit: int = Field(
         default=1000,

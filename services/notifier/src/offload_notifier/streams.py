@@ -12,7 +12,7 @@ Reading Redis is a port (`StreamSource`), shared by every client of a process.
 """
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,11 +26,21 @@ START = "0-0"
 
 
 class StreamEntry:
-    """One stream entry, shared by every client that receives it (parsed at most once)."""
+    """One stream entry, shared by every client that receives it.
+
+    Shared so that the work per entry is done once however many clients get
+    it: its JSON is parsed at most once, and `wire` keeps its encoded SSE form
+    (set by the web layer the first time one client sends it).
+    """
 
     def __init__(self, entry_id: str, data: str) -> None:
         self.id = entry_id
         self.data = data
+        self.wire: bytes | None = None
+
+    @cached_property
+    def position(self) -> tuple[int, int]:
+        return stream_id(self.id)
 
     @cached_property
     def kind(self) -> str:
@@ -47,7 +57,7 @@ class StreamEntry:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One SSE message: an event (`id`, `event`, `data`), or a keep-alive comment."""
+    """An SSE message that is not a stream entry: `resync`, or a comment (`: ping`)."""
 
     event: str | None = None
     data: str | None = None
@@ -125,7 +135,7 @@ async def job_frames(
     source: StreamSource,
     snapshots: JobSnapshots,
     ping_s: float,
-) -> AsyncIterator[Frame]:
+) -> AsyncGenerator[Frame | StreamEntry, None]:
     """One client's view of one job's events, until its terminal event."""
     after = START
     if last_event_id is not None:
@@ -153,7 +163,7 @@ async def job_frames(
             if entry is None:
                 yield PING
                 continue
-            yield Frame(event=entry.kind or None, data=entry.data, id=entry.id)
+            yield entry
             if entry.terminal:
                 # The end, unless more follows at once (a replayed job starts over).
                 pending = await subscription.next(0)
@@ -167,7 +177,7 @@ async def tenant_frames(
     *,
     source: StreamSource,
     ping_s: float,
-) -> AsyncIterator[Frame]:
+) -> AsyncGenerator[Frame | StreamEntry, None]:
     """One client's view of all its tenant's job events: live, or resumed, never ending."""
     bounds = await source.bounds(key)
     after = bounds.last or START
@@ -181,7 +191,4 @@ async def tenant_frames(
     async with source.follow(key, after) as subscription:
         while True:
             entry = await subscription.next(ping_s)
-            if entry is None:
-                yield PING
-            else:
-                yield Frame(event=entry.kind or None, data=entry.data, id=entry.id)
+            yield PING if entry is None else entry

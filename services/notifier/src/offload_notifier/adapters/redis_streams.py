@@ -52,6 +52,11 @@ class _Watch:
         self.followers: set[Follower] = set()
 
 
+def _release(waiter: "asyncio.Future[None]") -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Follower:
     """One client's subscription to one stream key (the `Subscription` port)."""
 
@@ -77,19 +82,23 @@ class Follower:
                 continue
             if timeout <= 0:
                 return None
+            # One future and one timer per wait (asyncio.wait_for costs twice that,
+            # and this runs once per event per client).
             loop = asyncio.get_running_loop()
-            self._waiter = loop.create_future()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _release, waiter)
             try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except TimeoutError:
-                return None
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
+            if not (self._buffer or self._live or not self._joined):
+                return None  # timed out
 
     def _take(self, queue: deque[StreamEntry]) -> StreamEntry | None:
         while queue:
             entry = queue.popleft()
-            position = stream_id(entry.id)
+            position = entry.position
             if position > self._last:
                 self._last = position
                 self.last_id = entry.id
@@ -116,8 +125,8 @@ class Follower:
             self._live.clear()
         else:
             self._live.append(entry)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            _release(self._waiter)
 
     def close(self) -> None:
         if self._joined:
@@ -145,6 +154,7 @@ class RedisStreamHub:
         self._reading: frozenset[str] | None = None  # keys of the XREAD in flight
         self._wake_sent = False
         self._changed = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._wakes: set[asyncio.Task[Any]] = set()
         self.reads = 0
@@ -207,9 +217,21 @@ class RedisStreamHub:
         self._task = asyncio.create_task(self._run(), name="sse-stream-hub")
 
     async def stop(self) -> None:
+        """End the loop: wake its blocked read and let it return, cancel only as a last resort.
+
+        Cancelling an in-flight redis-py command is not reliable (a cancel that
+        lands while the connection is being set up can be lost, leaving the
+        loop waiting forever), so the loop is asked to stop and woken instead.
+        """
+        self._stopping = True
+        self._changed.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            if self._reading is not None:
+                await self._send_wake()
+            done, _ = await asyncio.wait({self._task}, timeout=self._block_ms / 1000 + 1)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1)
         for wake in list(self._wakes):
             wake.cancel()
         await asyncio.gather(*self._wakes, return_exceptions=True)
@@ -245,7 +267,7 @@ class RedisStreamHub:
             log.warning("could not wake the stream reader", exc_info=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             if not self._watches:
                 self._changed.clear()
                 await self._changed.wait()
@@ -280,11 +302,10 @@ class RedisStreamHub:
     @staticmethod
     def _dispatch(watch: _Watch, entries: list[tuple[str, dict[str, str]]]) -> None:
         for entry_id, fields in entries:
-            position = stream_id(entry_id)
-            if position <= watch.position:
-                continue
-            watch.position = position
-            watch.position_id = entry_id
             entry = StreamEntry(entry_id, fields.get("data", ""))
+            if entry.position <= watch.position:
+                continue
+            watch.position = entry.position
+            watch.position_id = entry_id
             for follower in list(watch.followers):
                 follower.push(entry)
