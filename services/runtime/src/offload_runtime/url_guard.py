@@ -20,6 +20,14 @@ class UnsafeURL(ValueError):
 def _is_private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
+    # 6to4 (2002::/16) counts as global, yet carries an IPv4 destination in its
+    # address (2002:7f00:1:: is 127.0.0.1): judge it by that address too.
+    if (
+        isinstance(address, ipaddress.IPv6Address)
+        and address.sixtofour is not None
+        and _is_private(address.sixtofour)
+    ):
+        return True
     return (
         address.is_private
         or address.is_loopback
