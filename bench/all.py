@@ -40,7 +40,8 @@ class Bench:
 
 BENCHES = (
     Bench("promise", 420, section="1 promise"),
-    Bench("runner_throughput", 240, ("--runs", "3"), section="2 pipeline"),
+    # 10,000 jobs a run (its default is 20,000): three runs fit the 15-minute budget.
+    Bench("runner_throughput", 180, ("--jobs", "10000", "--runs", "3"), section="2 pipeline"),
     Bench("gateway_submit", 240, section="2 pipeline"),
     Bench("pipeline_latency", 150, section="2 pipeline"),
     Bench("ai_scale", 150, section="3 scale"),
@@ -79,7 +80,10 @@ def run(bench: Bench) -> Outcome:
     seconds = time.monotonic() - began
     figures: list[dict[str, Any]] = []
     if result.exists():
-        figures = json.loads(result.read_text()).get("figures") or []
+        payload = json.loads(result.read_text())
+        figures = payload.get("figures") or []
+        if not figures and payload.get("rows") and status == "ok":
+            status = f"ok: {len(payload['rows'])} rows, no headline figures (see {result.name})"
     return Outcome(bench, status, seconds, figures)
 
 
@@ -176,7 +180,7 @@ def main() -> None:
         + "\n"
     )
     print(f"(saved to {RESULTS / 'all.json'})")
-    sys.exit(0 if all(o.status == "ok" for o in outcomes) else 1)
+    sys.exit(0 if all(o.status.startswith("ok") for o in outcomes) else 1)
 
 
 def _number(value: float) -> str:

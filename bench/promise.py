@@ -244,15 +244,20 @@ async def run_offload(args: argparse.Namespace, infra: BenchInfra, image: bytes)
         env["OFFLOAD_LLM_BASE_URL"] = llm_url
         _, gateway = await procs.gateway(env)
         # Enough concurrency that every heavy job is in flight at once, as in the baseline.
+        nice = args.workers_nice
         await procs.worker(
-            "ai", {**env, "OFFLOAD_CONCURRENCY": str(args.llm_jobs + 1)}, infra.rabbitmq_url
+            "ai",
+            {**env, "OFFLOAD_CONCURRENCY": str(args.llm_jobs + 1)},
+            infra.rabbitmq_url,
+            nice=nice,
         )
         await procs.worker(
             "research",
             {**env, "OFFLOAD_CONCURRENCY": str(max(args.research_jobs, 1))},
             infra.rabbitmq_url,
+            nice=nice,
         )
-        await procs.worker("image", env, infra.rabbitmq_url)
+        await procs.worker("image", env, infra.rabbitmq_url, nice=nice)
         system = Offload(gateway, infra)
         try:
             return await measure(system, args, image, procs)
@@ -324,6 +329,7 @@ async def _main(args: argparse.Namespace) -> int:
             "research_steps": args.research_steps,
         },
         probe={"rate_per_s": args.rate, "idle_s": args.idle_s, "endpoint": "GET /v1/jobs/{id}"},
+        workers_nice=args.workers_nice,
         cpu_s_during_load={m.system: m.cpu_s for m in results},
         missing=missing or None,
     )
@@ -345,6 +351,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20, help="light requests per second")
     parser.add_argument("--idle-s", type=float, default=15)
     parser.add_argument("--only", choices=["baseline", "offload"])
+    parser.add_argument(
+        "--workers-nice",
+        type=int,
+        default=0,
+        help="run Offload's workers at this niceness (0, as `make run` does): on a shared "
+        "machine, what separate containers or hosts would give the gateway",
+    )
     sys.exit(asyncio.run(_main(parser.parse_args())))
 
 

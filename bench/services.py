@@ -205,9 +205,12 @@ class Processes:
         self.started.append(process)
         return process
 
-    def module(self, name: str, module: str, env: Mapping[str, str]) -> ServiceProcess:
-        """`python -m <module>` with this interpreter (the project's venv)."""
-        return self.spawn(name, [sys.executable, "-m", module], env)
+    def module(
+        self, name: str, module: str, env: Mapping[str, str], *, nice: int = 0
+    ) -> ServiceProcess:
+        """`python -m <module>` with this interpreter (the project's venv), at a niceness."""
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        return self.spawn(name, [*prefix, sys.executable, "-m", module], env)
 
     async def sandbox(
         self, env: Mapping[str, str], *, ttft_ms: float, tokens_per_s: float = 1_000_000
@@ -250,11 +253,17 @@ class Processes:
         return process, base
 
     async def worker(
-        self, service: str, env: Mapping[str, str], rabbitmq_url: str, *, index: int = 0
+        self,
+        service: str,
+        env: Mapping[str, str],
+        rabbitmq_url: str,
+        *,
+        index: int = 0,
+        nice: int = 0,
     ) -> ServiceProcess:
         require(service)
         name = service if index == 0 else f"{service}-{index}"
-        process = self.module(name, f"offload_{service}", env)
+        process = self.module(name, f"offload_{service}", env, nice=nice)
         await process.wait_consumers(rabbitmq_url, service, count=index + 1)
         return process
 
