@@ -5,10 +5,11 @@
 What a web application looks like before it offloads anything, doing the very
 same work as Offload's workers, with the same code where there is code to share:
 
-- `POST /v1/jobs` `{"type": "ai.generate", ...}`: the LLM call (the runtime's
-  OpenAI-compatible httpx adapter, streamed) is awaited inside the request.
-- `research.run`: plan, one call per sub-question, synthesis, awaited one after
-  the other inside the request.
+- `POST /v1/jobs` `{"type": "ai.generate", ...}`: the ai service's own
+  `generate` (the runtime's OpenAI-compatible httpx adapter, streamed) is
+  awaited inside the request.
+- `research.run`: the research service's own chain (`run_research`: plan,
+  answers, report) is awaited inside the request.
 - `image.process`: the image service's Pillow pipeline (`offload_image.pipeline.render`)
   runs inside the request handler, on the event loop, as a naive app does.
 - `GET /v1/jobs/{id}`: the light request, a Redis read, as Offload's gateway does.
@@ -33,9 +34,10 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from offload_ai.generation import generate
 from offload_contracts import AiGenerateInput, ImageProcessInput, ResearchRunInput
+from offload_research.research import ResearchLimits, run_research
 from offload_runtime.llm.openai_compatible import LlmSettings, OpenAICompatibleClient
-from offload_runtime.llm.ports import ChatMessage, ChatModel, ChatRequest, collect
 
 
 class BaselineSettings(BaseSettings):
@@ -100,10 +102,14 @@ def build_app(settings: BaselineSettings | None = None) -> FastAPI:
             mapping={"id": job_id, "type": str(job_type), "status": "active", "at": time.time()},
         )
         try:
+            ctx = RequestContext(redis, job_key(job_id), job_id)
             if job_type == "ai.generate":
-                result = await generate(llm, AiGenerateInput.model_validate(body["input"]), job_id)
+                spec = AiGenerateInput.model_validate(body["input"])
+                result = (await generate(spec, llm, ctx)).model_dump(mode="json")
             elif job_type == "research.run":
-                result = await research(llm, ResearchRunInput.model_validate(body["input"]), job_id)
+                spec_r = ResearchRunInput.model_validate(body["input"])
+                done = await run_research(spec_r, llm, ctx, ResearchLimits())
+                result = done.model_dump(mode="json")
             elif job_type == "image.process":
                 result = process_image(
                     ImageProcessInput.model_validate(body["input"]), settings, job_id
@@ -131,32 +137,48 @@ def build_app(settings: BaselineSettings | None = None) -> FastAPI:
     return app
 
 
-async def generate(llm: ChatModel, spec: AiGenerateInput, job_id: str) -> dict[str, Any]:
-    """One streamed LLM call, awaited inside the request."""
-    messages = [ChatMessage("user", spec.prompt)]
-    if spec.system:
-        messages.insert(0, ChatMessage("system", spec.system))
-    answer = await collect(
-        llm,
-        ChatRequest(messages, spec.model, spec.max_tokens, spec.temperature, job_id=job_id),
-    )
-    return {"text": answer.text, "model": answer.model}
+class RequestContext:
+    """The job context of work done inside a request: progress to Redis, checkpoints in memory.
 
+    It lets the baseline call the ai and research services' own domain functions,
+    so the work is the same code; only where it runs differs.
+    """
 
-async def research(llm: ChatModel, spec: ResearchRunInput, job_id: str) -> dict[str, Any]:
-    """Plan, answer each sub-question, synthesize: steps + 2 LLM calls, one after the other."""
+    def __init__(self, redis: "aioredis.Redis", key: str, job_id: str) -> None:
+        self._redis = redis
+        self._key = key
+        self._job_id = job_id
+        self._checkpoints: dict[str, str] = {}
+        self._last_progress = 0.0
 
-    async def ask(prompt: str) -> str:
-        answer = await collect(
-            llm, ChatRequest([ChatMessage("user", prompt)], spec.model, 256, job_id=job_id)
-        )
-        return answer.text
+    @property
+    def job_id(self) -> str:
+        return self._job_id
 
-    plan = await ask(f"Plan {spec.steps} sub-questions to research: {spec.question}")
-    questions = [f"{spec.question} (part {i + 1}: {plan[:40]})" for i in range(spec.steps)]
-    answers = [await ask(q) for q in questions]
-    report = await ask("Synthesize: " + " ".join(answers)[:4000])
-    return {"report": report, "steps": len(answers)}
+    @property
+    def tenant(self) -> str:
+        return "bench"
+
+    @property
+    def attempt(self) -> int:
+        return 1
+
+    @property
+    def cancel_requested(self) -> bool:
+        return False
+
+    async def progress(self, percent: float, message: str = "") -> None:
+        # Throttled like Offload's (two a second), so both write about as often.
+        now = time.monotonic()
+        if now - self._last_progress >= 0.5:
+            self._last_progress = now
+            await self._redis.hset(self._key, mapping={"percent": percent, "message": message})
+
+    async def load_checkpoint(self, step: str) -> str | None:
+        return self._checkpoints.get(step)
+
+    async def save_checkpoint(self, step: str, value: str) -> None:
+        self._checkpoints[step] = value
 
 
 def process_image(
