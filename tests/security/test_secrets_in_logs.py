@@ -1,0 +1,189 @@
+"""No secret in any log line: every service runs as a real process at debug level, the test
+makes them handle every secret there is, then searches everything each process wrote.
+
+Secrets handled: tenant API keys (right and wrong ones), the admin key, a
+tenant's webhook secrets (current, and both during a rotation), the operations
+webhook secret, the LLM provider key and the video provider key. The paths
+taken: auth failures on the gateway, its admin API and the notifier; signed
+webhook deliveries before and after a rotation; LLM calls that succeed, that
+are retried (503s) and that are rejected (a dead letter, which raises a signed
+operations alert); a video job against a provider that checks its key.
+"""
+
+import asyncio
+import base64
+import time
+import uuid
+
+import httpx
+
+from tests.security.report import record
+from tests.support.dedicated import free_port
+from tests.support.infra import Infra
+from tests.support.notifier import Receiver, serve, verify
+from tests.support.stack import API_KEY, Stack, running_stack
+
+
+async def wait_finished(stack: Stack, job_id: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, object] = (await stack.http.get(f"/v1/jobs/{job_id}")).json()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, (job, stack.logs()[-3000:])
+        await asyncio.sleep(0.05)
+
+
+def variants(secret: str) -> set[str]:
+    """The secret as it could be written: whole, and a `whsec_` secret's key material alone."""
+    found = {secret}
+    if secret.startswith("whsec_"):
+        material = secret.removeprefix("whsec_")
+        found |= {material, base64.b64decode(material).hex()}
+    return found
+
+
+async def test_no_api_key_webhook_secret_or_provider_key_appears_in_any_log_line(
+    infra: Infra,
+) -> None:
+    video_key = f"vk-{uuid.uuid4().hex}"
+    ops_secret = "whsec_" + base64.b64encode(uuid.uuid4().bytes * 2).decode()
+    wrong_keys = [f"wrong-{uuid.uuid4().hex}" for _ in range(3)]
+    hooks = Receiver()
+    async with (
+        serve(hooks.app) as hooks_base,
+        running_stack(
+            infra,
+            log_level="debug",
+            webhook_allow_private=True,
+            notifier_service=f"nt{uuid.uuid4().hex[:10]}",
+            ops_webhook_url=f"{hooks_base}/ops",
+            ops_webhook_secret=ops_secret,
+            sandbox_video_api_key=video_key,
+            video_api_key=video_key,
+            sandbox_video_render_s=0.2,
+            sandbox_video_render_s_per_video_s=0.01,
+            sandbox_video_bytes_per_second=20_000,
+            video_poll_initial_s=0.05,
+            video_poll_max_s=0.1,
+        ) as stack,
+    ):
+        notifier_port = free_port()
+        stack.start("notifier", "offload_notifier", notifier_port=notifier_port)
+        stack.start(
+            "video",
+            "offload_video",
+            video_base_url=f"http://127.0.0.1:{stack.settings['sandbox_port']}",
+        )
+        notifier_url = f"http://127.0.0.1:{notifier_port}"
+        await stack.wait_ready(notifier_url, "/readyz")
+        admin_key = stack.settings["admin_keys"]
+
+        # Auth failures everywhere, with keys that look real.
+        async with httpx.AsyncClient(timeout=10) as raw:
+            for wrong in wrong_keys:
+                bearer = {"Authorization": f"Bearer {wrong}"}
+                for url in (
+                    f"{stack.gateway_url}/v1/jobs",
+                    f"{stack.gateway_url}/v1/webhook-secret",
+                    f"{stack.gateway_url}/v1/admin/queues",
+                    f"{notifier_url}/v1/events",
+                ):
+                    assert (await raw.get(url, headers=bearer)).status_code == 401
+                # A tenant's key on the admin API, the admin key on the tenant API.
+                tenant_on_admin = await raw.get(
+                    f"{stack.gateway_url}/v1/admin/queues",
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                )
+                assert tenant_on_admin.status_code == 403
+                admin_on_tenant = await raw.get(
+                    f"{stack.gateway_url}/v1/jobs", headers={"Authorization": f"Bearer {admin_key}"}
+                )
+                assert admin_on_tenant.status_code == 401
+            admin_ok = await raw.get(
+                f"{stack.gateway_url}/v1/admin/queues",
+                headers={"Authorization": f"Bearer {admin_key}"},
+            )
+            assert admin_ok.status_code == 200, admin_ok.text
+
+        # Webhooks signed with the secret, then with both secrets during a rotation.
+        first = (await stack.http.get("/v1/webhook-secret")).json()["secret"]
+        webhook = {"url": f"{hooks_base}/hook", "events": ["completed", "failed"]}
+        before = await stack.http.post("/v1/jobs", json={**stack.ai_job(), "webhook": webhook})
+        assert before.status_code == 202, before.text
+        [delivered] = await hooks.wait_for("hook", 1, timeout=30)
+        verify(delivered, [first])
+        rotated = (await stack.http.post("/v1/webhook-secret/rotate")).json()
+        assert rotated["secret"] != first and first in rotated["signing"]
+
+        # LLM calls: plain, retried after 503s, and rejected (a dead letter → ops alert).
+        jobs = {
+            "plain": stack.ai_job(),
+            "retried": stack.ai_job(model="sandbox-fail-2"),
+            "rejected": stack.ai_job(model="sandbox-reject"),
+            "video": {
+                "type": "video.generate",
+                "input": {"prompt": "a paper boat", "duration_s": 1, "resolution": "480p"},
+            },
+        }
+        ids = {}
+        for name, job in jobs.items():
+            answer = await stack.http.post("/v1/jobs", json={**job, "webhook": webhook})
+            assert answer.status_code == 202, answer.text
+            ids[name] = answer.json()["id"]
+        outcomes = {name: await wait_finished(stack, job_id) for name, job_id in ids.items()}
+        assert outcomes["plain"]["status"] == "completed", outcomes["plain"]
+        assert outcomes["retried"]["status"] == "completed", outcomes["retried"]
+        assert outcomes["rejected"]["status"] == "failed", outcomes["rejected"]
+        assert outcomes["video"]["status"] == "completed", outcomes["video"]
+        after_rotation = await hooks.wait_for("hook", 1 + len(jobs), timeout=30)
+        for item in after_rotation[1:]:
+            verify(item, [rotated["secret"]])  # each signed by the new secret too
+        [alert] = await hooks.wait_for("ops", 1, timeout=30)
+        verify(alert, [ops_secret])
+
+        # Stop everything cleanly so each process flushes its last lines, then search.
+        for process in stack.processes.values():
+            process.terminate(timeout=30)
+        logs = {name: process.logs() for name, process in stack.processes.items()}
+
+    secrets = {
+        "tenant API key": API_KEY,
+        "admin key": admin_key,
+        "webhook secret (first)": first,
+        "webhook secret (rotated)": rotated["secret"],
+        "ops webhook secret": ops_secret,
+        "LLM API key": stack.settings["llm_api_key"],
+        "video API key": video_key,
+        **{f"wrong key {i}": key for i, key in enumerate(wrong_keys)},
+    }
+    lines = {name: text.splitlines() for name, text in logs.items()}
+    # The search is only worth something if the processes did log what they did.
+    assert all(len(found) > 10 for found in lines.values()), {n: len(v) for n, v in lines.items()}
+    assert any("webhook delivered" in line for line in lines["notifier"])
+    assert any(ids["plain"] in line for line in lines["ai"])
+    assert any(ids["video"] in line for line in lines["video"])
+    leaks = [
+        (what, name, line[:300])
+        for what, secret in secrets.items()
+        for form in variants(secret)
+        for name, found in lines.items()
+        for line in found
+        if form in line
+    ]
+    leaks += [
+        ("Bearer", name, line[:300])
+        for name, found in lines.items()
+        for line in found
+        if "bearer " in line.lower()
+    ]
+    assert leaks == [], leaks
+    total = sum(len(found) for found in lines.values())
+    record(
+        "no secret in any log line",
+        f"{len(logs)} processes at debug level ({', '.join(logs)}); {len(secrets)} secrets "
+        "(API, admin, 3 wrong keys, webhook secrets before/after rotation, ops webhook, "
+        "LLM and video keys); 401/403s, 5 signed deliveries, an ops alert, LLM retries, "
+        "a rejection, a video render",
+        f"{total:,} log lines searched for every secret and 'Bearer ': 0 found",
+    )
