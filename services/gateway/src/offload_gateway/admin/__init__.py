@@ -57,7 +57,10 @@ def install_operations(
             with suppress(asyncio.CancelledError):
                 await refresher
             await lag.stop()
-            await ops.queues.close()
+            # Bounded: a broker that stopped answering must not hold the shutdown.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await ops.queues.close()
 
     operations = APIRouter(lifespan=lifespan)
     operations.include_router(build_router(ops))
