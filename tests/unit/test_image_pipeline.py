@@ -378,3 +378,13 @@ def test_an_output_format_this_pillow_cannot_write_is_a_permanent_error(
     source = save(quadrants(), tmp_path / "s.png")
     with pytest.raises(PermanentError, match="avif output is not supported"):
         run(source, {"op": "convert", "format": "avif"})
+
+
+def test_exif_too_long_for_a_jpeg_is_dropped_not_fatal(tmp_path: Path, run: Any) -> None:
+    exif = exif_with(1)
+    exif[0x010E] = "x" * 70_000  # ImageDescription: fine in a PNG, too long for a JPEG
+    source = save(quadrants(), tmp_path / "s.png", exif=exif)
+    [main] = run(source, {"op": "convert", "format": "jpeg"})
+    assert opened(main).format == "JPEG" and len(opened(main).getexif()) == 0
+    [png] = run(source)
+    assert opened(png).getexif()[0x010F] == "OffloadCam"

@@ -88,6 +88,7 @@ OUTPUT_FORMATS: dict[str, OutputFormat] = {
 
 DEFAULT_QUALITY: dict[str, int] = {"jpeg": 85, "webp": 80, "avif": 70}
 PNG_DEFAULT_COMPRESS_LEVEL = 6
+_JPEG_MAX_EXIF = 65533  # one APP1 segment, less its length field
 
 # LANCZOS with a reducing gap: large downscales first shrink by an integer
 # factor (fast box filter), then resample; Pillow documents the result as
@@ -456,8 +457,9 @@ def _write(
     else:
         options["quality"] = settings.quality or DEFAULT_QUALITY[fmt.name]
     if not settings.strip_metadata:
-        if len(metadata.exif):
-            options["exif"] = metadata.exif.tobytes()
+        exif = _exif_bytes(metadata.exif, fmt.name)
+        if exif:
+            options["exif"] = exif
         if metadata.icc_profile:
             options["icc_profile"] = metadata.icc_profile
     buffer = io.BytesIO()
@@ -474,6 +476,24 @@ def _write(
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def _exif_bytes(exif: Image.Exif, fmt: str) -> bytes | None:
+    """The EXIF block to write, or None when there is none or it cannot be written.
+
+    Metadata is carried over on a best-effort basis: a block Pillow cannot
+    serialise, or one too long for a JPEG APP1 segment, is dropped rather than
+    failing the image.
+    """
+    if not len(exif):
+        return None
+    try:
+        data = exif.tobytes()
+    except Exception:
+        return None
+    if fmt == "jpeg" and len(data) > _JPEG_MAX_EXIF:
+        return None
+    return data
 
 
 def _for_format(image: Image.Image, fmt: str) -> Image.Image:
