@@ -44,6 +44,8 @@ def status_text(job: Job) -> Text:
 def job_message(job: Job) -> str:
     if job.error and job.status in (JobStatus.DELAYED, JobStatus.FAILED):
         return f"{job.error.type}: {job.error.message}"
+    if job.finished:
+        return ""  # the status says it all
     return job.progress.message if job.progress else ""
 
 
@@ -98,7 +100,9 @@ def _escape(text: str) -> str:
 
 def job_table(jobs: list[Job]) -> Table:
     table = Table(show_lines=False, header_style="bold")
-    for column in ("id", "type", "status", "progress", "attempt", "created", "finished"):
+    table.add_column("id", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    for column in ("status", "progress", "attempt", "created", "finished"):
         table.add_column(column)
     for job in jobs:
         table.add_row(
