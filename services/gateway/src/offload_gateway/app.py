@@ -136,6 +136,7 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
                 routes=app.routes,
             )
             add_problem_schemas(schema)
+            jobs.add_submission_schema(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -38,10 +38,10 @@ class GatewayDeps:
 
 
 async def get_deps(request: Request) -> GatewayDeps:
-    return _deps_of(request)
+    return deps_of(request)
 
 
-def _deps_of(request: Request) -> GatewayDeps:
+def deps_of(request: Request) -> GatewayDeps:
     deps: GatewayDeps = request.app.state.deps
     return deps
 
@@ -54,6 +54,10 @@ class TenantAuth(HTTPBearer):
     """
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
+        return self.authenticate(request)
+
+    def authenticate(self, request: Request) -> str:
+        """The same check, callable from a route that takes no dependencies."""
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
             raise ProblemError(
@@ -61,7 +65,7 @@ class TenantAuth(HTTPBearer):
                 "send your API key as `Authorization: Bearer <key>`",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        tenant = _deps_of(request).key_ring.tenant_for(token)
+        tenant = deps_of(request).key_ring.tenant_for(token)
         if tenant is None:
             raise ProblemError(
                 401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
