@@ -134,6 +134,7 @@ def build_app(
         wake_key=keys.notifier_wake(settings.notifier_consumer),
         block_ms=settings.sse_block_ms,
         queue_limit=settings.sse_queue_limit,
+        readers=settings.sse_readers,
     )
     jobs = RedisJobs(redis, keys)
 

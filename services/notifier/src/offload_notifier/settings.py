@@ -76,6 +76,14 @@ class NotifierSettings(RuntimeSettings):
         le=MAX_BLOCK_MS,
         description="How long the shared stream reader blocks per read.",
     )
+    sse_readers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Shared stream-reading loops (one blocked Redis connection each); "
+        "followed keys are spread over them. One serves thousands of clients; more "
+        "only pays when one read over every followed key gets too large.",
+    )
     sse_queue_limit: int = Field(
         default=1000,
         ge=10,

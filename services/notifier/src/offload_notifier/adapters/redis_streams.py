@@ -18,12 +18,16 @@ How a follower gets every entry after its position exactly once:
 
 A key added while the `XREAD` is blocked would only join the next read, so
 the hub wakes its own read by appending to a per-process wake stream that
-every read includes. A follower that falls too far behind (a client that
-stops reading) leaves the hub and catches up from Redis again, so a slow
-client costs memory for at most `queue_limit` entries.
+every read includes. Keys are spread over a few such loops by hash, so that
+one event does not cost a read over every followed key.
+
+A follower that falls too far behind (a client that stops reading) leaves
+the hub and catches up from Redis again, so a slow client costs memory for at
+most `queue_limit` entries.
 """
 
 import asyncio
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -134,8 +138,143 @@ class Follower:
             self._joined = False
 
 
+class _Reader:
+    """One `XREAD BLOCK` loop over a share of the followed keys."""
+
+    def __init__(
+        self, client: "aioredis.Redis", *, name: str, wake_key: str, block_ms: int
+    ) -> None:
+        self._client = client
+        self._name = name
+        self._wake_key = wake_key
+        self._wake_position = "0-0"
+        self._block_ms = block_ms
+        self.watches: dict[str, _Watch] = {}
+        self._reading: frozenset[str] | None = None  # keys of the XREAD in flight
+        self._wake_sent = False
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._wakes: set[asyncio.Task[Any]] = set()
+
+    def join(self, key: str, follower: Follower, position_id: str) -> str:
+        watch = self.watches.get(key)
+        if watch is None:
+            watch = self.watches[key] = _Watch(position_id)
+            self._wake()
+        watch.followers.add(follower)
+        return watch.position_id
+
+    def leave(self, key: str, follower: Follower) -> None:
+        watch = self.watches.get(key)
+        if watch is None:
+            return
+        watch.followers.discard(follower)
+        if not watch.followers:
+            del self.watches[key]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        # Cancelling an in-flight redis-py command is not reliable (a cancel that
+        # lands while the connection is being set up can be lost, leaving the loop
+        # waiting forever), so the loop is asked to stop and woken instead.
+        self._stopping = True
+        self._changed.set()
+        if self._task is not None:
+            if self._reading is not None:
+                await self._send_wake()
+            done, _ = await asyncio.wait({self._task}, timeout=self._block_ms / 1000 + 1)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1)
+        for wake in list(self._wakes):
+            wake.cancel()
+        await asyncio.gather(*self._wakes, return_exceptions=True)
+        try:
+            await self._client.delete(self._wake_key)
+        except Exception:  # best effort: the key expires anyway
+            log.debug("wake key not deleted", exc_info=True)
+
+    def _wake(self) -> None:
+        """Make a new key part of the next read at once."""
+        if self._reading is None:
+            self._changed.set()  # the loop is idle or between reads: it will see the key
+            return
+        if self._wake_sent:
+            return
+        self._wake_sent = True
+        task = asyncio.get_running_loop().create_task(self._send_wake())
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+
+    async def _send_wake(self) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.expire(self._wake_key, WAKE_TTL_S)
+                await pipe.execute()
+        except Exception:
+            # The read's block timeout bounds the delay for the new key instead.
+            log.warning("could not wake the stream reader", exc_info=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            if not self.watches:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            watches = dict(self.watches)
+            streams: dict[Any, Any] = {key: watch.position_id for key, watch in watches.items()}
+            streams[self._wake_key] = self._wake_position
+            self._reading = frozenset(watches)
+            self._wake_sent = False
+            try:
+                reply: Any = await self._client.xread(
+                    streams, count=READ_COUNT, block=self._block_ms
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("stream read failed; retrying", exc_info=True)
+                self._reading = None
+                await asyncio.sleep(0.5)
+                continue
+            self._reading = None
+            for key, entries in reply or ():
+                if key == self._wake_key:
+                    self._wake_position = entries[-1][0]
+                    continue
+                watch = watches.get(key)
+                if watch is None or self.watches.get(key) is not watch:
+                    continue  # every follower left (and maybe others joined anew) meanwhile
+                _dispatch(watch, entries)
+
+
+def _dispatch(watch: _Watch, entries: list[tuple[str, dict[str, str]]]) -> None:
+    for entry_id, fields in entries:
+        entry = StreamEntry(entry_id, fields.get("data", ""))
+        if entry.position <= watch.position:
+            continue
+        watch.position = entry.position
+        watch.position_id = entry_id
+        for follower in list(watch.followers):
+            follower.push(entry)
+
+
 class RedisStreamHub:
-    """The `StreamSource` port on Redis: one `XREAD` loop for every follower of a process."""
+    """The `StreamSource` port on Redis: a few shared `XREAD` loops for every follower.
+
+    Keys are spread over `readers` loops by hash. One loop over every key
+    would re-send (and Redis re-register) all N keys on every read, so each
+    event would cost O(N); with R readers it costs O(N / R), at the price of
+    R blocked connections.
+    """
 
     def __init__(
         self,
@@ -144,20 +283,14 @@ class RedisStreamHub:
         wake_key: str,
         block_ms: int,
         queue_limit: int,
+        readers: int = 1,
     ) -> None:
         self._client = client
-        self._wake_key = wake_key
-        self._wake_position = "0-0"
-        self._block_ms = block_ms
         self.queue_limit = queue_limit
-        self._watches: dict[str, _Watch] = {}
-        self._reading: frozenset[str] | None = None  # keys of the XREAD in flight
-        self._wake_sent = False
-        self._changed = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self._wakes: set[asyncio.Task[Any]] = set()
-        self.reads = 0
+        self._readers = [
+            _Reader(client, name=f"sse-reader-{n}", wake_key=f"{wake_key}:{n}", block_ms=block_ms)
+            for n in range(readers)
+        ]
 
     # ------------------------------------------------------------------ the port
 
@@ -192,120 +325,28 @@ class RedisStreamHub:
 
     def join(self, key: str, follower: Follower, position_id: str) -> str:
         """Add a follower whose entries up to `position_id` are in hand; the hub's position."""
-        watch = self._watches.get(key)
-        if watch is None:
-            watch = self._watches[key] = _Watch(position_id)
-            self._wake()
-        watch.followers.add(follower)
-        return watch.position_id
+        return self._reader(key).join(key, follower, position_id)
 
     def leave(self, key: str, follower: Follower) -> None:
-        watch = self._watches.get(key)
-        if watch is None:
-            return
-        watch.followers.discard(follower)
-        if not watch.followers:
-            del self._watches[key]
+        self._reader(key).leave(key, follower)
+
+    def _reader(self, key: str) -> _Reader:
+        return self._readers[zlib.crc32(key.encode()) % len(self._readers)]
 
     @property
     def keys_followed(self) -> int:
-        return len(self._watches)
+        return sum(len(reader.watches) for reader in self._readers)
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sse-stream-hub")
+        for reader in self._readers:
+            reader.start()
 
     async def stop(self) -> None:
-        """End the loop: wake its blocked read and let it return, cancel only as a last resort.
-
-        Cancelling an in-flight redis-py command is not reliable (a cancel that
-        lands while the connection is being set up can be lost, leaving the
-        loop waiting forever), so the loop is asked to stop and woken instead.
-        """
-        self._stopping = True
-        self._changed.set()
-        if self._task is not None:
-            if self._reading is not None:
-                await self._send_wake()
-            done, _ = await asyncio.wait({self._task}, timeout=self._block_ms / 1000 + 1)
-            if not done:
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1)
-        for wake in list(self._wakes):
-            wake.cancel()
-        await asyncio.gather(*self._wakes, return_exceptions=True)
-        try:
-            await self._client.delete(self._wake_key)
-        except Exception:  # best effort: the key expires anyway
-            log.debug("wake key not deleted", exc_info=True)
+        """End every loop by waking its blocked read (see `_Reader.stop`)."""
+        await asyncio.gather(*(reader.stop() for reader in self._readers))
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def _wake(self) -> None:
-        """Make a new key part of the next read at once."""
-        if self._reading is None:
-            self._changed.set()  # the loop is idle or between reads: it will see the key
-            return
-        if self._wake_sent:
-            return
-        self._wake_sent = True
-        task = asyncio.get_running_loop().create_task(self._send_wake())
-        self._wakes.add(task)
-        task.add_done_callback(self._wakes.discard)
-
-    async def _send_wake(self) -> None:
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
-                pipe.expire(self._wake_key, WAKE_TTL_S)
-                await pipe.execute()
-        except Exception:
-            # The read's block timeout bounds the delay for the new key instead.
-            log.warning("could not wake the stream reader", exc_info=True)
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            if not self._watches:
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            watches = dict(self._watches)
-            streams: dict[Any, Any] = {key: watch.position_id for key, watch in watches.items()}
-            streams[self._wake_key] = self._wake_position
-            self._reading = frozenset(watches)
-            self._wake_sent = False
-            try:
-                reply: Any = await self._client.xread(
-                    streams, count=READ_COUNT, block=self._block_ms
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("stream read failed; retrying", exc_info=True)
-                self._reading = None
-                await asyncio.sleep(0.5)
-                continue
-            self._reading = None
-            self.reads += 1
-            for key, entries in reply or ():
-                if key == self._wake_key:
-                    self._wake_position = entries[-1][0]
-                    continue
-                watch = watches.get(key)
-                if watch is None or self._watches.get(key) is not watch:
-                    continue  # every follower left (and maybe others joined anew) meanwhile
-                self._dispatch(watch, entries)
-
-    @staticmethod
-    def _dispatch(watch: _Watch, entries: list[tuple[str, dict[str, str]]]) -> None:
-        for entry_id, fields in entries:
-            entry = StreamEntry(entry_id, fields.get("data", ""))
-            if entry.position <= watch.position:
-                continue
-            watch.position = entry.position
-            watch.position_id = entry_id
-            for follower in list(watch.followers):
-                follower.push(entry)
+        return all(reader.running for reader in self._readers)
