@@ -27,6 +27,7 @@ from offload import (
     AsyncOffload,
     ChecksumMismatch,
     Conflict,
+    DeadLetter,
     FileInfo,
     Job,
     JobStatus,
@@ -47,6 +48,7 @@ from tests.support.notifier import serve
 from tests.support.sandbox import running_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
+ADMIN_KEY = "dev-admin-key"  # the gateway's default OFFLOAD_ADMIN_KEYS
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Stack:
             "OFFLOAD_URL": self.gateway.base_url,
             "OFFLOAD_NOTIFIER_URL": self.notifier_url,
             "OFFLOAD_API_KEY": self.key(tenant),
+            "OFFLOAD_ADMIN_KEY": ADMIN_KEY,
             "COLUMNS": "200",
         }
 
@@ -244,14 +247,16 @@ async def test_upload_then_download_round_trips_with_the_checksum(
 # --------------------------------------------------------------------------- the CLI
 
 
-async def offload_cli(stack: Stack, *args: str, tenant: str = "acme") -> tuple[int, str, str]:
+async def offload_cli(
+    stack: Stack, *args: str, tenant: str = "acme", **env: str
+) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "offload",
         *args,
         cwd=ROOT,
-        env=stack.cli_env(tenant),
+        env={**stack.cli_env(tenant), **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -339,3 +344,42 @@ async def test_cli_lists_and_cancels(stack: Stack) -> None:
     assert "cancelled" in out
     code, _, err = await offload_cli(stack, "cancel", delayed.id)
     assert code == 1 and "409" in err and "cancelled" in err
+
+
+async def dead_letter_of(client: AsyncOffload, queue: str, job_id: str) -> DeadLetter | None:
+    """The job's letter in the dead queue (other tests' letters may be there too)."""
+    offset: int | None = 0
+    while offset is not None:
+        page = await client.dead_letters(queue, offset=offset, limit=200)
+        for letter in page.items:
+            if letter.job_id == job_id:
+                return letter
+        offset = page.next_offset
+    return None
+
+
+async def test_cli_lists_and_replays_a_dead_letter(stack: Stack) -> None:
+    async with stack.client(admin_key=ADMIN_KEY) as client:
+        job = await client.submit("ai.generate", {"prompt": "No.", "model": "sandbox-reject"})
+        failed = await client.wait(job.id, timeout_s=30)
+        assert failed.status is JobStatus.FAILED and failed.attempt == 1
+        letter = await dead_letter_of(client, "ai", job.id)
+        assert letter is not None and letter.reason == "failed" and letter.error
+
+        code, out, err = await offload_cli(stack, "dead-letters", "list", "ai", "--limit", "5")
+        assert code == 0, err
+        assert "ai.dead:" in out and "dead letter(s)" in out
+
+        code, out, err = await offload_cli(stack, "dead-letters", "replay", "ai", "--job", job.id)
+        assert code == 0, err
+        assert "replayed 1 from ai.dead" in out and job.id in out
+        # It ran again (the sandbox rejects it again) and is parked again.
+        deadline = asyncio.get_running_loop().time() + 30
+        while await dead_letter_of(client, "ai", job.id) is None:
+            assert asyncio.get_running_loop().time() < deadline, "the replayed job never ran"
+            await asyncio.sleep(0.2)
+        assert (await client.get(job.id)).status is JobStatus.FAILED
+
+    # Without an admin key the tenant's key is sent, and refused.
+    code, _, err = await offload_cli(stack, "dead-letters", "list", "ai", OFFLOAD_ADMIN_KEY="")
+    assert code == 1 and "403" in err and "admin key" in err

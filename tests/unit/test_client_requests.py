@@ -436,23 +436,58 @@ def test_download_of_an_unknown_file_raises_not_found_and_writes_nothing(
 # --------------------------------------------------------------------------- admin
 
 
-def test_dead_letters_use_the_admin_key(make_client: Any) -> None:
-    listing = {"items": [{"job_id": "j9", "type": "video.generate", "attempt": 5}]}
+def test_dead_letters_use_the_admin_key_and_the_dead_queue_name(make_client: Any) -> None:
+    page = {
+        "queue": "video.dead",
+        "total": 1,
+        "offset": 0,
+        "limit": 50,
+        "next_offset": None,
+        "scanned": 1,
+        "items": [
+            {
+                "position": 0,
+                "job_id": "j9",
+                "type": "video.generate",
+                "reason": "failed",
+                "error": "provider said no",
+                "attempts": 5,
+                "browsed": 1,
+                "size": 300,
+                "valid_json": True,
+            }
+        ],
+    }
+    report = {
+        "queue": "video.dead",
+        "replayed": ["j9"],
+        "skipped": [],
+        "not_found": [],
+        "scanned": 1,
+        "remaining": 0,
+        "audit_id": "1-0",
+    }
     recorder = Recorder(
         {
-            ("GET", f"{GATEWAY}/v1/admin/dead-letters/video"): [httpx.Response(200, json=listing)],
-            ("POST", f"{GATEWAY}/v1/admin/dead-letters/video/replay"): [
-                httpx.Response(200, json={"replayed": 1})
+            ("GET", f"{GATEWAY}/v1/admin/dead-letters/video.dead"): [
+                httpx.Response(200, json=page)
+            ],
+            ("POST", f"{GATEWAY}/v1/admin/dead-letters/video.dead/replay"): [
+                httpx.Response(200, json=report)
             ],
         }
     )
     client = make_client(recorder, admin_key="k-admin")
-    (letter,) = client.dead_letters("video")
-    assert (letter.job_id, letter.attempt) == ("j9", 5)
-    assert client.replay_dead_letters("video", job_ids=["j9"]) == {"replayed": 1}
-    listed, replayed = recorder.requests
-    assert listed.headers["authorization"] == "Bearer k-admin"
-    assert json.loads(replayed.content) == {"job_ids": ["j9"]}
+    listed = client.dead_letters("video", limit=20)
+    (letter,) = listed.items
+    assert (letter.job_id, letter.attempts, letter.error) == ("j9", 5, "provider said no")
+    assert client.replay_dead_letters("video.dead", job_ids=["j9"]).replayed == ["j9"]
+    client.replay_dead_letters("video")
+    browse, by_id, everything = recorder.requests
+    assert browse.headers["authorization"] == "Bearer k-admin"
+    assert dict(browse.url.params) == {"offset": "0", "limit": "20"}
+    assert json.loads(by_id.content) == {"job_ids": ["j9"]}
+    assert json.loads(everything.content) == {"all": True}
 
 
 # --------------------------------------------------------------------------- async

@@ -33,7 +33,17 @@ from offload.errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from offload.models import DeadLetter, ErrorInfo, FileInfo, Job, JobPage, Progress, Webhook
+from offload.models import (
+    DeadLetter,
+    DeadLetterPage,
+    ErrorInfo,
+    FileInfo,
+    Job,
+    JobPage,
+    Progress,
+    ReplayReport,
+    Webhook,
+)
 from offload.settings import ClientSettings
 from offload_contracts import EventKind, JobStatus
 
@@ -46,6 +56,7 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "DeadLetter",
+    "DeadLetterPage",
     "ErrorInfo",
     "EventKind",
     "FileInfo",
@@ -60,6 +71,7 @@ __all__ = [
     "Problem",
     "Progress",
     "RateLimited",
+    "ReplayReport",
     "ServerError",
     "Unauthorized",
     "Unavailable",

@@ -1,7 +1,6 @@
 """`AsyncOffload`: the asyncio client, for FastAPI views, workers and scripts."""
 
 import asyncio
-import builtins
 import hashlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -15,7 +14,7 @@ from pydantic import BaseModel
 
 from offload import protocol
 from offload.errors import ApiError, ChecksumMismatch, ConnectionFailed, OffloadError
-from offload.models import DeadLetter, FileInfo, Job, JobPage
+from offload.models import DeadLetterPage, FileInfo, Job, JobPage, ReplayReport
 from offload.protocol import Call, Endpoints, JobTracker, UploadSource, WebhookSpec
 from offload.settings import ClientSettings
 
@@ -301,16 +300,21 @@ class AsyncOffload:
         return protocol.read_json(await self._send(call, admin=True))
 
     async def dead_letters(
-        self, queue: str, *, limit: int | None = None
-    ) -> builtins.list[DeadLetter]:
-        """The messages parked in a dead-letter queue, e.g. `video` or `video.dead` (admin key)."""
-        params = {"limit": str(limit)} if limit else None
-        call = Call("GET", self.endpoints.dead_letters(queue), params=params)
-        return protocol.dead_letters_of(await self._send(call, admin=True))
+        self, queue: str, *, offset: int = 0, limit: int | None = None
+    ) -> DeadLetterPage:
+        """A page of a dead-letter queue (`video` or `video.dead`), read without consuming it.
+
+        Needs an admin key (`admin_key=` or OFFLOAD_ADMIN_KEY).
+        """
+        call = protocol.dead_letters_call(self.endpoints, queue, offset=offset, limit=limit)
+        return DeadLetterPage.model_validate(protocol.read_json(await self._send(call, admin=True)))
 
     async def replay_dead_letters(
         self, queue: str, *, job_ids: Sequence[str] | None = None
-    ) -> dict[str, Any]:
-        """Send dead letters back to their work queue: all, or only these jobs' (admin key)."""
+    ) -> ReplayReport:
+        """Put failed jobs back to `waiting` and queue them again: these jobs', or all.
+
+        Needs an admin key (`admin_key=` or OFFLOAD_ADMIN_KEY).
+        """
         call = protocol.replay_call(self.endpoints, queue, job_ids)
-        return dict(protocol.read_json(await self._send(call, admin=True)))
+        return ReplayReport.model_validate(protocol.read_json(await self._send(call, admin=True)))

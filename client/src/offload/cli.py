@@ -271,46 +271,61 @@ def queues(ctx: typer.Context) -> None:
 @dead_letters_app.command("list")
 def dead_letters_list(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="The service, e.g. video (its video.dead queue)")],
+    queue: Annotated[str, typer.Argument(help="A service (video) or its dead queue (video.dead)")],
+    offset: Annotated[int, typer.Option(help="Skip this many letters")] = 0,
     limit: Annotated[int | None, typer.Option(help="At most this many")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False,
 ) -> None:
-    """Show the messages parked in a service's dead-letter queue."""
+    """Show why jobs failed for good: the messages parked in a dead-letter queue."""
     with ctx.obj.client() as client:
-        letters = client.dead_letters(queue, limit=limit)
+        page = client.dead_letters(queue, offset=offset, limit=limit)
     if as_json:
-        _print_json([letter.model_dump(mode="json") for letter in letters])
+        _print_json(page.model_dump(mode="json"))
         return
     table = Table(header_style="bold")
-    for column in ("job", "type", "attempt", "reason", "failed at", "error"):
+    table.add_column("job", no_wrap=True)
+    for column in ("type", "tenant", "reason", "attempts", "failed at", "error"):
         table.add_column(column)
-    for letter in letters:
+    for letter in page.items:
         table.add_row(
             letter.job_id or "?",
             letter.type or "",
-            str(letter.attempt or ""),
-            letter.reason or "",
+            letter.tenant or "",
+            letter.reason,
+            str(letter.attempts or ""),
             letter.failed_at or "",
-            str(letter.error or "")[:80],
+            (letter.error or "")[:100],
         )
     console.print(table)
-    console.print(f"[bright_black]{len(letters)} dead letter(s) in {queue}[/]")
+    shown = f"{offset + 1}-{offset + len(page.items)}" if page.items else "none"
+    console.print(f"[bright_black]{page.queue}: {page.total} dead letter(s), showing {shown}[/]")
+    if page.next_offset is not None:
+        console.print(f"[bright_black]more: --offset {page.next_offset}[/]")
 
 
 @dead_letters_app.command("replay")
 def dead_letters_replay(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="The service, e.g. video")],
+    queue: Annotated[str, typer.Argument(help="A service (video) or its dead queue (video.dead)")],
     job_ids: Annotated[
         list[str] | None, typer.Option("--job", help="Replay this job's letter (repeatable)")
     ] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every letter")] = False,
 ) -> None:
-    """Send dead letters back to their work queue (the jobs run again from attempt 1)."""
-    if not job_ids and not replay_all:
+    """Send failed jobs back to work: `waiting` again, attempts reset."""
+    if bool(job_ids) == replay_all:
         raise typer.BadParameter("name the jobs with --job ID, or pass --all")
     with ctx.obj.client() as client:
-        _print_json(client.replay_dead_letters(queue, job_ids=job_ids or None))
+        report = client.replay_dead_letters(queue, job_ids=job_ids or None)
+    console.print(f"[green]replayed {len(report.replayed)}[/] from {report.queue}")
+    for job_id in report.replayed:
+        console.print(f"  {job_id}")
+    for skipped in report.skipped:
+        console.print(f"[yellow]  skipped {skipped.get('job_id')}: {skipped.get('reason')}[/]")
+    for job_id in report.not_found:
+        console.print(f"[yellow]  not in the queue: {job_id}[/]")
+    if report.remaining:
+        console.print(f"[bright_black]{report.remaining} letter(s) left in {report.queue}[/]")
 
 
 @app.command()

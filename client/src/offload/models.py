@@ -114,14 +114,41 @@ class Webhook(BaseModel):
 class DeadLetter(BaseModel):
     """A message parked in a `<service>.dead` queue, as the admin API shows it."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = _VIEW
 
-    job_id: str | None = None
+    position: int = Field(default=0, description="0-based position, oldest failure first.")
+    job_id: str | None = Field(default=None, description="Null for a body that is not JSON.")
     type: str | None = None
-    attempt: int | None = None
-    error: Any = None
+    tenant: str | None = None
+    reason: str = Field(default="", description="`failed`, `delivery_limit`, `rejected`, ...")
+    error: str | None = Field(default=None, description="Why the job failed.")
+    error_type: str | None = None
+    attempts: int | None = None
     failed_at: str | None = None
-    reason: str | None = None
+    source_queue: str | None = None
+
+
+class DeadLetterPage(BaseModel):
+    """A page of a dead queue; reading it consumes nothing."""
+
+    model_config = _VIEW
+
+    queue: str
+    total: int = Field(default=0, description="Messages in the queue when read.")
+    next_offset: int | None = Field(default=None, description="Pass as `offset` for more.")
+    items: list[DeadLetter] = Field(default_factory=list)
+
+
+class ReplayReport(BaseModel):
+    """What a replay did: jobs back to `waiting` and republished, and those left behind."""
+
+    model_config = _VIEW
+
+    queue: str
+    replayed: list[str] = Field(default_factory=list)
+    skipped: list[dict[str, Any]] = Field(default_factory=list)
+    not_found: list[str] = Field(default_factory=list)
+    remaining: int = 0
 
 
 _STATUS_AFTER: dict[EventKind, JobStatus] = {

@@ -21,7 +21,7 @@ from httpx_sse import ServerSentEvent
 from pydantic import BaseModel, ValidationError
 
 from offload.errors import ApiError, OffloadError, Problem, WaitTimeout, error_class
-from offload.models import DeadLetter, FileInfo, Job, JobPage, Webhook, apply_event
+from offload.models import FileInfo, Job, JobPage, Webhook, apply_event
 from offload_contracts import JobEvent
 
 UploadSource = str | Path | bytes | IO[bytes]
@@ -130,10 +130,25 @@ def list_call(
     return Call("GET", endpoints.api("/v1/jobs"), params=params)
 
 
+def dead_queue(queue: str) -> str:
+    """`video` → `video.dead`; a full dead queue name is kept."""
+    return queue if queue.endswith(".dead") else f"{queue}.dead"
+
+
+def dead_letters_call(
+    endpoints: Endpoints, queue: str, *, offset: int = 0, limit: int | None = None
+) -> Call:
+    """`GET /v1/admin/dead-letters/{queue}?offset=&limit=`: read without consuming."""
+    params = {"offset": str(offset)}
+    if limit is not None:
+        params["limit"] = str(limit)
+    return Call("GET", endpoints.dead_letters(dead_queue(queue)), params=params)
+
+
 def replay_call(endpoints: Endpoints, queue: str, job_ids: Sequence[str] | None) -> Call:
-    """`POST /v1/admin/dead-letters/{queue}/replay`: all of them, or only these jobs'."""
-    body: dict[str, Any] = {"job_ids": list(job_ids)} if job_ids else {}
-    return Call("POST", endpoints.dead_letters(queue) + "/replay", json=body)
+    """`POST /v1/admin/dead-letters/{queue}/replay`: these jobs' letters, or all of them."""
+    body: dict[str, Any] = {"job_ids": list(job_ids)} if job_ids else {"all": True}
+    return Call("POST", endpoints.dead_letters(dead_queue(queue)) + "/replay", json=body)
 
 
 @dataclass(frozen=True)
@@ -247,15 +262,6 @@ def job_of(response: httpx.Response) -> Job:
 
 def page_of(response: httpx.Response) -> JobPage:
     return JobPage.model_validate(read_json(response))
-
-
-def dead_letters_of(response: httpx.Response) -> list[DeadLetter]:
-    """The admin API's dead letters: a list, or an object with the list under `items`."""
-    body = read_json(response)
-    items = body.get("items", []) if isinstance(body, dict) else body
-    if not isinstance(items, list):
-        raise OffloadError(f"unexpected dead-letter listing: {str(body)[:200]}")
-    return [DeadLetter.model_validate(item) for item in items]
 
 
 def download_target(dest: Path, file_id: str, info: FileInfo | None) -> Path:
