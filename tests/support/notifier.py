@@ -12,7 +12,10 @@ started on the same space share the outbox and the queues, as two replicas do.
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -396,3 +399,78 @@ async def until(predicate: Callable[[], Any], timeout: float = 10, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         await asyncio.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class NotifierProcess:
+    """`python -m offload_notifier` in its own process, as deployed."""
+
+    base_url: str
+    process: asyncio.subprocess.Process
+    log: Any
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no acknowledgement, connections dropped."""
+        self.process.kill()
+
+
+@asynccontextmanager
+async def notifier_processes(
+    space: NotifierSpace, count: int, **settings: Any
+) -> AsyncIterator[list[NotifierProcess]]:
+    """Start `count` notifier processes at once on the space's settings (overrides become
+    their OFFLOAD_* variables), and stop them (SIGTERM) at the end."""
+    values = space.settings(**settings).model_dump(exclude={"notifier_consumer"})
+    env = {**os.environ}
+    for name, value in values.items():
+        if value is not None:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            env[f"OFFLOAD_{name.upper()}"] = text
+    with contextlib.ExitStack() as logs:
+        started: list[NotifierProcess] = []
+        try:
+            for _ in range(count):
+                port = free_port()
+                log = logs.enter_context(tempfile.TemporaryFile())
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "offload_notifier",
+                    env={**env, "OFFLOAD_NOTIFIER_PORT": str(port)},
+                    stdout=log,
+                    stderr=log,
+                )
+                started.append(NotifierProcess(f"http://127.0.0.1:{port}", process, log))
+            await asyncio.gather(*(_until_ready(running) for running in started))
+            yield started
+        finally:
+            await asyncio.gather(*(_stop(running) for running in started))
+
+
+async def _stop(running: NotifierProcess) -> None:
+    process = running.process
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def _until_ready(running: NotifierProcess) -> None:
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(base_url=running.base_url) as http:
+        while True:
+            if running.process.returncode is not None:
+                running.log.seek(0)
+                raise RuntimeError(f"notifier exited: {running.log.read().decode()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("notifier process never became ready")
+            await asyncio.sleep(0.1)
