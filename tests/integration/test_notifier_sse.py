@@ -192,3 +192,47 @@ async def test_tenant_stream_is_live_resumable_and_only_the_tenants(
     assert (resumed.json["job_id"], resumed.event) == (mine.id, "completed")
     assert other.id not in {e.json["job_id"] for e in live}
     assert before.id not in {e.json["job_id"] for e in live}
+
+
+async def test_a_client_that_disconnects_releases_its_subscription(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    job = await space.jobs.create()
+    hub = notifier.parts.hub
+    async with notifier.client() as http:
+        async with sse(http, f"/v1/jobs/{job.id}/events") as stream:
+            await stream.events(1)
+            await until(lambda: hub.keys_followed == 1, what="the subscription")
+        # The client hung up mid-stream, the job still running.
+        await until(lambda: hub.keys_followed == 0, what="the subscription to be released")
+        async with sse(http, f"/v1/jobs/{job.id}/events") as stream:
+            [queued] = await stream.events(1)
+            await space.jobs.start(job)
+            [started] = await stream.events(1)
+    assert (queued.event, started.event) == ("queued", "started")
+
+
+async def test_health_readiness_and_metrics(
+    space: NotifierSpace, notifier: RunningNotifier
+) -> None:
+    async with notifier.client(None) as http:
+        health = await http.get("/healthz")
+        ready = await http.get("/readyz")
+        metrics = await http.get("/metrics")
+    assert health.status_code == 200
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "ready": True,
+        "broker": True,
+        "redis": True,
+        "relay": True,
+        "streams": True,
+    }
+    assert metrics.status_code == 200
+    for name in (
+        "offload_webhook_deliveries_total",
+        "offload_outbox_relayed_total",
+        "offload_dead_letter_alerts_total",
+        "offload_sse_clients",
+    ):
+        assert name in metrics.text
