@@ -149,5 +149,12 @@ async def download_file(file_id: str, request: Request, deps: Deps, tenant: Tena
         stored.path,
         media_type=stored.content_type,
         stat_result=stat,
-        headers={"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"},
+        headers={
+            "ETag": etag,
+            "Cache-Control": "private, max-age=31536000, immutable",
+            # A file is served with the type it was uploaded with, which a user
+            # chooses; a browser must neither sniff another nor run what it holds.
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        },
     )
