@@ -29,9 +29,11 @@ from offload_notifier.relay import Relay
 from offload_notifier.routes import RouteDeps, build_router, install_problem_handlers
 from offload_notifier.settings import NotifierSettings
 from offload_notifier.webhooks import Deliverer
+from offload_runtime import telemetry
 from offload_runtime.broker import make_broker
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
+from offload_runtime.metrics import LoopLagSampler
 from offload_runtime.webhook_secrets import WebhookSecrets
 
 log = get_logger("offload.notifier")
@@ -73,6 +75,9 @@ def build_app(
         settings.redis_url, max_connections=settings.redis_max_connections
     )
     broker = deps.broker or make_broker(settings.rabbitmq_url, service=service)
+    tracing = telemetry.tracer_provider_for(settings, service)
+    telemetry.instrument_broker(broker, tracing)
+    loop_lag = LoopLagSampler()
     transport = deps.transport or HttpxTransport(
         timeout_s=settings.webhook_timeout_s, max_connections=settings.webhook_concurrency
     )
@@ -169,6 +174,7 @@ def build_app(
         await broker.start()
         hub.start()
         relay.start()
+        loop_lag.start()
         log.info(
             "notifier started",
             consumer=settings.notifier_consumer,
@@ -177,6 +183,7 @@ def build_app(
         try:
             yield
         finally:
+            await loop_lag.stop()
             await relay.stop()
             await broker.stop()
             await hub.stop()
@@ -193,6 +200,7 @@ def build_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app, unavailable=(RedisError,))
+    telemetry.instrument_fastapi(app, tracing)
     app.include_router(
         build_router(
             RouteDeps(
