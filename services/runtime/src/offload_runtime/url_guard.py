@@ -63,6 +63,8 @@ async def check_url(
         )
     except socket.gaierror as exc:
         raise UnsafeURL(f"host {parts.hostname!r} does not resolve") from exc
+    except UnicodeError as exc:  # a label too long, or a character IDNA cannot encode
+        raise UnsafeURL(f"host {parts.hostname!r} is not a valid host name") from exc
     addresses = sorted({str(info[4][0]) for info in infos})
     if not allow_private:
         for text in addresses:
