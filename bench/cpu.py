@@ -30,6 +30,41 @@ def group_cpu_s(pgid: int) -> float:
     return total / _TICK
 
 
+def pids_named(*names: str) -> dict[str, int]:
+    """The pids of processes by command name (`/proc/<pid>/comm`), e.g. beam.smp, redis-server."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in names and comm not in found:
+            found[comm] = int(entry.name)
+    return found
+
+
+def shared_servers_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of RabbitMQ and Redis (shared with anything else using them)."""
+    out: dict[str, float] = {}
+    for name, pid in pids_named("beam.smp", "redis-server").items():
+        label = "rabbitmq (shared)" if name == "beam.smp" else "redis (shared)"
+        try:
+            out[label] = process_cpu_s(pid)
+        except OSError:
+            continue
+    return out
+
+
+def self_cpu_s() -> float:
+    """This process's CPU seconds (the bench's own client)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process."""
     text = Path(f"/proc/{pid}/stat").read_text()

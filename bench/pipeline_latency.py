@@ -168,6 +168,13 @@ async def _main(args: argparse.Namespace) -> int:
             "ai", {**env, "OFFLOAD_CONCURRENCY": str(args.concurrency)}, infra.rabbitmq_url
         )
 
+        # What each process burns doing nothing, so the per-job cost can be told apart.
+        idle_s = 5.0
+        idle_before = procs.cpu_s()
+        await asyncio.sleep(idle_s)
+        idle_after = procs.cpu_s()
+        idle_pct = {k: 100 * (idle_after[k] - idle_before.get(k, 0.0)) / idle_s for k in idle_after}
+
         connector = aiohttp.TCPConnector(limit=0)
         async with (
             aiohttp.ClientSession(
@@ -188,12 +195,14 @@ async def _main(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.2)
                 print(f"  {phase}: {n} jobs at {args.rate:g}/s", flush=True)
                 cpu_before, machine_before = procs.cpu_s(), MachineCpu.now()
+                began = time.perf_counter()
                 ids = await paced(session, gateway, args.rate, n, timeline)
                 timeline.expected = set(ids)
                 timeline.check()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(timeline.completed.wait(), 30)
                 cpu_after, machine_after = procs.cpu_s(), MachineCpu.now()
+                measured_s = time.perf_counter() - began
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
 
@@ -254,6 +263,14 @@ async def _main(args: argparse.Namespace) -> int:
         worker_concurrency=args.concurrency,
         # CPU seconds per service over the measured run, and the machine's busy share.
         cpu_s_by_process={k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
+        idle_cpu_pct_by_process=idle_pct,
+        # CPU per job: the run's CPU minus what the process burns when idle, per job.
+        cpu_ms_per_job_by_process={
+            k: 1000
+            * (cpu_after[k] - cpu_before.get(k, 0.0) - idle_pct.get(k, 0.0) / 100 * measured_s)
+            / max(1, len(ids))
+            for k in cpu_after
+        },
         machine_busy_pct=100 * machine_after.busy_since(machine_before),
     )
     if not ok:

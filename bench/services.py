@@ -268,10 +268,14 @@ class Processes:
         return process
 
     def cpu_s(self) -> dict[str, float]:
-        """CPU seconds used so far by each live process group (service and its pool)."""
-        from bench.cpu import group_cpu_s
+        """CPU seconds used so far by each live process group (service and its pool), by
+        RabbitMQ and Redis (shared with whatever else uses them), and by this process."""
+        from bench.cpu import group_cpu_s, self_cpu_s, shared_servers_cpu_s
 
-        return {p.name: group_cpu_s(p.pid) for p in self.started if p.alive()}
+        used = {p.name: group_cpu_s(p.pid) for p in self.started if p.alive()}
+        used.update(shared_servers_cpu_s())
+        used["bench client"] = self_cpu_s()
+        return used
 
     def stop_all(self) -> None:
         for process in reversed(self.started):
