@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import signal
 import socket
 import sys
 import threading
@@ -193,15 +194,16 @@ class GracefulManager(Manager):
 class ResilientPrinter(Printer):
     """honcho's printer, which carries on silently when its output goes away.
 
-    With `make run | tee log`, Ctrl-C also ends `tee`; the next line written
-    would raise BrokenPipeError inside honcho's loop and leave every service
-    running unsupervised. They must still be stopped, so output is dropped instead.
+    With `make run | tee log`, Ctrl-C also ends `tee` (BrokenPipeError); a closed
+    terminal window makes writes fail with EIO. Either, raised inside honcho's
+    loop, would leave every service running unsupervised; they must still be
+    stopped, so output is dropped instead.
     """
 
     def write(self, message: Message) -> None:
         try:
             super().write(message)
-        except BrokenPipeError:
+        except OSError:
             self.output = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
 
 
@@ -212,11 +214,19 @@ def announce_when_ready(
     deadline = time.monotonic() + 120
     while not stop.is_set() and time.monotonic() < deadline:
         if http_problem(url, timeout_s=1.0) is None:
-            with contextlib.suppress(BrokenPipeError):
+            with contextlib.suppress(OSError):
                 sys.stdout.write(banner(settings, started))
                 sys.stdout.flush()
             return
         stop.wait(0.5)
+
+
+def kill_all(manager: Manager) -> None:
+    """SIGKILL every process still running, without printing (the output may be gone)."""
+    for info in manager._processes.values():
+        if "returncode" not in info and info.get("pid"):
+            with contextlib.suppress(OSError):
+                os.killpg(info["pid"], signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     for params in expand_processes(processes, concurrency=counts, env=env):
         manager.add_process(params.name, params.cmd, quiet=params.quiet, env=params.env, cwd=ROOT)
 
+    # honcho stops everything on SIGINT and SIGTERM; a closed terminal (SIGHUP) must too.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: manager.terminate())
+
     stop = threading.Event()
     if "gateway" in processes:
         threading.Thread(
@@ -281,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manager.loop()
     except BaseException:
-        manager.kill()  # never leave services running without their supervisor
+        kill_all(manager)  # never leave services running without their supervisor
         raise
     finally:
         stop.set()

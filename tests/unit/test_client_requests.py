@@ -305,6 +305,35 @@ def test_wait_follows_the_sse_stream_and_returns_the_finished_job(make_client: A
     assert events_request.headers["accept"] == "text/event-stream"
 
 
+def test_the_streams_history_does_not_take_the_job_back_in_time(make_client: Any) -> None:
+    # The job is already 40% through when watching starts; the stream replays from `queued`.
+    stream = sse(
+        ("1-0", event_json("queued", attempt=0)),
+        ("2-0", event_json("started")),
+        ("3-0", event_json("progress", progress={"percent": 20.0, "message": "a"})),
+        ("4-0", event_json("progress", progress={"percent": 40.0, "message": "b"})),
+        ("5-0", event_json("progress", progress={"percent": 60.0, "message": "c"})),
+        ("6-0", event_json("completed", result={"text": "x"})),
+    )
+    snapshot = job_json(status="active", attempt=1, progress={"percent": 40.0, "message": "b"})
+    recorder = Recorder(
+        {
+            ("GET", f"{GATEWAY}/v1/jobs/j1"): [
+                httpx.Response(200, json=snapshot),
+                httpx.Response(200, json=completed_job()),
+            ],
+            ("GET", f"{NOTIFIER}/v1/jobs/j1/events"): [
+                httpx.Response(200, content=stream, headers={"content-type": "text/event-stream"})
+            ],
+        }
+    )
+    seen: list[tuple[str, float]] = []
+    make_client(recorder).wait("j1", on_update=lambda j: seen.append((j.status, j.percent)))
+    assert seen[0] == ("active", 40.0)
+    assert ("waiting", 0.0) not in seen and ("active", 20.0) not in seen
+    assert ("active", 60.0) in seen and seen[-1] == ("completed", 100.0)
+
+
 def test_a_dropped_stream_resumes_after_the_last_event_id(make_client: Any) -> None:
     first = sse(("1-0", event_json("started")))
     second = sse(("2-0", event_json("completed", result={"text": "x"})))

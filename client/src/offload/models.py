@@ -169,6 +169,8 @@ def apply_event(job: Job, event: JobEvent) -> Job:
         update["progress"] = Progress(
             percent=event.progress.percent, message=event.progress.message
         )
+    if event.event in (EventKind.QUEUED, EventKind.STARTED) and event.progress is None:
+        update["progress"] = None  # a new attempt starts from nothing
     if event.event is EventKind.STARTED:
         update["started_at"] = event.at
     if event.result is not None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from offload.errors import ApiError, OffloadError, Problem, WaitTimeout, error_class
 from offload.models import FileInfo, Job, JobPage, Webhook, apply_event
-from offload_contracts import JobEvent
+from offload_contracts import JobEvent, JobStatus
 
 UploadSource = str | Path | bytes | IO[bytes]
 """What `upload()` takes: a path, the bytes themselves, or a binary file object."""
@@ -278,6 +278,21 @@ def download_target(dest: Path, file_id: str, info: FileInfo | None) -> Path:
 # --------------------------------------------------------------------------- watching
 
 
+_STATUS_RANK = {
+    JobStatus.WAITING: 0,
+    JobStatus.ACTIVE: 1,
+    JobStatus.DELAYED: 2,
+    JobStatus.COMPLETED: 3,
+    JobStatus.FAILED: 3,
+    JobStatus.CANCELLED: 3,
+}
+
+
+def _progress_key(job: Job) -> tuple[int, int, float]:
+    """How far a job has got: attempt, then status within the attempt, then percent."""
+    return (job.attempt, _STATUS_RANK[job.status], job.percent)
+
+
 MAX_STREAM_FAILURES = 3
 """SSE connections that may fail in a row before `watch()` falls back to polling."""
 
@@ -299,6 +314,9 @@ class JobTracker:
         self.last_event_id: str | None = None
         self.failures = 0
         self.ended = job.finished
+        # The stream starts with the job's whole history, older than the snapshot
+        # `job` came from: fold it silently until it has caught up with the snapshot.
+        self._replayed: Job | None = job
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -337,7 +355,14 @@ class JobTracker:
             return False
         if event.job_id != self.job.id:
             return False
-        return self.take(apply_event(self.job, event), terminal=event.event.is_terminal)
+        terminal = event.event.is_terminal
+        if self._replayed is not None:
+            self._replayed = apply_event(self._replayed, event)
+            if not terminal and _progress_key(self._replayed) < _progress_key(self.job):
+                return False  # history the snapshot already reflects
+            caught_up, self._replayed = self._replayed, None
+            return self.take(caught_up, terminal=terminal)
+        return self.take(apply_event(self.job, event), terminal=terminal)
 
     def on_stream_error(self, exc: Exception | None) -> float:
         """Count a failed stream (`None`: it closed before the job ended); seconds to wait."""
