@@ -317,3 +317,24 @@ async def test_a_worker_services_dead_letter_raises_an_alert_and_stays_in_its_qu
     assert alert.json["reason"] == "permanent"
     assert alert.json["error"] == "the input can never work"
     assert alert.json["job_id"] == "job-7"
+
+
+async def test_an_undecodable_delivery_message_is_parked_not_retried(
+    space: NotifierSpace, receiver: tuple[Receiver, str]
+) -> None:
+    hooks, base = receiver
+    async with running_notifier(space, ops_webhook_url=f"{base}/ops"):
+        connection = await aio_pika.connect(space.infra.rabbitmq_url)
+        try:
+            channel = await connection.channel()
+            await channel.default_exchange.publish(
+                aio_pika.Message(b'{"not": "a delivery"}'),
+                routing_key=topology.work_queue(space.service),
+            )
+        finally:
+            await connection.close()
+        [alert] = await hooks.wait_for("ops", 1)
+
+    assert alert.json["reason"] == "invalid_message"
+    [dead] = await _take_all(space.infra, topology.dead_queue(space.service))
+    assert dead.body == b'{"not": "a delivery"}'

@@ -1,0 +1,1 @@
+"""What the notifier's domain talks to: Redis, RabbitMQ, outgoing HTTP."""
