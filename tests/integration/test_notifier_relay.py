@@ -201,3 +201,19 @@ async def test_two_notifiers_share_the_outbox_and_both_serve_one_jobs_stream(
         one.parts.settings.notifier_consumer,
         two.parts.settings.notifier_consumer,
     }
+
+
+async def test_the_relay_recovers_when_the_outbox_and_its_group_vanish(
+    space: NotifierSpace,
+) -> None:
+    async with running_notifier(space) as notifier:
+        first = await space.jobs.create()
+        await until(lambda: _tenant_count(space, 1), what="the first event")
+        # As after a restart of a Redis that keeps nothing on disk.
+        await space.store.client.delete(space.keys.outbox)
+        second = await space.jobs.create()
+        await until(lambda: _tenant_count(space, 2), what="events after the loss")
+        assert notifier.parts.relay.healthy
+
+    relayed = [e["job_id"] for e in await _tenant_events(space)]
+    assert relayed == [first.id, second.id]

@@ -65,20 +65,30 @@ class RedisOutbox:
                 raise
 
     async def read_new(self) -> list[OutboxEntry]:
-        reply = await self._client.xreadgroup(
-            GROUP, self._consumer, {self._key: ">"}, count=self._batch, block=self._block_ms
-        )
+        reply = await self._read_group(">", block=self._block_ms)
         return _entries(reply)
 
     async def read_own_pending(self) -> list[OutboxEntry]:
-        reply = await self._client.xreadgroup(
-            GROUP, self._consumer, {self._key: "0"}, count=self._batch
-        )
+        reply = await self._read_group("0", block=None)
         # An entry trimmed while pending comes back without fields: nothing left to relay.
         gone = [entry.id for entry in _entries(reply) if not entry.data]
         if gone:
             await self.ack(gone)
         return [entry for entry in _entries(reply) if entry.data]
+
+    async def _read_group(self, position: str, *, block: int | None) -> Any:
+        try:
+            return await self._client.xreadgroup(
+                GROUP, self._consumer, {self._key: position}, count=self._batch, block=block
+            )
+        except aioredis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream and its group are gone (a Redis restarted without persistence):
+            # start over with an empty outbox rather than failing forever.
+            log.warning("outbox consumer group missing; creating it again")
+            await self.ensure_group()
+            return []
 
     async def claim_stale(self) -> list[OutboxEntry]:
         # XAUTOCLAIM walks the pending list with a cursor; one page per call keeps
