@@ -447,6 +447,11 @@ def test_download_checks_the_sha256_and_keeps_nothing_on_mismatch(
     assert path == tmp_path / "f1.mp4"
     assert path.read_bytes() == content
 
+    into_new_dir = client.download(good, f"{tmp_path}/new/")  # a trailing slash: a directory
+    assert into_new_dir == tmp_path / "new" / "f1.mp4"
+    into_new_dir.unlink()
+    (tmp_path / "new").rmdir()
+
     bad = good.model_copy(update={"sha256": "0" * 64})
     with pytest.raises(ChecksumMismatch):
         client.download(bad, tmp_path / "other.mp4")

@@ -255,7 +255,7 @@ class AsyncOffload:
         """
         info = file if isinstance(file, FileInfo) else None
         file_id = info.id if info else str(file)
-        target = protocol.download_target(Path(dest), file_id, info)
+        target = protocol.download_target(dest, file_id, info)
         partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
         url = self.endpoints.file(file_id)

@@ -145,7 +145,10 @@ def job_panel(job: Job) -> Panel:
         parts.append(Text(f"\n{job.error.type}: {job.error.message}", style="red"))
     if job.result is not None:
         parts.append(Text("\nresult", style="bold"))
-        parts.append(JSON(json.dumps(job.result)))
+        result = JSON(json.dumps(job.result))
+        result.text.no_wrap = False  # long texts (an LLM's answer) wrap instead of being cut
+        result.text.overflow = "fold"
+        parts.append(result)
         for file in job.files():
             parts.append(
                 Text(f"file {file.id}: {file.bytes} bytes, {file.content_type}", style="green")

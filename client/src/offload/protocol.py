@@ -8,6 +8,7 @@ reads what came back, so the sync and the async client differ only in
 import email.utils
 import json
 import mimetypes
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -264,15 +265,22 @@ def page_of(response: httpx.Response) -> JobPage:
     return JobPage.model_validate(read_json(response))
 
 
-def download_target(dest: Path, file_id: str, info: FileInfo | None) -> Path:
-    """Where `download()` writes: `dest` itself, or a file named after the id inside it."""
-    if not dest.is_dir():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        return dest
+def download_target(dest: str | Path, file_id: str, info: FileInfo | None) -> Path:
+    """Where `download()` writes: `dest` itself, or a file named after the id in it.
+
+    `dest` is a directory when it is one already or when it ends with a slash
+    (`"out/"`, created when missing).
+    """
+    path = Path(dest)
+    if str(dest).endswith(("/", os.sep)):
+        path.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
     suffix = ""
     if info is not None:
         suffix = mimetypes.guess_extension(info.content_type.split(";")[0].strip()) or ""
-    return dest / f"{file_id}{suffix}"
+    return path / f"{file_id}{suffix}"
 
 
 # --------------------------------------------------------------------------- watching
