@@ -22,7 +22,6 @@ from offload_notifier.adapters.http import (
 )
 from offload_notifier.adapters.outbox import RedisOutbox
 from offload_notifier.adapters.rabbit import RabbitPublisher, declare_notifier_topology
-from offload_notifier.adapters.redis_client import connect_pooled_redis
 from offload_notifier.adapters.redis_store import RedisDeliveryLog, RedisJobs, RedisTenantStreams
 from offload_notifier.adapters.redis_streams import RedisStreamHub
 from offload_notifier.relay import Relay
@@ -34,6 +33,7 @@ from offload_runtime.broker import make_broker
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler
+from offload_runtime.redis import connect_redis
 from offload_runtime.webhook_secrets import WebhookSecrets
 
 log = get_logger("offload.notifier")
@@ -71,7 +71,9 @@ def build_app(
     deps = deps or NotifierDeps()
     service = settings.notifier_service
     keys = RedisKeys(settings.redis_prefix)
-    redis = deps.redis or connect_pooled_redis(
+    # A burst of SSE clients each makes a few short calls: they queue for a
+    # pooled connection rather than being refused (the pool blocks when full).
+    redis = deps.redis or connect_redis(
         settings.redis_url, max_connections=settings.redis_max_connections
     )
     broker = deps.broker or make_broker(settings.rabbitmq_url, service=service)

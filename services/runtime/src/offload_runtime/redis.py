@@ -18,14 +18,22 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
-def connect_redis(url: str, *, retries: int = 8) -> "aioredis.Redis":
+def connect_redis(
+    url: str, *, retries: int = 8, max_connections: int = 100, pool_wait_s: float = 10.0
+) -> "aioredis.Redis":
     """A client that retries on connection loss, so a Redis restart heals by itself.
 
     The default rides out a few seconds of outage (workers); a request path that
     should answer "try later" at once (the gateway) passes fewer retries.
+
+    The pool is a blocking one: past `max_connections` in use, a caller waits
+    up to `pool_wait_s` for a free connection. redis-py's default pool raises
+    `MaxConnectionsError` instead, which turned a burst of requests into 500s.
     """
-    return aioredis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=pool_wait_s,
         decode_responses=True,
         health_check_interval=15,
         socket_connect_timeout=5,
@@ -33,6 +41,7 @@ def connect_redis(url: str, *, retries: int = 8) -> "aioredis.Redis":
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class ScriptBatcher:
