@@ -107,7 +107,9 @@ class Webhook(BaseModel):
 
     url: str
     events: list[EventKind] | None = Field(
-        default=None, description="Which events to deliver; all when absent."
+        default=None,
+        description="Which events to deliver; the terminal ones (completed, failed, cancelled) "
+        "when absent.",
     )
 
 

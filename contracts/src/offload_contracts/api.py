@@ -38,7 +38,8 @@ class WebhookSpec(Contract):
         default=None,
         min_length=1,
         max_length=len(EventKind),
-        description="Which events to deliver; every event when absent.",
+        description="Which events to deliver; the terminal ones (completed, failed, cancelled) "
+        "when absent.",
     )
 
 
