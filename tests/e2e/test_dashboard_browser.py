@@ -156,6 +156,7 @@ async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
     shot = ARTIFACTS / "dashboard.png"
     await page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    await page.close()  # ends the page's live stream now, not at the gateway's shutdown
 
 
 async def test_a_wrong_key_is_refused_on_the_page(

@@ -488,7 +488,9 @@ def build_router(ops: Operations) -> APIRouter:
             if view is not None:
                 yield ServerSentEvent(raw_data=view.model_dump_json(), event="snapshot")
         while not await request.is_disconnected():
-            batches: Any = await deps.redis.xread({outbox: position}, count=200, block=5000)
+            # Short blocks: a closed stream is noticed within a second, so shutdown never
+            # waits on a reader parked in Redis.
+            batches: Any = await deps.redis.xread({outbox: position}, count=200, block=1000)
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
                     position = entry_id
