@@ -259,7 +259,7 @@ class ThumbnailsOp(Contract):
     )
 
 
-ImageOperation = Annotated[
+AnyImageOperation = (
     ResizeOp
     | FitOp
     | CropOp
@@ -268,9 +268,12 @@ ImageOperation = Annotated[
     | StripMetadataOp
     | ConvertOp
     | QualityOp
-    | ThumbnailsOp,
-    Field(discriminator="op"),
-]
+    | ThumbnailsOp
+)
+"""Every image operation (a plain union, for code that dispatches on the operation)."""
+
+ImageOperation = Annotated[AnyImageOperation, Field(discriminator="op")]
+"""An image operation in a request, chosen by its `op`."""
 
 
 class ImageProcessInput(Contract):

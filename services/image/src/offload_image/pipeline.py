@@ -30,6 +30,7 @@ from typing import Literal
 from PIL import Image, UnidentifiedImageError, features
 
 from offload_contracts.jobs import (
+    AnyImageOperation,
     AutoOrientOp,
     ConvertOp,
     CropOp,
@@ -43,17 +44,7 @@ from offload_contracts.jobs import (
 )
 from offload_runtime.errors import PermanentError, TransientError
 
-Operation = (
-    ResizeOp
-    | FitOp
-    | CropOp
-    | RotateOp
-    | AutoOrientOp
-    | StripMetadataOp
-    | ConvertOp
-    | QualityOp
-    | ThumbnailsOp
-)
+Operation = AnyImageOperation
 
 Report = Callable[[float, str], None]
 """Progress callback: percent (0–100) and a short message."""
