@@ -34,7 +34,7 @@ browser: ## install Debian's chromium for the browser test when it is missing
 			"or the dashboard browser test fails"; \
 	fi
 
-docs: install ## write every service's AsyncAPI document to docs/asyncapi/ (JSON and YAML)
+docs: install ## write every service's AsyncAPI document to docs/asyncapi/ (JSON)
 	$(UV) run --locked python -m offload_runtime.asyncapi --out docs/asyncapi
 
 # `make run`: processes per worker service, e.g. `make run VIDEO=4 IMAGE=2` (0 = none).
