@@ -316,8 +316,6 @@ async def test_cli_refuses_bad_input_with_the_field_and_a_nonzero_status(stack: 
     code, _, err = await offload_cli(stack, "submit", "ai.generate", "--input", '{"prompt": ""}')
     assert code == 1
     assert "prompt" in err and "422" in err
-    code, _, err = await offload_cli(stack, "submit", "ai.generate", "--input", "not json")
-    assert code == 2 and "not JSON" in err
 
 
 async def test_cli_lists_and_cancels(stack: Stack) -> None:
@@ -335,9 +333,6 @@ async def test_cli_lists_and_cancels(stack: Stack) -> None:
     code, out, err = await offload_cli(stack, "list", "--json", "--limit", "5")
     assert code == 0, err
     assert {done.id, delayed.id} <= {job["id"] for job in json.loads(out)["items"]}
-    code, out, err = await offload_cli(stack, "list")
-    assert code == 0, err
-    assert done.id in out and "completed" in out and "delayed" in out
 
     code, out, err = await offload_cli(stack, "cancel", delayed.id)
     assert code == 0, err

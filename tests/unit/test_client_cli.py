@@ -80,3 +80,44 @@ def test_replaying_dead_letters_needs_jobs_or_all() -> None:
     done = cli("dead-letters", "replay", "video", OFFLOAD_API_KEY="k")
     assert done.returncode == 2
     assert "--job ID, or pass --all" in done.stderr
+
+
+def test_jobs_render_as_a_table_and_a_panel_with_result_files() -> None:
+    from rich.console import Console
+
+    from offload.display import job_panel, job_table
+    from offload.models import Job
+
+    job = Job.model_validate(
+        {
+            "id": "j1",
+            "type": "image.process",
+            "status": "completed",
+            "attempt": 1,
+            "max_attempts": 3,
+            "result": {
+                "file": {"id": "f1", "bytes": 2048, "content_type": "image/webp"},
+                "files": [{"file": {"id": "f2", "bytes": 100, "content_type": "image/webp"}}],
+                "width": 800,
+            },
+        }
+    )
+    failed = Job.model_validate(
+        {
+            "id": "j2",
+            "type": "ai.generate",
+            "status": "failed",
+            "attempt": 3,
+            "max_attempts": 3,
+            "error": {"type": "permanent", "message": "provider said no", "retryable": False},
+        }
+    )
+    console = Console(record=True, width=200)
+    console.print(job_table([job, failed]))
+    console.print(job_panel(job))
+    console.print(job_panel(failed))
+    text = console.export_text()
+    assert "j1" in text and "completed" in text and "100%" in text and "1/3" in text
+    assert "file f1: 2048 bytes, image/webp" in text and "file f2" in text
+    assert "offload download --job j1" in text
+    assert "permanent: provider said no" in text
