@@ -124,6 +124,9 @@ class _RunningJob:
             if self._flush is None:
                 self._flush = asyncio.create_task(self._send_pending_after(wait))
             return
+        # A report still pending (its timer is due but has not run) is older than
+        # this one: drop it, or it would land after this one and move progress back.
+        self._pending = None
         await self._send(percent, message)
 
     async def _send_pending_after(self, wait: float) -> None:
