@@ -61,13 +61,14 @@ class BrokerLink:
         self._task = asyncio.create_task(self._run(), name="gateway-broker-link")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        # Stopping the connecting task and closing can each wait on a channel
+        # whose RPC was cancelled mid-flight (aiormq); a gateway that is stopping
+        # must not hang on either, so one deadline covers both.
         try:
-            # Closing can wait on a channel whose RPC was cancelled mid-flight;
-            # a gateway that is stopping must not hang on it.
             async with asyncio.timeout(STOP_TIMEOUT_S):
+                if self._task is not None:
+                    self._task.cancel()
+                    await asyncio.gather(self._task, return_exceptions=True)
                 await self.broker.stop()
         except TimeoutError:
             log.warning("broker connection did not close in time; abandoning it")
