@@ -1,8 +1,8 @@
 """The promise: a light request stays fast while heavy work runs (issue 9, section 1).
 
     uv run python -m bench.promise [--llm-jobs 100] [--llm-latency-s 5] [--image-jobs 20]
-                                   [--research-jobs 10] [--rate 20] [--idle-s 15]
-                                   [--only baseline|offload]
+                                   [--research-jobs 10] [--submit-rate 50] [--rate 50]
+                                   [--idle-s 15] [--only baseline|offload] [--workers-nice 0]
 
 Two systems get the same heavy load, one after the other, against the same
 sandbox LLM (each call takes `--llm-latency-s`):
@@ -10,6 +10,10 @@ sandbox LLM (each call takes `--llm-latency-s`):
 - the baseline (`bench/baseline_app.py`): one FastAPI process doing the work in
   the request: the LLM call awaited, Pillow in the handler, research calls chained;
 - Offload: gateway + ai, research and image workers, as `make run` starts them.
+
+The heavy jobs arrive `--submit-rate` a second, interleaved by type, the same
+for both (a burst of simultaneous submissions measures the gateway's submit
+throughput instead, which is `bench.gateway_submit`'s figure).
 
 Meanwhile a probe (its own client and connections) reads the light endpoint,
 `GET /v1/jobs/{id}`, at a fixed rate, open loop: first idle, then for as long
@@ -22,15 +26,16 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from bench.cpu import MachineCpu
 from bench.infra import BenchInfra, bench_infra
-from bench.probe import ProbeResult, probe, probe_for
+from bench.probe import ProbeResult, probe
 from bench.report import Figure, report
 from bench.services import (
     AUTH,
@@ -45,6 +50,7 @@ from bench.workload import HeavyLoad, photo_like_jpeg
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import connect_redis
 
+T = TypeVar("T")
 TARGET_RATIO = 1.5
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -59,11 +65,17 @@ class Measured:
     jobs_failed: int
     cpu_s: dict[str, float]
     machine_busy: float
+    ref_idle: ProbeResult
+    ref_load: ProbeResult
 
     def row(self) -> dict[str, Any]:
         idle, load = (
             latency_summary(self.idle.latencies_ms),
             latency_summary(self.load.latencies_ms),
+        )
+        ref_idle, ref_load = (
+            latency_summary(self.ref_idle.latencies_ms),
+            latency_summary(self.ref_load.latencies_ms),
         )
         return {
             "system": self.system,
@@ -80,6 +92,9 @@ class Measured:
             "heavy_failed": self.jobs_failed,
             "heavy_wall_s": self.load_s,
             "machine_busy_%": 100 * self.machine_busy,
+            "floor_idle_p99_ms": ref_idle["p99"],
+            "floor_load_p99_ms": ref_load["p99"],
+            "floor_p99_ratio": ref_load["p99"] / ref_idle["p99"],
         }
 
 
@@ -99,15 +114,17 @@ class Baseline:
             resp.raise_for_status()
             return str((await resp.json())["id"])
 
-    async def run(self, session: aiohttp.ClientSession, bodies: list[dict[str, Any]]) -> int:
-        """Submit every job at once and wait for all; the number that failed."""
+    async def run(
+        self, session: aiohttp.ClientSession, bodies: list[dict[str, Any]], rate: float = 0
+    ) -> int:
+        """Submit every job (`rate` a second, 0 = at once) and wait for all; how many failed."""
 
         async def one(body: dict[str, Any]) -> bool:
             async with session.post(f"{self.base_url}/v1/jobs", json=body, headers=AUTH) as resp:
                 await resp.read()
                 return resp.status == 200
 
-        results = await asyncio.gather(*(one(b) for b in bodies), return_exceptions=True)
+        results = await asyncio.gather(*paced(one, bodies, rate), return_exceptions=True)
         return sum(1 for r in results if r is not True)
 
     async def light_job(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> str:
@@ -160,8 +177,13 @@ class Offload:
             await asyncio.sleep(0.25)
         return failed
 
-    async def run(self, session: aiohttp.ClientSession, bodies: list[dict[str, Any]]) -> int:
-        ids = await asyncio.gather(*(self.submit(session, b) for b in bodies))
+    async def run(
+        self, session: aiohttp.ClientSession, bodies: list[dict[str, Any]], rate: float = 0
+    ) -> int:
+        async def one(body: dict[str, Any]) -> str:
+            return await self.submit(session, body)
+
+        ids = await asyncio.gather(*paced(one, bodies, rate))
         return await self.wait_all(list(ids))
 
     async def light_job(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> str:
@@ -173,11 +195,75 @@ class Offload:
         await self.redis.aclose()
 
 
+def paced(
+    one: Callable[[dict[str, Any]], Awaitable[T]], bodies: list[dict[str, Any]], rate: float
+) -> list[Awaitable[T]]:
+    """`one(body)` for every body, the k-th started k / rate seconds from now (0: all now).
+
+    Both systems get the same arrival pattern: a steady stream of heavy jobs, not
+    130 requests in the same millisecond (a submit burst is gateway_submit's figure).
+    """
+    if rate <= 0:
+        return [one(body) for body in bodies]
+
+    async def later(delay: float, body: dict[str, Any]) -> T:
+        await asyncio.sleep(delay)
+        return await one(body)
+
+    return [later(k / rate, body) for k, body in enumerate(bodies)]
+
+
 # --------------------------------------------------------------------------- measuring
 
 
+async def start_floor(procs: Processes, env: dict[str, str], infra: BenchInfra) -> str:
+    """The machine's floor: an idle FastAPI process doing the same Redis read, no work sent to it.
+
+    Probed at the same time as the system under test, it shows how much of a
+    light request's slowdown comes from the machine being busy (two shared
+    cores) rather than from the system itself.
+    """
+    port = free_port()
+    prefix = f"{infra.redis_prefix}floor:"
+    floor = procs.module(
+        "floor",
+        "bench.baseline_app",
+        {
+            **env,
+            "BASELINE_PORT": str(port),
+            "BASELINE_REDIS_URL": infra.redis_url,
+            "BASELINE_REDIS_PREFIX": prefix,
+            "BASELINE_FILES_DIR": tempfile.gettempdir(),
+        },
+    )
+    base = f"http://127.0.0.1:{port}"
+    await floor.wait_http(f"{base}/healthz")
+    redis = connect_redis(infra.redis_url)
+    try:
+        await redis.hset(
+            f"{prefix}job:light",
+            mapping={"id": "light", "type": "ai.generate", "status": "completed", "result": "{}"},
+        )
+    finally:
+        await redis.aclose()
+    return f"{base}/v1/jobs/light"
+
+
+async def probe_both(
+    url: str, floor_url: str, rate: float, stop: asyncio.Event
+) -> tuple[ProbeResult, ProbeResult]:
+    return await asyncio.gather(
+        probe(url, headers=AUTH, rate_per_s=rate, stop=stop),
+        probe(floor_url, headers=AUTH, rate_per_s=rate, stop=stop),
+    )
+
+
 async def measure(
-    system: Baseline | Offload, args: argparse.Namespace, image: bytes, procs: Processes
+    system: Baseline | Offload,
+    args: argparse.Namespace,
+    image: bytes,
+    procs: Processes,
+    floor_url: str,
 ) -> Measured:
     load = HeavyLoad(args.llm_jobs, args.image_jobs, args.research_jobs, args.research_steps)
     connector = aiohttp.TCPConnector(limit=0)
@@ -195,23 +281,29 @@ async def measure(
         )
         url = f"{system.base_url}/v1/jobs/{light_id}"
         print(f"  {system.name}: idle probe, {args.idle_s:g}s at {args.rate:g}/s", flush=True)
-        idle = await probe_for(url, headers=AUTH, rate_per_s=args.rate, seconds=args.idle_s)
+        stop_idle = asyncio.Event()
+        idle_probes = asyncio.create_task(probe_both(url, floor_url, args.rate, stop_idle))
+        await asyncio.sleep(args.idle_s)
+        stop_idle.set()
+        idle, floor_idle = await idle_probes
 
         bodies = load.bodies(file_id)
         print(f"  {system.name}: {len(bodies)} heavy jobs, probing meanwhile", flush=True)
         stop = asyncio.Event()
-        prober = asyncio.create_task(probe(url, headers=AUTH, rate_per_s=args.rate, stop=stop))
+        prober = asyncio.create_task(probe_both(url, floor_url, args.rate, stop))
         began, cpu_before, machine_before = time.perf_counter(), procs.cpu_s(), MachineCpu.now()
         try:
-            failed = await system.run(session, bodies)
+            failed = await system.run(session, bodies, args.submit_rate)
         finally:
             wall = time.perf_counter() - began
             stop.set()
-            under_load = await prober
+            under_load, floor_load = await prober
         cpu_after, machine_after = procs.cpu_s(), MachineCpu.now()
     cpu = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     busy = machine_after.busy_since(machine_before)
-    return Measured(system.name, idle, under_load, wall, len(bodies), failed, cpu, busy)
+    return Measured(
+        system.name, idle, under_load, wall, len(bodies), failed, cpu, busy, floor_idle, floor_load
+    )
 
 
 async def run_baseline(args: argparse.Namespace, infra: BenchInfra, image: bytes) -> Measured:
@@ -233,7 +325,8 @@ async def run_baseline(args: argparse.Namespace, infra: BenchInfra, image: bytes
         )
         base = f"http://127.0.0.1:{port}"
         await baseline.wait_http(f"{base}/healthz")
-        return await measure(Baseline(base), args, image, procs)
+        floor_url = await start_floor(procs, env, infra)
+        return await measure(Baseline(base), args, image, procs, floor_url)
 
 
 async def run_offload(args: argparse.Namespace, infra: BenchInfra, image: bytes) -> Measured:
@@ -258,9 +351,10 @@ async def run_offload(args: argparse.Namespace, infra: BenchInfra, image: bytes)
             nice=nice,
         )
         await procs.worker("image", env, infra.rabbitmq_url, nice=nice)
+        floor_url = await start_floor(procs, env, infra)
         system = Offload(gateway, infra)
         try:
-            return await measure(system, args, image, procs)
+            return await measure(system, args, image, procs, floor_url)
         finally:
             await system.close()
 
@@ -302,6 +396,15 @@ async def _main(args: argparse.Namespace) -> int:
                 note=f"idle p99 {off['idle_p99_ms']:.1f} ms, load p99 {off['load_p99_ms']:.1f} ms",
             )
         )
+        figures.append(
+            Figure(
+                "same GET, idle process on the same machine, during Offload's load (floor)",
+                off["floor_p99_ratio"],
+                "×",
+                note=f"idle p99 {off['floor_idle_p99_ms']:.1f} ms, "
+                f"load p99 {off['floor_load_p99_ms']:.1f} ms: what two busy cores cost any process",
+            )
+        )
     else:
         figures.append(
             Figure(
@@ -321,6 +424,7 @@ async def _main(args: argparse.Namespace) -> int:
         rows,
         figures,
         load={
+            "submitted_per_s": args.submit_rate,
             "llm_jobs": args.llm_jobs,
             "llm_latency_s": args.llm_latency_s,
             "image_jobs": args.image_jobs,
@@ -348,7 +452,10 @@ def main() -> None:
     parser.add_argument("--image-jobs", type=int, default=20)
     parser.add_argument("--research-jobs", type=int, default=10)
     parser.add_argument("--research-steps", type=int, default=3)
-    parser.add_argument("--rate", type=float, default=20, help="light requests per second")
+    parser.add_argument("--rate", type=float, default=50, help="light requests per second")
+    parser.add_argument(
+        "--submit-rate", type=float, default=50, help="heavy jobs submitted per second (0: at once)"
+    )
     parser.add_argument("--idle-s", type=float, default=15)
     parser.add_argument("--only", choices=["baseline", "offload"])
     parser.add_argument(

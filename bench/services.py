@@ -180,7 +180,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 async def consumer_count(rabbitmq_url: str, service: str) -> int:
     import aio_pika
 
-    connection = await aio_pika.connect(rabbitmq_url)
+    # A broker that stops answering must fail the bench, not hang it.
+    connection = await asyncio.wait_for(aio_pika.connect(rabbitmq_url, timeout=10), 15)
     try:
         channel = await connection.channel()
         try:
