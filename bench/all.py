@@ -97,7 +97,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
     parser.add_argument("--skip", default="", help="comma-separated benchmark names")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="run nothing: print the last run (bench/results/all.json) as a Markdown table",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((RESULTS / "all.json").read_text())))
+        return
     only = {n for n in args.only.split(",") if n}
     skip = {n for n in args.skip.split(",") if n}
     chosen = [b for b in BENCHES if (not only or b.name in only) and b.name not in skip]
@@ -181,6 +189,30 @@ def main() -> None:
     )
     print(f"(saved to {RESULTS / 'all.json'})")
     sys.exit(0 if all(o.status.startswith("ok") for o in outcomes) else 1)
+
+
+def markdown(run: dict[str, Any]) -> str:
+    """A run's figures as a Markdown table (for docs/performance.md)."""
+    sections = {b.name: b.section for b in BENCHES}
+    lines = [
+        "| section | figure | measured | target | met | reference / note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for bench in run["benchmarks"]:
+        if not bench["figures"]:
+            lines.append(
+                f"| {sections.get(bench['name'], '')} | `bench.{bench['name']}` | - | - | - "
+                f"| {bench['status']} |"
+            )
+        for f in bench["figures"]:
+            value = f.get("value")
+            measured = "n/a" if value is None else f"{_number(value)} {f.get('unit', '')}".strip()
+            note = (f.get("reference") or f.get("note") or "").replace("|", "/")
+            lines.append(
+                f"| {sections.get(bench['name'], '')} | {f['name']} | {measured} "
+                f"| {f.get('target') or '-'} | {verdict(f.get('met'))} | {note} |"
+            )
+    return "\n".join(lines)
 
 
 def _number(value: float) -> str:
