@@ -73,14 +73,3 @@ async def probe(
         if pending:
             await asyncio.gather(*pending)
     return result
-
-
-async def probe_for(
-    url: str, *, headers: dict[str, str], rate_per_s: float, seconds: float
-) -> ProbeResult:
-    """Probe for a fixed time."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(probe(url, headers=headers, rate_per_s=rate_per_s, stop=stop))
-    await asyncio.sleep(seconds)
-    stop.set()
-    return await task
