@@ -19,6 +19,10 @@ Meanwhile a probe (its own client and connections) reads the light endpoint,
 `GET /v1/jobs/{id}`, at a fixed rate, open loop: first idle, then for as long
 as the heavy load takes. Reported: the light request's p50/p99 idle and under
 load, and the ratio. Target: Offload's p99 under load ≤ 1.5× its idle p99.
+
+Beside each system, the same probe reads the same record from an idle process
+(a copy of the baseline app that gets no work): the floor, what the busy
+machine costs any process, measured at the same moments.
 """
 
 import argparse
