@@ -103,8 +103,9 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
             yield
         finally:
             sweep.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweep
+            with suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(5):
+                    await sweep
             await deps.broker.stop()
             await deps.redis.aclose()
             log.info("gateway stopped")

@@ -96,6 +96,11 @@ class Sweeper:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # A cancel that lands while the pass releases its lock can come out
+                # as another error (the Redis call it interrupted fails): honour it.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
                 log.warning("sweep pass failed; next pass will retry", exc_info=True)
             await asyncio.sleep(self.interval_s)
 
