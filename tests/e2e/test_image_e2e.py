@@ -6,9 +6,7 @@ impossible parameters a 422 at the gateway, bad images a failed job with a
 permanent error, at once.
 """
 
-import asyncio
 import io
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -19,10 +17,8 @@ from PIL import Image
 
 from offload_image.app import build_app as build_image
 from offload_image.settings import ImageSettings
-from tests.support.gateway import RunningGateway, assert_problem, running_gateway
+from tests.support.gateway import RunningGateway, assert_problem, poll_job, running_gateway
 from tests.support.infra import Infra
-
-TERMINAL = {"completed", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +73,6 @@ async def submit(http: httpx.AsyncClient, source: dict[str, Any], *operations: A
     return job_id
 
 
-async def poll(http: httpx.AsyncClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    """GET the job until it is finished, as a client without SSE would."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = await http.get(f"/v1/jobs/{job_id}")
-        assert answer.status_code == 200, answer.text
-        job: dict[str, Any] = answer.json()
-        if job["status"] in TERMINAL:
-            return job
-        assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
-        await asyncio.sleep(0.05)
-
-
 async def download(http: httpx.AsyncClient, file: dict[str, Any]) -> Image.Image:
     answer = await http.get(f"/v1/files/{file['id']}")
     assert answer.status_code == 200, answer.text
@@ -121,7 +104,7 @@ async def test_upload_a_photo_get_a_320x240_webp_and_thumbnails(gateway: Running
             {"op": "quality", "quality": 80},
             {"op": "strip_metadata"},
         )
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
 
         assert job["status"] == "completed", job
         assert job["attempt"] == 1 and job["progress"]["percent"] > 0
@@ -195,12 +178,14 @@ async def test_bad_images_fail_at_once_with_a_clear_message(gateway: RunningGate
             "source file nosuchfile not found": await submit(http, {"file_id": "nosuchfile"}),
         }
         for expected, job_id in cases.items():
-            job = await poll(http, job_id)
+            job = await poll_job(http, job_id)
             assert job["status"] == "failed", job
             assert job["attempt"] == 1
             assert job["error"]["retryable"] is False
             assert expected in job["error"]["message"], job["error"]
         # And the worker carries on.
-        job = await poll(http, await submit(http, {"file_id": good}, {"op": "resize", "width": 40}))
+        job = await poll_job(
+            http, await submit(http, {"file_id": good}, {"op": "resize", "width": 40})
+        )
         assert job["status"] == "completed"
         assert (job["result"]["width"], job["result"]["height"]) == (40, 30)

@@ -20,12 +20,10 @@ from offload_ai.settings import AiSettings
 from offload_contracts import topology
 from offload_research.app import build_app as build_research
 from offload_research.settings import ResearchSettings
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import RunningGateway, poll_job, running_gateway
 from tests.support.infra import Infra
 from tests.support.sandbox import RunningSandbox, running_sandbox
 from tests.support.service_driver import ServiceDriver
-
-TERMINAL = {"completed", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +58,6 @@ async def submit(http: httpx.AsyncClient, job_type: str, **spec: Any) -> str:
     return job_id
 
 
-async def poll(http: httpx.AsyncClient, job_id: str, timeout: float = 20) -> dict[str, Any]:
-    """GET the job until it is finished, as a client without SSE would."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = await http.get(f"/v1/jobs/{job_id}")
-        assert answer.status_code == 200, answer.text
-        job: dict[str, Any] = answer.json()
-        if job["status"] in TERMINAL:
-            return job
-        assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
-        await asyncio.sleep(0.05)
-
-
 async def sandbox_calls(sandbox: RunningSandbox, job_id: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient() as http:
         answer = await http.get(sandbox.url("/v1/sandbox/llm/calls"), params={"job": job_id})
@@ -84,7 +69,7 @@ async def test_ai_generate_completes(stack: tuple[RunningGateway, RunningSandbox
     gateway, _ = stack
     async with gateway.client() as http:
         job_id = await submit(http, "ai.generate", prompt="Write a haiku about queues.")
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
 
     assert job["status"] == "completed" and job["attempt"] == 1
     result = job["result"]
@@ -97,7 +82,7 @@ async def test_research_run_completes(stack: tuple[RunningGateway, RunningSandbo
     gateway, sandbox = stack
     async with gateway.client() as http:
         job_id = await submit(http, "research.run", question="How do quorum queues work?")
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
 
     assert job["status"] == "completed" and job["attempt"] == 1
     assert len(job["result"]["steps"]) == 3  # the contract's default
@@ -112,7 +97,7 @@ async def test_sandbox_fail_2_completes_on_attempt_3(
     gateway, _ = stack
     async with gateway.client() as http:
         job_id = await submit(http, "ai.generate", prompt="Hello", model="sandbox-fail-2")
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
     assert job["status"] == "completed"
     assert job["attempt"] == 3
 
@@ -123,7 +108,7 @@ async def test_sandbox_reject_fails_on_attempt_1_with_a_clear_error(
     gateway, _ = stack
     async with gateway.client() as http:
         job_id = await submit(http, "ai.generate", prompt="Hello", model="sandbox-reject")
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
     assert job["status"] == "failed"
     assert job["attempt"] == 1
     assert job["error"] == {
@@ -140,7 +125,7 @@ async def test_sandbox_fail_99_ends_in_the_dead_queue_after_max_attempts(
     gateway, sandbox = stack
     async with gateway.client() as http:
         job_id = await submit(http, "ai.generate", prompt="Hello", model="sandbox-fail-99")
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
 
     assert job["status"] == "failed"
     assert job["attempt"] == job["max_attempts"] == 3

@@ -18,11 +18,10 @@ import pytest
 
 from offload_video.app import build_app as build_video
 from offload_video.settings import VideoSettings
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import RunningGateway, poll_job, running_gateway
 from tests.support.infra import Infra
 from tests.support.sandbox import RunningSandbox, running_sandbox
 
-TERMINAL = {"completed", "failed", "cancelled"}
 RATE = 100_000  # sandbox bytes per second of 1080p video
 
 
@@ -66,19 +65,6 @@ async def submit(http: httpx.AsyncClient, **spec: Any) -> str:
     return job_id
 
 
-async def poll(http: httpx.AsyncClient, job_id: str, timeout: float = 30) -> dict[str, Any]:
-    """GET the job until it is finished, as a client without SSE would."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = await http.get(f"/v1/jobs/{job_id}")
-        assert answer.status_code == 200, answer.text
-        job: dict[str, Any] = answer.json()
-        if job["status"] in TERMINAL:
-            return job
-        assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
-        await asyncio.sleep(0.05)
-
-
 async def renders(sandbox: RunningSandbox, job_id: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient() as http:
         answer = await http.get(sandbox.url("/v1/sandbox/video/renders"), params={"job": job_id})
@@ -99,7 +85,7 @@ async def test_a_video_job_completes_and_its_file_downloads_with_the_right_bytes
     gateway, sandbox = stack
     async with gateway.client("acme") as http:
         job_id = await submit(http)
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
         assert job["status"] == "completed", job
         file = job["result"]["file"]
         download = await http.get(file["url"])
@@ -124,7 +110,7 @@ async def test_a_download_broken_halfway_resumes_and_the_file_is_whole(
     gateway, sandbox = stack
     async with gateway.client("acme") as http:
         job_id = await submit(http, model="sandbox-drop-50", duration_s=40)
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
         assert job["status"] == "completed", job
         download = await http.get(job["result"]["file"]["url"])
 
@@ -143,7 +129,7 @@ async def test_a_flaky_provider_completes_after_retries_with_one_render(
     gateway, sandbox = stack
     async with gateway.client("acme") as http:
         job_id = await submit(http, model="sandbox-fail-2", duration_s=5)
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
 
     assert job["status"] == "completed", job
     assert job["attempt"] == 3
@@ -157,7 +143,7 @@ async def test_a_rejected_video_fails_at_once_with_the_providers_reason(
     gateway, _ = stack
     async with gateway.client("acme") as http:
         job_id = await submit(http, model="sandbox-reject")
-        job = await poll(http, job_id)
+        job = await poll_job(http, job_id)
 
     assert job["status"] == "failed" and job["attempt"] == 1
     assert job["error"]["retryable"] is False

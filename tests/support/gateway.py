@@ -30,7 +30,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from offload_contracts import topology
+from offload_contracts import TERMINAL_STATUSES, topology
 from offload_gateway.app import build_app
 from offload_gateway.deps import GatewayDeps
 from offload_gateway.settings import GatewaySettings
@@ -222,3 +222,16 @@ async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[st
     finally:
         await connection.close()
     raise AssertionError(f"no request for job {job_id} reached a work queue")
+
+
+async def poll_job(http: httpx.AsyncClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    """GET the job until it is finished, as a client without SSE would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await http.get(f"/v1/jobs/{job_id}")
+        assert answer.status_code == 200, answer.text
+        job: dict[str, Any] = answer.json()
+        if job["status"] in TERMINAL_STATUSES:
+            return job
+        assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
+        await asyncio.sleep(0.05)
