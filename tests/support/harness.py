@@ -23,6 +23,27 @@ from tests.support.processes import ServiceProcess
 from tests.support.testjob import ProbeInput, ProbeRequest
 
 
+async def wait_for_status(
+    store: JobStore, job_id: str, statuses: Iterable[JobStatus], timeout: float
+) -> JobRecord:
+    """Poll the store until the job is in one of `statuses`; fail with what was last seen."""
+    wanted = set(statuses)
+    deadline = time.monotonic() + timeout
+    record = None
+    while time.monotonic() < deadline:
+        record = await store.get(job_id)
+        if record is not None and record.status in wanted:
+            return record
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job_id} never reached {wanted}; last seen: {record}")
+
+
+async def job_events(store: JobStore, job_id: str) -> list[JobEvent]:
+    """The job's events, in order, from its stream."""
+    entries = await store.client.xrange(store.keys.job_events(job_id))
+    return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+
+
 class Harness:
     def __init__(self, infra: Infra, **settings_overrides: Any) -> None:
         self.infra = infra
@@ -106,19 +127,10 @@ class Harness:
     async def wait_status(
         self, job_id: str, statuses: Iterable[JobStatus], timeout: float = 10
     ) -> JobRecord:
-        wanted = set(statuses)
-        deadline = time.monotonic() + timeout
-        record = None
-        while time.monotonic() < deadline:
-            record = await self.store.get(job_id)
-            if record is not None and record.status in wanted:
-                return record
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"job {job_id} never reached {wanted}; last seen: {record}")
+        return await wait_for_status(self.store, job_id, statuses, timeout)
 
     async def events(self, job_id: str) -> list[JobEvent]:
-        entries = await self.store.client.xrange(self.keys.job_events(job_id))
-        return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+        return await job_events(self.store, job_id)
 
     async def outbox_events(self, job_id: str) -> list[JobEvent]:
         entries = await self.store.client.xrange(self.keys.outbox)

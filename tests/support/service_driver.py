@@ -23,6 +23,7 @@ from offload_runtime.broker import make_broker, publish_confirmed
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import connect_redis
 from offload_runtime.store import JobRecord, JobStore, new_id
+from tests.support.harness import job_events, wait_for_status
 from tests.support.infra import Infra
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
@@ -85,21 +86,10 @@ class ServiceDriver:
     async def wait_status(
         self, job_id: str, statuses: Iterable[JobStatus] = TERMINAL, timeout: float = 15
     ) -> JobRecord:
-        wanted = set(statuses)
-        deadline = time.monotonic() + timeout
-        record = None
-        while time.monotonic() < deadline:
-            record = await self.store.get(job_id)
-            if record is not None and record.status in wanted:
-                return record
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"job {job_id} never reached {wanted}; last seen: {record}")
+        return await wait_for_status(self.store, job_id, statuses, timeout)
 
     async def events(self, job_id: str) -> list[JobEvent]:
-        entries: list[tuple[str, dict[str, str]]] = await self.store.client.xrange(  # type: ignore[assignment]
-            self.keys.job_events(job_id)
-        )
-        return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+        return await job_events(self.store, job_id)
 
     async def take_dead(self, job_id: str, timeout: float = 10) -> AbstractIncomingMessage:
         """The service's dead letter for `job_id`; others found on the way are dropped.

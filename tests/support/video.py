@@ -5,8 +5,6 @@ prefix, so each test only sees its own jobs; a message another test left behind
 is skipped by the store (its job does not exist under this prefix) and acked.
 """
 
-import asyncio
-import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -30,6 +28,7 @@ from offload_runtime.store import JobRecord, JobStore, new_id
 from offload_runtime.worker import Worker
 from offload_video.app import VideoDeps, build_app
 from offload_video.settings import VideoSettings
+from tests.support.harness import job_events, wait_for_status
 from tests.support.infra import Infra
 
 
@@ -114,19 +113,10 @@ class VideoRig:
     async def wait_status(
         self, job_id: str, statuses: Iterable[JobStatus], timeout: float = 20
     ) -> JobRecord:
-        wanted = set(statuses)
-        deadline = time.monotonic() + timeout
-        record = None
-        while time.monotonic() < deadline:
-            record = await self.store.get(job_id)
-            if record is not None and record.status in wanted:
-                return record
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"job {job_id} never reached {wanted}; last seen: {record}")
+        return await wait_for_status(self.store, job_id, statuses, timeout)
 
     async def events(self, job_id: str) -> list[JobEvent]:
-        entries = await self.store.client.xrange(self.keys.job_events(job_id))
-        return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+        return await job_events(self.store, job_id)
 
     async def renders(self, job_id: str) -> list[dict[str, Any]]:
         """The sandbox's counters for the renders submitted for this job."""
