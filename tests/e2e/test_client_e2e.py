@@ -44,8 +44,8 @@ from offload_notifier.app import build_app as build_notifier
 from offload_notifier.settings import NotifierSettings
 from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.infra import Infra
-from tests.support.notifier import serve
 from tests.support.sandbox import running_sandbox
+from tests.support.serving import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "dev-admin-key"  # the gateway's default OFFLOAD_ADMIN_KEYS

@@ -18,9 +18,9 @@ import uuid
 import httpx
 
 from tests.security.report import record
-from tests.support.dedicated import free_port
 from tests.support.infra import Infra
-from tests.support.notifier import Receiver, serve, verify
+from tests.support.notifier import Receiver, verify
+from tests.support.serving import free_port, serve
 from tests.support.stack import API_KEY, Stack, running_stack
 
 

@@ -15,13 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.serving import free_port
+
 NODE_PREFIX = "offloadtest"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, *, up: bool, timeout: float) -> None:

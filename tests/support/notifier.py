@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -25,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook
 
@@ -37,50 +35,9 @@ from offload_runtime.redis import connect_redis
 from offload_runtime.store import JobStore, new_id
 from offload_runtime.webhook_secrets import WebhookSecrets
 from tests.support.infra import Infra
+from tests.support.serving import free_port, serve
 
 TENANTS = ("acme", "globex")
-
-
-# --------------------------------------------------------------------------- serving
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@asynccontextmanager
-async def serve(app: Any, port: int | None = None) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn in this event loop; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port or 0))
-    bound = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        ws="none",
-        log_level="warning",
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    # uvicorn would capture SIGINT/SIGTERM while it serves; the test runner owns them.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if serving.done():
-                serving.result()
-                raise RuntimeError("server stopped during startup")
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{bound}"
-    finally:
-        server.should_exit = True
-        await serving
-        sock.close()
 
 
 # --------------------------------------------------------------------------- jobs

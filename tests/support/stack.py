@@ -22,9 +22,9 @@ from offload_contracts import JobStatus
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import connect_redis
 from offload_runtime.store import JobRecord, JobStore
-from tests.support.dedicated import free_port
 from tests.support.infra import Infra
 from tests.support.processes import ServiceProcess
+from tests.support.serving import free_port
 
 API_KEY = f"key-{uuid.uuid4().hex}"
 TENANT = "acme"
