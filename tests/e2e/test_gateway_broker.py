@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,13 +19,7 @@ from tests.support.gateway import (
     take_request,
 )
 from tests.support.infra import Infra
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.serving import free_port
 
 
 def via_port(url: str, port: int) -> str:

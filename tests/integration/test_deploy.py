@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -27,15 +26,10 @@ import redis.asyncio as aioredis
 from offload import AsyncOffload, JobStatus
 from offload_contracts.topology import WORKER_SERVICES
 from tests.support.infra import VHOST_PREFIX, Infra, Rabbitmqctl
+from tests.support.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "notifier", "sandbox", *WORKER_SERVICES)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- the Dockerfile
