@@ -15,9 +15,9 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.e2e.test_image_e2e import photo, poll, submit, upload
+from tests.e2e.test_image_e2e import photo, submit, upload
 from tests.security.report import record
-from tests.support.gateway import RunningGateway
+from tests.support.gateway import RunningGateway, poll_job
 
 MB = 1024 * 1024
 
@@ -82,7 +82,7 @@ async def test_a_decompression_bomb_fails_permanently_and_the_worker_carries_on(
         )
         began = time.monotonic()
         for name, job_id in jobs.items():
-            job = await poll(http, job_id, timeout=30)
+            job = await poll_job(http, job_id, timeout=30)
             outcomes[name] = job
             assert job["status"] == "failed", (name, job)
             assert job["attempt"] == 1, (name, job)  # permanent: never retried
@@ -92,7 +92,7 @@ async def test_a_decompression_bomb_fails_permanently_and_the_worker_carries_on(
         failed_within = time.monotonic() - began
 
         # The worker is unharmed: the next job completes.
-        after = await poll(
+        after = await poll_job(
             http,
             await submit(
                 http,

@@ -32,10 +32,9 @@ from offload_runtime.errors import PermanentError
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import connect_redis
 from offload_runtime.storage import FileStore
-from tests.e2e.test_image_e2e import poll
 from tests.security.conftest import ConnectionCounter
 from tests.security.report import record
-from tests.support.gateway import RunningGateway, ai_job, assert_problem
+from tests.support.gateway import RunningGateway, ai_job, assert_problem, poll_job
 from tests.support.infra import Infra
 from tests.support.notifier import (
     NotifierSpace,
@@ -137,7 +136,7 @@ async def test_the_image_worker_refuses_inside_source_urls_at_fetch_time(
             assert answer.status_code == 202, (name, answer.text)
             jobs[name] = answer.json()["id"]
         for name, job_id in jobs.items():
-            job = await poll(http, job_id, timeout=30)
+            job = await poll_job(http, job_id, timeout=30)
             assert job["status"] == "failed", (name, job)
             assert job["attempt"] == 1 and job["error"]["retryable"] is False, (name, job)
             assert "source URL refused" in job["error"]["message"], (name, job["error"])

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_image_e2e import photo, poll, submit, upload
+from tests.e2e.test_image_e2e import photo, submit, upload
 from tests.security.report import record
-from tests.support.gateway import RunningGateway, ai_job, assert_problem
+from tests.support.gateway import RunningGateway, ai_job, assert_problem, poll_job
 from tests.support.infra import Infra
 from tests.support.notifier import (
     JobDriver,
@@ -134,7 +134,7 @@ async def test_another_tenants_file_is_404_for_download_range_etag_and_as_an_ima
             # Not 206/416 (would leak the size), not 304 (would confirm the checksum).
             same_shape(answer, missing, file_id)
         # Used as another tenant's image source: not found, the owner's file unread.
-        job = await poll(other, await submit(other, {"file_id": file_id}), timeout=30)
+        job = await poll_job(other, await submit(other, {"file_id": file_id}), timeout=30)
         assert job["status"] == "failed" and job["attempt"] == 1, job
         assert f"source file {file_id} not found" in job["error"]["message"]
         assert (await owner.get(f"/v1/files/{file_id}")).status_code == 200
