@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Generic, TypeVar, Union
 
+from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker, RabbitMessage
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
@@ -197,10 +198,12 @@ class JobRunner:
     def subscribe(self) -> None:
         """Register the subscriber on the broker (no I/O; the broker declares on start)."""
 
+        # The handler gets the raw message, not a decoded body: it must see the
+        # bytes (to park what no contract accepts), the redelivered flag, and
+        # ack itself. (With apply_types off, FastStream would otherwise spread a
+        # JSON object body into keyword arguments.)
         async def passthrough(message: RabbitMessage) -> RabbitMessage:
             return message
-
-        from faststream import AckPolicy  # local: keeps the module import light
 
         subscriber = self.broker.subscriber(
             work_queue(self.service, delivery_limit=self._delivery_limit),
