@@ -210,7 +210,9 @@ class ResilientPrinter(Printer):
 def announce_when_ready(
     settings: RunSettings, started: dict[str, int], stop: threading.Event
 ) -> None:
-    url = f"http://127.0.0.1:{settings.gateway_port}/healthz"
+    # Ready, not merely alive: until the gateway's broker link is up it answers
+    # submissions with 503, and the banner invites the user to submit at once.
+    url = f"http://127.0.0.1:{settings.gateway_port}/readyz"
     deadline = time.monotonic() + 120
     while not stop.is_set() and time.monotonic() < deadline:
         if http_problem(url, timeout_s=1.0) is None:
