@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from offload_contracts import JOB_REQUEST_ADAPTER, JobError, JobEvent, JobPolicy, api, jobs
+from offload_contracts import JOB_REQUEST_ADAPTER, JobError, JobEvent, JobPolicy, admin, api, jobs
 from offload_contracts.webhooks import WEBHOOK_MODELS
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -23,6 +23,7 @@ MODELS: dict[str, type[BaseModel]] = {
     **{f"{name}.result": model for name, model in jobs.RESULT_MODELS.items()},
     **{f"api.{name}": model for name, model in api.API_MODELS.items()},
     **{f"webhooks.{name}": model for name, model in WEBHOOK_MODELS.items()},
+    **{f"admin.{name}": model for name, model in admin.ADMIN_MODELS.items()},
 }
 
 
@@ -42,7 +43,9 @@ def test_contract_schema_matches_its_snapshot(name: str, request: pytest.Fixture
     assert schema == path.read_text(), f"{name} changed: if on purpose, --update-snapshots"
 
 
-@pytest.mark.parametrize("model", [JobEvent, *jobs.REQUEST_MODELS.values()])
+@pytest.mark.parametrize(
+    "model", [JobEvent, *jobs.REQUEST_MODELS.values(), *admin.ADMIN_MODELS.values()]
+)
 def test_contracts_are_frozen_and_forbid_unknown_fields(model: type[BaseModel]) -> None:
     assert model.model_config.get("frozen") is True
     assert model.model_config.get("extra") == "forbid"

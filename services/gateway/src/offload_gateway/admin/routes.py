@@ -18,9 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from offload_contracts import JobEvent, topology
-from offload_gateway.admin.dead_letters import Replayer, actor_of
-from offload_gateway.admin.settings import AdminSettings
-from offload_gateway.admin.views import (
+from offload_contracts.admin import (
     AdminJobDetail,
     AdminJobsView,
     AdminJobView,
@@ -35,6 +33,8 @@ from offload_gateway.admin.views import (
     SkippedView,
     TimelineEntry,
 )
+from offload_gateway.admin.dead_letters import Replayer, actor_of
+from offload_gateway.admin.settings import AdminSettings
 from offload_gateway.deps import GatewayDeps
 from offload_gateway.problems import ProblemError, problem_responses
 from offload_runtime import metrics
@@ -500,7 +500,7 @@ def build_router(ops: Operations) -> APIRouter:
 
 
 def _admin_job(record: JobRecord) -> AdminJobView:
-    return AdminJobView.model_validate(record.model_dump())
+    return AdminJobView.model_validate(record.model_dump(include=set(AdminJobView.model_fields)))
 
 
 def _valid_id(job_id: str) -> bool:
