@@ -28,10 +28,13 @@ class Outcome:
     lost: int  # accepted but never finished (missing, or stuck waiting/active/delayed)
     duplicated: int  # completed more than once as recorded (more than one `completed` event)
     seconds: float
+    # For each job that did not complete: its last status and recorded event trail.
+    unfinished: tuple[str, ...] = ()
 
     def assert_nothing_lost_or_duplicated(self) -> None:
-        assert (self.lost, self.duplicated, self.failed) == (0, 0, 0), self
-        assert self.completed == self.accepted, self
+        detail = "\n".join([str(self), *self.unfinished])
+        assert (self.lost, self.duplicated, self.failed) == (0, 0, 0), detail
+        assert self.completed == self.accepted, detail
 
 
 async def settle(
@@ -47,11 +50,16 @@ async def settle(
             break
         await asyncio.sleep(0.05)
     duplicated = 0
-    for job_id in job_ids:
+    unfinished: list[str] = []
+    for job_id, record in zip(job_ids, records, strict=True):
         entries = await store.client.xrange(store.keys.job_events(job_id))
         events = [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
         if sum(1 for e in events if e.event == "completed") > 1:
             duplicated += 1
+        if record is None or record.status != JobStatus.COMPLETED:
+            trail = ", ".join(f"{e.event}#{e.attempt}" for e in events)
+            status = record.status if record else "missing"
+            unfinished.append(f"{job_id}: {status}; events: {trail or 'none'}")
     outcome = Outcome(
         scenario=scenario,
         load=load,
@@ -61,6 +69,7 @@ async def settle(
         lost=sum(1 for r in records if r is None or r.status not in TERMINAL),
         duplicated=duplicated,
         seconds=round(time.monotonic() - began, 2),
+        unfinished=tuple(unfinished),
     )
     RESULTS.append(asdict(outcome))
     return outcome

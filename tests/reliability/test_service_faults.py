@@ -4,7 +4,6 @@ import asyncio
 import time
 
 import httpx
-import pytest
 
 from offload_contracts import JobStatus
 from tests.reliability.outcomes import settle
@@ -85,12 +84,6 @@ async def test_while_rabbitmq_is_down_the_gateway_answers_503_fast_and_recovers(
         assert all(p.process and p.process.poll() is None for p in stack.processes.values())
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN BUG (issue 10): intermittently one accepted job never finishes after Redis "
-    "is killed and restarted under the gateway and an ai worker (seen once in eight runs: "
-    "accepted 6, completed 5, lost 1). Not yet diagnosed; see the issue note.",
-)
 async def test_redis_killed_and_restarted_the_services_recover(infra: Infra) -> None:
     redis_server = DedicatedRedis()
     redis_server.start()

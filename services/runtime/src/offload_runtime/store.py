@@ -543,10 +543,12 @@ class JobStore:
             *flat,
         )
         applied, status, attempt, found_run = await self._call(keys, args)
-        if not applied and run and found_run == run and status == fields.get("status", "active"):
-            # A call retried after a lost reply finds its own transition done.
-            # (A progress update leaves the status `active`; hence the default.)
-            applied = 1
+        # A call re-sent after its reply was lost finds its own transition done:
+        # the job holds the run that this call requires (complete, retry, ...)
+        # or hands over (start). (Progress leaves the status `active`; hence the default.)
+        own_run = run or fields.get("run", "")
+        if not applied and own_run and found_run == own_run:
+            applied = int(status == fields.get("status", "active"))
         return TransitionResult(bool(applied), str(status), int(attempt))
 
     async def _call(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> list[Any]:
