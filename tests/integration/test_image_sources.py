@@ -23,6 +23,7 @@ from offload_contracts.jobs import ImageSource
 from offload_image.adapters.sources import ImageSources
 from offload_image.app import ImageDeps
 from offload_runtime.errors import PermanentError, TransientError
+from offload_runtime.url_guard import guarded_transport
 from tests.integration.test_image_worker import ImageRig, jpeg_bytes
 from tests.support.infra import Infra
 
@@ -140,10 +141,13 @@ async def server(certificate: tuple[Path, Path]) -> AsyncIterator[PhotoServer]:
 
 @pytest.fixture
 async def trusting_http(certificate: tuple[Path, Path]) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client set up like the worker's, trusting the test certificate."""
+    """An httpx client set up like the worker's (`source_client`), trusting the test certificate."""
     tls = ssl.create_default_context(cafile=str(certificate[0]))
     async with httpx.AsyncClient(
-        verify=tls, timeout=httpx.Timeout(0.5, connect=1), follow_redirects=False, trust_env=False
+        transport=guarded_transport(allow_private=True, verify=tls),
+        timeout=httpx.Timeout(0.5, connect=1),
+        follow_redirects=False,
+        trust_env=False,
     ) as client:
         yield client
 
@@ -182,6 +186,16 @@ async def test_a_url_is_downloaded_and_the_copy_removed_after_the_job(
         assert path.read_bytes() == PHOTO
         assert path.is_relative_to(rig.files.scratch_dir)
     assert not path.exists()
+
+
+async def test_a_url_by_host_name_is_fetched_over_verified_tls_through_the_guard(
+    rig: ImageRig, server: PhotoServer, trusting_http: httpx.AsyncClient
+) -> None:
+    # The guard resolves the name itself and connects to an address it checked
+    # (`localhost` may answer ::1 first, where nothing listens: the next address is
+    # tried); TLS still verifies the certificate.
+    url = server.base.replace("127.0.0.1", "localhost") + "/photo.jpg"
+    assert await fetch(sources(rig, trusting_http), url) == PHOTO
 
 
 async def test_a_redirect_is_followed_after_checking_the_next_hop(

@@ -13,6 +13,10 @@ HTTP clients never follow a redirect by themselves: the notifier counts a 3xx
 as a failed attempt, and the image worker passes every hop through the same
 guard (a hop to plain http, to a URL with credentials or to another scheme is
 refused before any connection).
+
+DNS rebinding (a name that answers a public address at the check and an inside
+one when the client connects) is staged by wrapping the guard's resolver: the
+image worker's client checks the very address it connects to.
 """
 
 import asyncio
@@ -28,10 +32,14 @@ import pytest
 
 from offload_contracts.jobs import ImageSource
 from offload_image.adapters.sources import ImageSources
+from offload_image.app import source_client
+from offload_image.settings import ImageSettings
+from offload_runtime import url_guard
 from offload_runtime.errors import PermanentError
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import connect_redis
 from offload_runtime.storage import FileStore
+from offload_runtime.url_guard import UnsafeURL, guarded_transport
 from tests.security.conftest import ConnectionCounter
 from tests.security.report import record
 from tests.support.gateway import RunningGateway, ai_job, assert_problem, poll_job
@@ -339,4 +347,72 @@ async def test_an_image_source_redirect_is_checked_hop_by_hop_never_followed_bli
         "https source answering 302 to http://, to https://user:pass@…, to file://, to gopher://",
         f"{len(errors)} permanent 'source URL refused' errors at the second hop; "
         "0 connections to the redirect targets",
+    )
+
+
+# ---------------------------------------------------------------------- DNS rebinding
+
+
+@pytest.fixture
+def rebinding(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """DNS rebinding, staged: a name's first answer is a public address, later ones the truth.
+
+    That is what an attacker's DNS server does: the URL passes the check, then the
+    client's own lookup, moments later, lands inside. Returns the hosts looked up.
+    """
+    real = url_guard._resolve
+    asked: list[str] = []
+
+    async def first_public_then_real(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["93.184.216.34"] if len(asked) == 1 else await real(host, port)
+
+    monkeypatch.setattr(url_guard, "_resolve", first_public_then_real)
+    return asked
+
+
+async def test_the_guarded_transport_checks_the_address_it_connects_to(
+    counter: ConnectionCounter,
+) -> None:
+    port = counter.servers[0].sockets[0].getsockname()[1]
+    targets = [f"127.0.0.1:{port}", f"[::1]:{port}", f"localhost:{port}"]
+    async with httpx.AsyncClient(transport=guarded_transport(allow_private=False)) as http:
+        for host in targets:
+            with pytest.raises(UnsafeURL, match="non-public address"):
+                await http.get(f"http://{host}/latest/meta-data/")
+    assert counter.connections == 0
+    # The same client allowed private addresses does connect: the listener is reachable.
+    async with httpx.AsyncClient(transport=guarded_transport(allow_private=True)) as http:
+        with pytest.raises(httpx.TransportError):  # the listener hangs up without answering
+            await http.get(f"http://127.0.0.1:{port}/")
+    assert counter.connections == 1
+
+
+async def test_an_image_source_whose_dns_turns_inside_after_the_check_is_refused(
+    infra: Infra, tmp_path: Path, counter: ConnectionCounter, rebinding: list[str]
+) -> None:
+    port = counter.servers[0].sockets[0].getsockname()[1]
+    client = connect_redis(infra.redis_url)
+    http = source_client(ImageSettings(webhook_allow_private=False))
+    adapter = ImageSources(
+        FileStore(tmp_path, client, RedisKeys(f"{infra.redis_prefix}ssrf:")),
+        http,
+        max_bytes=1_000_000,
+        allow_private=False,
+        max_redirects=3,
+        total_timeout_s=5,
+    )
+    try:
+        with pytest.raises(PermanentError, match=r"source URL refused.*non-public") as refused:
+            async with adapter.open(ImageSource(url=f"https://localhost:{port}/x.png"), "acme"):
+                pass
+    finally:
+        await http.aclose()
+        await client.aclose()
+    assert rebinding == ["localhost", "localhost"]  # checked, then resolved again to connect
+    assert counter.connections == 0
+    record(
+        "DNS rebinding (image worker, source.url)",
+        "a source host whose DNS answers a public address at the check, loopback at connect",
+        f"permanent error at connect time ({str(refused.value)[:60]}…); 0 connections made",
     )

@@ -14,6 +14,7 @@ from offload_image.settings import ImageSettings
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import connect_redis
 from offload_runtime.storage import FileStore
+from offload_runtime.url_guard import guarded_transport
 from offload_runtime.worker import Worker, build_worker
 
 SERVICE = topology.SERVICE_OF_TYPE["image.process"]
@@ -32,6 +33,19 @@ class ImageDeps:
     pool: PipelinePool | None = None
 
 
+def source_client(settings: ImageSettings) -> httpx.AsyncClient:
+    """The HTTP client for source URLs: it connects only to addresses the SSRF guard accepts."""
+    return httpx.AsyncClient(
+        transport=guarded_transport(allow_private=settings.webhook_allow_private),
+        timeout=httpx.Timeout(
+            settings.image_download_read_timeout_s,
+            connect=settings.image_download_connect_timeout_s,
+        ),
+        follow_redirects=False,  # each hop is checked by the SSRF guard instead
+        trust_env=False,  # no proxy or certificate settings picked up from the environment
+    )
+
+
 def build_app(settings: ImageSettings | None = None, deps: ImageDeps | None = None) -> Worker:
     """Build the image worker. No I/O happens until `worker.app` starts."""
     settings = settings or ImageSettings()
@@ -41,14 +55,7 @@ def build_app(settings: ImageSettings | None = None, deps: ImageDeps | None = No
     if files is None:
         files_redis = connect_redis(settings.redis_url)
         files = FileStore(settings.storage_dir, files_redis, RedisKeys(settings.redis_prefix))
-    http = deps.http or httpx.AsyncClient(
-        timeout=httpx.Timeout(
-            settings.image_download_read_timeout_s,
-            connect=settings.image_download_connect_timeout_s,
-        ),
-        follow_redirects=False,  # each hop is checked by the SSRF guard instead
-        trust_env=False,  # no proxy or certificate settings picked up from the environment
-    )
+    http = deps.http or source_client(settings)
     pool = deps.pool or PipelinePool(
         size=settings.image_pool_size,
         scratch_dir=files.scratch_dir,

@@ -5,12 +5,22 @@ loopback, private, link-local (cloud metadata lives at 169.254.169.254),
 multicast, reserved or unspecified address, unless configuration allows
 private targets (tests and `make run` allow loopback). Callers must also
 refuse redirects, or check each hop with this guard again.
+
+`check_url` gives a clear error before a request. The HTTP client then resolves
+the host again when it connects, and a DNS answer that changes in between (DNS
+rebinding) would slip past it; so clients that call user-given URLs also use
+`guarded_transport`, which checks the very address it connects to.
 """
 
 import asyncio
 import ipaddress
 import socket
+import ssl
+from collections.abc import Iterable
 from urllib.parse import urlsplit
+
+import httpcore
+import httpx
 
 
 class UnsafeURL(ValueError):
@@ -57,20 +67,105 @@ async def check_url(
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise UnsafeURL(f"URL port is invalid: {exc}") from exc
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, port, type=socket.SOCK_STREAM
-        )
-    except socket.gaierror as exc:
-        raise UnsafeURL(f"host {parts.hostname!r} does not resolve") from exc
-    except UnicodeError as exc:  # a label too long, or a character IDNA cannot encode
-        raise UnsafeURL(f"host {parts.hostname!r} is not a valid host name") from exc
-    addresses = sorted({str(info[4][0]) for info in infos})
+    addresses = await _resolve(parts.hostname, port)
     if not allow_private:
-        for text in addresses:
-            if _is_private(ipaddress.ip_address(text.split("%", 1)[0])):
-                raise UnsafeURL(
-                    f"host {parts.hostname!r} resolves to a non-public address ({text}); "
-                    "private, loopback and link-local targets are refused"
-                )
+        _refuse_private(parts.hostname, addresses)
     return addresses
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UnsafeURL(f"host {host!r} does not resolve") from exc
+    except UnicodeError as exc:  # a label too long, or a character IDNA cannot encode
+        raise UnsafeURL(f"host {host!r} is not a valid host name") from exc
+    # In the resolver's order (its preference), without repeats.
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _refuse_private(host: str, addresses: Iterable[str]) -> None:
+    for text in addresses:
+        if _is_private(ipaddress.ip_address(text.split("%", 1)[0])):
+            raise UnsafeURL(
+                f"host {host!r} resolves to a non-public address ({text}); "
+                "private, loopback and link-local targets are refused"
+            )
+
+
+class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Resolves the host itself, refuses non-public addresses, connects to what it checked.
+
+    Every address the host resolves to must pass (as in `check_url`), then the
+    connection goes to one of those addresses, never to a fresh lookup. TLS
+    still verifies the certificate against the URL's host name: httpcore takes
+    that from the request, not from the address connected to.
+    """
+
+    def __init__(
+        self, *, allow_private: bool, inner: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self._allow_private = allow_private
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await _resolve(host, port)
+        if not self._allow_private:
+            _refuse_private(host, addresses)
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None  # getaddrinfo answers at least one address or raises
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise UnsafeURL("unix sockets are refused")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def guarded_transport(
+    *,
+    allow_private: bool,
+    limits: httpx.Limits | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx.AsyncHTTPTransport:
+    """An httpx transport whose every connection goes through `GuardedNetworkBackend`.
+
+    A refused address raises `UnsafeURL` from the request. No proxy or
+    certificate settings are taken from the environment; `verify` is as in httpx.
+    """
+    limits = limits or httpx.Limits()
+    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    # httpx 0.28 takes no network backend (encode/httpx#3749 adds it), so the
+    # pool it built is replaced by one with the same settings and our backend.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=GuardedNetworkBackend(allow_private=allow_private),
+    )
+    return transport

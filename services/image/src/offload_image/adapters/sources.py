@@ -102,6 +102,8 @@ class ImageSources:
                         continue
                     _raise_for_status(response)
                     return await self._save(response)
+            except UnsafeURL as exc:  # the address connected to, checked again (DNS may change)
+                raise PermanentError(f"source URL refused: {exc}") from exc
             except httpx.TimeoutException as exc:
                 raise TransientError(f"source URL timed out ({type(exc).__name__})") from exc
             except httpx.TransportError as exc:
