@@ -34,6 +34,7 @@ from offload_runtime.settings import parse_retry_tiers
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TIERS = parse_retry_tiers("1s,10s")
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def _event(kind: EventKind = EventKind.COMPLETED, **extra: object) -> JobEvent:
@@ -79,6 +80,11 @@ def test_the_payload_is_type_timestamp_and_the_event() -> None:
     assert body["type"] == "image.process.completed"
     assert body["timestamp"] == "2026-01-01T00:00:00Z"
     assert body["data"]["result"] == {"ok": True} and "error" not in body["data"]
+
+
+def test_the_payload_leaves_the_trace_context_out() -> None:
+    traced = _event(result={"ok": True}, traceparent=TRACEPARENT)
+    assert payload_of(traced) == payload_of(_event(result={"ok": True}))
 
 
 # --------------------------------------------------------------------------- what next
@@ -284,6 +290,31 @@ async def test_a_batch_is_acknowledged_only_once_every_sink_has_it() -> None:
     assert outbox.acked == ["1-0", "2-0", "3-0"]  # the unreadable one too: it never will be
     assert [r.event.event for r in sinks.published] == [EventKind.STARTED, EventKind.COMPLETED]
     assert [d.event.event for d in sinks.webhooks] == [EventKind.COMPLETED]
+
+
+async def test_relayed_events_leave_the_trace_context_out_and_deliveries_keep_it() -> None:
+    outbox, sinks = FakeOutbox(), FakeSinks()
+    hook = json.dumps({"url": "https://x"})
+    untraced = _event(EventKind.STARTED).model_dump_json(exclude_none=True)
+    traced = _event(traceparent=TRACEPARENT).model_dump_json(exclude_none=True)
+    await _relay(outbox, sinks).relay(
+        [OutboxEntry("1-0", untraced), OutboxEntry("2-0", traced, hook)]
+    )
+    # What tenants and `jobs.events` get: the store's JSON as it was, or without the trace.
+    assert sinks.tenant[0].json == untraced
+    assert sinks.tenant[1].json == _event().model_dump_json(exclude_none=True)
+    assert [r.json for r in sinks.published] == [r.json for r in sinks.tenant]
+    # The delivery (an internal message) keeps it, so the notifier can continue the trace.
+    assert sinks.tenant[1].event.traceparent == TRACEPARENT
+    assert sinks.webhooks[0].event.traceparent == TRACEPARENT
+
+
+def test_a_job_stream_entry_is_sent_without_its_trace_context() -> None:
+    untraced = _event().model_dump_json(exclude_none=True)
+    traced = StreamEntry("1-0", _event(traceparent=TRACEPARENT).model_dump_json(exclude_none=True))
+    assert traced.public_data == untraced
+    assert StreamEntry("2-0", untraced).public_data == untraced
+    assert StreamEntry("3-0", '{"traceparent": 1}').public_data == '{"traceparent": 1}'
 
 
 async def test_a_failed_publish_acknowledges_nothing() -> None:

@@ -33,6 +33,10 @@ class Progress(Contract):
     message: str = Field(default="", max_length=500, description="What the job is doing now.")
 
 
+INTERNAL_EVENT_FIELDS = frozenset({"traceparent"})
+"""`JobEvent` fields Offload's services pass among themselves but never show to users."""
+
+
 class JobEvent(Contract):
     """One transition of one job. Consumers dedupe by `event_id` (delivery is at least once)."""
 
@@ -47,6 +51,17 @@ class JobEvent(Contract):
     result: dict[str, Any] | None = Field(default=None, description="For `completed` events.")
     error: JobError | None = Field(default=None, description="For `retrying` and `failed`.")
     next_attempt_at: datetime | None = Field(default=None, description="For `retrying` events.")
+    traceparent: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Internal: the W3C `traceparent` of the span that recorded the event, when "
+        "tracing is on, so the notifier's work for it joins the same trace. Never in what "
+        "users receive (SSE, webhook bodies, `jobs.events` bodies).",
+    )
+
+    def public_json(self) -> str:
+        """The event as users receive it: its JSON without the internal fields."""
+        return self.model_dump_json(exclude_none=True, exclude=set(INTERNAL_EVENT_FIELDS))
 
     @property
     def routing_key(self) -> str:

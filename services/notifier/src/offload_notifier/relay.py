@@ -43,7 +43,11 @@ class OutboxEntry:
 
 @dataclass(frozen=True, slots=True)
 class RelayedEvent:
-    """An event on its way out: parsed, and its JSON as the store wrote it."""
+    """An event on its way out: parsed, and its JSON as users receive it.
+
+    That is the JSON the store wrote, unless it carries internal fields (trace
+    context, when tracing is on): then it is written again without them.
+    """
 
     event: JobEvent
     json: str
@@ -127,7 +131,8 @@ class Relay:
                 log.error("unreadable outbox entry dropped", entry_id=entry.id)
                 metrics.RELAYED.labels("unreadable").inc()
                 continue
-            events.append(RelayedEvent(event, entry.data))
+            public = entry.data if event.traceparent is None else event.public_json()
+            events.append(RelayedEvent(event, public))
             delivery = delivery_for(event, entry.webhook)
             if delivery is not None:
                 deliveries.append(delivery)

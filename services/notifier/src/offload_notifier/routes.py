@@ -153,7 +153,7 @@ async def _encoded(frames: AsyncGenerator[Frame | StreamEntry, None]) -> AsyncIt
         if isinstance(frame, StreamEntry):
             if frame.wire is None:
                 frame.wire = format_sse_event(
-                    data_str=frame.data, event=frame.kind or None, id=frame.id
+                    data_str=frame.public_data, event=frame.kind or None, id=frame.id
                 )
             yield frame.wire
         else:

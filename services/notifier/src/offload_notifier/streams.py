@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
-from offload_contracts import EventKind
+from pydantic import ValidationError
+
+from offload_contracts import EventKind, JobEvent
 
 TERMINAL_KINDS = frozenset(kind.value for kind in EventKind if kind.is_terminal)
 START = "0-0"
@@ -29,7 +31,8 @@ class StreamEntry:
     """One stream entry, shared by every client that receives it.
 
     Shared so that the work per entry is done once however many clients get
-    it: its JSON is parsed at most once, and `wire` keeps its encoded SSE form
+    it: its JSON is parsed at most once (twice when it carries trace context),
+    and `wire` keeps its encoded SSE form
     (set by the web layer the first time one client sends it).
     """
 
@@ -41,6 +44,17 @@ class StreamEntry:
     @cached_property
     def position(self) -> tuple[int, int]:
         return stream_id(self.id)
+
+    @cached_property
+    def public_data(self) -> str:
+        """The entry as clients receive it: a job's own stream holds the events as the store
+        wrote them, with their internal fields (trace context) when tracing is on."""
+        if '"traceparent"' not in self.data:
+            return self.data
+        try:
+            return JobEvent.model_validate_json(self.data).public_json()
+        except ValidationError:
+            return self.data
 
     @cached_property
     def kind(self) -> str:

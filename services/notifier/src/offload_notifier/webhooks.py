@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from offload_contracts import EventKind, JobEvent
+from offload_contracts.events import INTERNAL_EVENT_FIELDS
 from offload_contracts.webhooks import WebhookDelivery, WebhookPayload
 from offload_notifier import metrics
 from offload_runtime.logging import get_logger
@@ -65,9 +66,13 @@ def payload_of(event: JobEvent) -> bytes:
     """The POST body: `{"type": "<job type>.<event>", "timestamp", "data": <event>}`.
 
     Built from the event alone, so it is byte-for-byte the same on every attempt.
+    Internal fields (the trace context) stay out: the receiver gets it as the
+    request's `traceparent` header when tracing is on.
     """
     payload = WebhookPayload(type=event.routing_key, timestamp=event.at, data=event)
-    return payload.model_dump_json(exclude_none=True).encode()
+    return payload.model_dump_json(
+        exclude_none=True, exclude={"data": set(INTERNAL_EVENT_FIELDS)}
+    ).encode()
 
 
 # --------------------------------------------------------------------------- ports
