@@ -24,6 +24,7 @@ from offload_notifier.adapters.outbox import RedisOutbox
 from offload_notifier.adapters.rabbit import RabbitPublisher, declare_notifier_topology
 from offload_notifier.adapters.redis_store import RedisDeliveryLog, RedisJobs, RedisTenantStreams
 from offload_notifier.adapters.redis_streams import RedisStreamHub
+from offload_notifier.adapters.tracing import DeliverySpans
 from offload_notifier.relay import Relay
 from offload_notifier.routes import RouteDeps, build_router, install_problem_handlers
 from offload_notifier.settings import NotifierSettings
@@ -81,7 +82,9 @@ def build_app(
     telemetry.instrument_broker(broker, tracing)
     loop_lag = LoopLagSampler()
     transport = deps.transport or HttpxTransport(
-        timeout_s=settings.webhook_timeout_s, max_connections=settings.webhook_concurrency
+        timeout_s=settings.webhook_timeout_s,
+        max_connections=settings.webhook_concurrency,
+        tracer_provider=tracing,
     )
 
     outbox = RedisOutbox(
@@ -117,6 +120,7 @@ def build_app(
         max_attempts=settings.max_webhook_attempts,
         max_retry_after_s=settings.webhook_max_retry_after_s,
         clock=deps.clock,
+        tracing=DeliverySpans(tracing) if tracing is not None else None,
     )
     ops = (
         HttpOpsWebhook(

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -284,6 +285,19 @@ class DeliveryLog(Protocol):
         ...
 
 
+class SpanNotes(Protocol):
+    def set_attribute(self, key: str, value: str) -> None: ...
+
+
+class DeliveryTracing(Protocol):
+    def span(self, delivery: WebhookDelivery) -> AbstractContextManager[SpanNotes | None]:
+        """A span around handling `delivery`, in the trace of its event (the job's trace).
+
+        The request made inside it carries that trace to the receiver.
+        """
+        ...
+
+
 class Deliverer:
     """Handles one message of the webhook queue: defer, attempt, then retry, stop or park."""
 
@@ -299,6 +313,7 @@ class Deliverer:
         max_attempts: int,
         max_retry_after_s: float,
         clock: Callable[[], float] = time.time,
+        tracing: DeliveryTracing | None = None,
     ) -> None:
         self._transport = transport
         self._signer = signer
@@ -309,6 +324,7 @@ class Deliverer:
         self._max_attempts = max_attempts
         self._max_retry_after_s = max_retry_after_s
         self._clock = clock
+        self._tracing = tracing
 
     async def handle(self, body: bytes) -> Outcome | None:
         """Process one delivery message; returns the attempt's outcome (None: no attempt)."""
@@ -323,6 +339,14 @@ class Deliverer:
                 message_id=None,
             )
             return None
+        if self._tracing is None:
+            return await self._handle(delivery, body, None)
+        with self._tracing.span(delivery) as span:
+            return await self._handle(delivery, body, span)
+
+    async def _handle(
+        self, delivery: WebhookDelivery, body: bytes, span: SpanNotes | None
+    ) -> Outcome | None:
         now = datetime.fromtimestamp(self._clock(), UTC)
         if delivery.not_before is not None and delivery.not_before > now:
             step = deferral(delivery, tiers=self._tiers, now=now)
@@ -368,6 +392,8 @@ class Deliverer:
             label = "refused" if result.outcome is Outcome.REFUSED else "dead"
         else:
             label = result.outcome.value
+        if span is not None:
+            span.set_attribute("offload.webhook.outcome", label)
         metrics.WEBHOOK_DELIVERIES.labels(label).inc()
         log.log(
             logging.INFO if label in ("delivered", "retried") else logging.WARNING,

@@ -24,6 +24,7 @@ from offload_contracts import EventKind, JobError, JobEvent, JobRequestBase, Job
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import get_logger
 from offload_runtime.redis import ScriptBatcher
+from offload_runtime.telemetry import current_traceparent
 
 TRANSITION_LUA = r"""
 -- KEYS: 1 job hash, 2 job events, 3 outbox, 4 unstarted zset, 5 tenant jobs zset, 6 checkpoints
@@ -500,6 +501,8 @@ class JobStore:
             event=kind,
             at=utcnow(),
             attempt=attempt,
+            # The trace crosses the outbox in the event (None, and free, when tracing is off).
+            traceparent=current_traceparent(),
             **extra,
         ).model_dump_json(exclude_none=True)
 

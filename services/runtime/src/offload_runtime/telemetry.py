@@ -10,8 +10,12 @@ notifier's HTTP client):
   (`broker_middlewares`), which writes the W3C `traceparent` into the headers
   of each published message and continues the trace from those headers when a
   message is consumed, so a worker's span is a child of the gateway's publish;
-- an httpx client instrumented with `instrument_httpx` (the notifier's webhook
-  sender) puts the current trace into its outgoing requests.
+- the job store writes the current span's `traceparent` into each `JobEvent` it
+  records (`current_traceparent`), so the trace crosses the Redis outbox; the
+  notifier publishes the event's webhook delivery in that trace
+  (`continue_trace`), opens its delivery span in it (`span_in_trace`), and its
+  httpx client, instrumented with `instrument_httpx`, puts the trace into the
+  webhook request.
 
 Tracing is on when `OFFLOAD_OTLP_ENDPOINT` is set (spans go there over
 OTLP/HTTP in batches) or when a provider is handed in with
@@ -19,6 +23,8 @@ OTLP/HTTP in batches) or when a provider is handed in with
 no middleware on the broker, no ASGI middleware, so the hot path pays nothing.
 """
 
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -127,10 +133,93 @@ def instrument_httpx(client: Any, provider: TracerProvider | None) -> None:
 
 
 def current_traceparent() -> str | None:
-    """The W3C `traceparent` of the current span, if one is recording (for bodies, logs)."""
+    """The W3C `traceparent` of the current span, or None (always None when tracing is off).
+
+    On the job store's hot path: with tracing off it returns before touching
+    OpenTelemetry's context, so an untraced worker pays one function call.
+    """
+    if _override is None and not _configured:
+        return None
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+_NO_TRACE: AbstractContextManager[None] = nullcontext()
+
+
+def _remote_context(traceparent: str) -> Any:
+    """An OpenTelemetry context whose current span is the one `traceparent` names (or None)."""
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    context = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        return None  # malformed: better no parent than a broken one
+    return context
+
+
+def continue_trace(traceparent: str | None) -> AbstractContextManager[None]:
+    """Make the span `traceparent` names the current parent for the block.
+
+    Spans opened in the block, and the trace headers the broker's telemetry
+    middleware writes on a publish made in it, then belong to that trace. No
+    span is opened here. A no-op when `traceparent` is None (tracing was off
+    where it came from). Use it inside the task that does the work: asyncio
+    copies the context when a task is created.
+    """
+    if not traceparent:
+        return _NO_TRACE
+    return _attached(traceparent)
+
+
+@contextmanager
+def _attached(traceparent: str) -> Iterator[None]:
+    from opentelemetry import context as otel_context
+
+    remote = _remote_context(traceparent)
+    if remote is None:
+        yield
+        return
+    token = otel_context.attach(remote)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextmanager
+def span_in_trace(
+    provider: TracerProvider | None,
+    name: str,
+    traceparent: str | None,
+    *,
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[Any]:
+    """Open span `name` in the trace `traceparent` names; yields it (None when tracing is off).
+
+    Its parent is the current span when that one already belongs to the same
+    trace (a consumer span continued from message headers), so the nesting is
+    kept; otherwise the span `traceparent` names. Without a `traceparent` it is
+    a child of the current span, or starts a trace.
+    """
+    if provider is None:
+        yield None
+        return
+    from opentelemetry import trace
+
+    parent = None
+    if traceparent:
+        remote = _remote_context(traceparent)
+        current = trace.get_current_span().get_span_context()
+        if remote is not None and not (
+            current.is_valid
+            and current.trace_id == trace.get_current_span(remote).get_span_context().trace_id
+        ):
+            parent = remote
+    tracer = provider.get_tracer("offload")
+    with tracer.start_as_current_span(name, context=parent, attributes=attributes) as span:
+        yield span

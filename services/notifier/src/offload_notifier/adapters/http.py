@@ -4,9 +4,11 @@ import uuid
 from collections.abc import Callable, Mapping
 
 import httpx
+from opentelemetry.sdk.trace import TracerProvider
 
 from offload_contracts.webhooks import DeadLetterAlert
 from offload_notifier.webhooks import USER_AGENT, Answer, TransportError
+from offload_runtime import telemetry
 from offload_runtime.url_guard import check_url
 from offload_runtime.webhook_secrets import WebhookSecrets, sign, signature_header
 
@@ -15,9 +17,16 @@ Clock = Callable[[], float]
 
 class HttpxTransport:
     """POSTs with one shared connection pool; never follows a redirect (each hop could be
-    an address the SSRF guard would refuse)."""
+    an address the SSRF guard would refuse). With a tracer provider, each request is a
+    client span and carries the current trace in its `traceparent` header."""
 
-    def __init__(self, *, timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        max_connections: int,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self._client = httpx.AsyncClient(
             follow_redirects=False,
             timeout=httpx.Timeout(timeout_s),
@@ -26,6 +35,7 @@ class HttpxTransport:
             ),
             trust_env=False,
         )
+        telemetry.instrument_httpx(self._client, tracer_provider)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         try:

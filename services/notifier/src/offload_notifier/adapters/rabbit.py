@@ -19,6 +19,7 @@ from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 from offload_contracts import topology
 from offload_contracts.webhooks import WebhookDelivery
 from offload_notifier.relay import RelayedEvent
+from offload_runtime import telemetry
 from offload_runtime.broker import (
     declare_exchanges,
     declare_service_topology,
@@ -95,6 +96,13 @@ class RabbitPublisher:
                         content_type="application/json",
                         message_id=relayed.event.event_id,
                         type=relayed.event.routing_key,
+                        # The body leaves the trace context out; a consumer that traces
+                        # finds it where FastStream and OpenTelemetry look for it.
+                        headers=(
+                            {"traceparent": relayed.event.traceparent}
+                            if relayed.event.traceparent
+                            else None
+                        ),
                     ),
                     routing_key=relayed.event.routing_key,
                     mandatory=False,
@@ -104,17 +112,19 @@ class RabbitPublisher:
         )
 
     async def schedule_webhooks(self, deliveries: Sequence[WebhookDelivery]) -> None:
-        await asyncio.gather(
-            *(
-                publish_confirmed(
-                    self._broker,
-                    delivery.model_dump_json(exclude_none=True).encode(),
-                    routing_key=topology.work_queue(self._service),
-                    message_id=delivery.webhook_id,
-                )
-                for delivery in deliveries
+        await asyncio.gather(*(self._schedule(delivery) for delivery in deliveries))
+
+    async def _schedule(self, delivery: WebhookDelivery) -> None:
+        # Published in the trace of the event (the worker's span that recorded it): with
+        # tracing on, the broker's telemetry middleware writes that trace into the
+        # message's headers, and the delivery's consumer span continues it.
+        with telemetry.continue_trace(delivery.event.traceparent):
+            await publish_confirmed(
+                self._broker,
+                delivery.model_dump_json(exclude_none=True).encode(),
+                routing_key=topology.work_queue(self._service),
+                message_id=delivery.webhook_id,
             )
-        )
 
     async def retry_webhook(self, delivery: WebhookDelivery, tier: RetryTier) -> None:
         await publish_confirmed(
