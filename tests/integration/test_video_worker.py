@@ -209,6 +209,37 @@ async def test_cancel_during_the_download_removes_the_partial_file(
     assert list(rig.partial_dir.iterdir()) == []
 
 
+async def test_a_job_cancelled_between_attempts_has_its_render_and_partial_file_cleaned_up(
+    infra: Infra, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    # The download breaks halfway (transient): the job waits `delayed` for its next
+    # attempt, with a partial file here and a finished render at the provider.
+    rig = VideoRig(infra, sandbox.base_url, tmp_path / "storage", retry_tiers="1s")
+    await rig.start()
+    try:
+        job = await rig.submit(model="sandbox-drop-50", duration_s=40)
+        delayed = await rig.wait_status(job.id, {JobStatus.DELAYED})
+        partial = rig.partial_dir / f"{job.id}.part"
+        assert partial.exists()
+
+        assert (await rig.store.cancel(delayed)).applied
+
+        # No task runs it, so no worker hears the cancel notice; its next delivery
+        # (the retry, when the tier comes due) finds it cancelled and cleans up.
+        await _until(lambda: not partial.exists())
+        await _until_async(lambda: _render_deleted(rig, job.id))
+        [render] = await rig.renders(job.id)
+        record = await rig.store.get(job.id)
+        kinds = [e.event for e in await rig.events(job.id)]
+    finally:
+        await rig.close()
+
+    assert render["submissions"] == 1 and render["deleted"] is True
+    assert record is not None and record.status == JobStatus.CANCELLED
+    assert kinds.count(EventKind.STARTED) == 1  # the retry did not run it again
+    assert kinds[-1] == EventKind.CANCELLED and EventKind.COMPLETED not in kinds
+
+
 async def test_one_process_runs_several_renders_at_once(rig: VideoRig) -> None:
     jobs = [await rig.submit(duration_s=5) for _ in range(4)]
 
@@ -232,6 +263,11 @@ async def _has_render(rig: VideoRig, job_id: str) -> bool:
 async def _render_cancelled(rig: VideoRig, job_id: str) -> bool:
     renders = await rig.renders(job_id)
     return bool(renders) and renders[0]["cancelled"]
+
+
+async def _render_deleted(rig: VideoRig, job_id: str) -> bool:
+    renders = await rig.renders(job_id)
+    return bool(renders) and renders[0]["deleted"]
 
 
 async def _until_async(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]

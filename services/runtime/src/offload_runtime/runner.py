@@ -44,6 +44,7 @@ from offload_runtime.store import JobStore, new_id, utcnow
 RequestT = TypeVar("RequestT", bound=JobRequestBase)
 
 JobFunction = Callable[[RequestT, JobContext], Awaitable[BaseModel]]
+CancelCleanup = Callable[[RequestT, JobContext], Awaitable[None]]
 
 PROGRESS_INTERVAL_S = 0.5
 """At most two progress events a second per job (DESIGN §6)."""
@@ -55,11 +56,18 @@ _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 @dataclass(frozen=True)
 class JobHandler(Generic[RequestT]):
-    """A job type's request model, the function that does its work, and its policy."""
+    """A job type's request model, the function that does its work, and its policy.
+
+    `on_cancelled` cleans up after a job cancelled between attempts (`delayed`):
+    its task is not running anywhere, so the cancel notice reaches nobody. The
+    runner calls it when that job's next delivery finds it cancelled, with a
+    context whose checkpoints are readable. Best effort: an error is logged.
+    """
 
     request_model: type[RequestT]
     run: JobFunction[RequestT]
     policy: JobPolicy
+    on_cancelled: CancelCleanup[RequestT] | None = None
 
     @property
     def job_type(self) -> str:
@@ -279,6 +287,8 @@ class JobRunner:
                 found_attempt=started.previous_attempt,
             )
             metrics.JOBS.labels(handler.job_type, "skipped").inc()
+            if started.previous_status == JobStatus.CANCELLED and handler.on_cancelled:
+                await self._clean_up_cancelled(request, handler, run_id)
             await _ack(message)
             return
 
@@ -326,6 +336,16 @@ class JobRunner:
         else:
             log.info("result discarded", found_status=done.previous_status)
         await _ack(message)
+
+    async def _clean_up_cancelled(
+        self, request: JobRequestBase, handler: JobHandler[Any], run_id: str
+    ) -> None:
+        assert handler.on_cancelled is not None
+        try:
+            await handler.on_cancelled(request, _RunningJob(self, request, run_id))
+            log.info("cleaned up after a job cancelled between attempts")
+        except Exception:
+            log.warning("clean-up after a cancel failed", exc_info=True)
 
     # ------------------------------------------------------------------ failures
 

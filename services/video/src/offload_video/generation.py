@@ -17,7 +17,9 @@ the provider's reason: a new render would be a new order (and a new cost), which
 the user's call; the `render` checkpoint is cleared so a replay submits afresh.
 
 A user's cancel stops the provider's render and removes the partial file; a timeout
-or a shutdown keeps both, since the next attempt resumes from them.
+or a shutdown keeps both, since the next attempt resumes from them. A job cancelled
+between attempts is cleaned up the same way when its next delivery comes due
+(`cancelled`, called by the runner).
 """
 
 import asyncio
@@ -225,6 +227,11 @@ class VideoGenerator:
             raise
         await ctx.save_checkpoint(CHECKPOINT_FILE, file.model_dump_json())
         return VideoGenerateResult(file=file)
+
+    async def cancelled(self, request: VideoGenerateRequest, ctx: JobContext) -> None:
+        """The job was cancelled between attempts: stop its render, drop its partial file."""
+        render_id: str | None = await ctx.load_checkpoint(CHECKPOINT_RENDER) or None
+        await self._abandon(request.id, render_id)
 
     async def _already_stored(
         self, request: VideoGenerateRequest, ctx: JobContext

@@ -14,4 +14,9 @@ def video_handler(generator: VideoGenerator) -> JobHandler[VideoGenerateRequest]
     ) -> VideoGenerateResult:
         return await generator.run(request, ctx)
 
-    return JobHandler(VideoGenerateRequest, on_video_requested, POLICIES["video.generate"])
+    return JobHandler(
+        VideoGenerateRequest,
+        on_video_requested,
+        POLICIES["video.generate"],
+        on_cancelled=generator.cancelled,
+    )
