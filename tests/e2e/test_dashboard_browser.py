@@ -11,18 +11,30 @@ replay).
 chromium` when /usr/bin/chromium is missing and we are root).
 """
 
+import asyncio
+import dataclasses
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
+from offload_contracts import topology
 from offload_runtime.worker import Worker
 from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.infra import Infra
-from tests.support.ops import ADMIN_KEY, StubAi, own_vhost
+from tests.support.notifier import (
+    Receiver,
+    RunningNotifier,
+    free_port,
+    notifier_space,
+    running_notifier,
+    serve,
+)
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client, own_vhost
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
@@ -61,6 +73,17 @@ async def worker(ops_infra: Infra, gateway: RunningGateway, stub: StubAi) -> Asy
     running = await stub.start(ops_infra, gateway.settings.redis_prefix)
     yield running
     await running.app.stop()
+
+
+@pytest.fixture(scope="module")
+async def notifier(ops_infra: Infra, gateway: RunningGateway) -> AsyncIterator[RunningNotifier]:
+    """The deployed notifier's queue names, reading the gateway's outbox; two attempts."""
+    async with notifier_space(ops_infra) as space:
+        shared = dataclasses.replace(
+            space, prefix=gateway.settings.redis_prefix, service=topology.NOTIFIER_SERVICE
+        )
+        async with running_notifier(shared, retry_tiers="50ms", webhook_max_attempts=2) as nt:
+            yield nt
 
 
 @pytest.fixture
@@ -157,6 +180,49 @@ async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
     await page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     await page.close()  # ends the page's live stream now, not at the gateway's shutdown
+
+
+async def test_an_operator_replays_a_webhook_delivery_from_notifier_dead(
+    browser: BrowserContext, gateway: RunningGateway, worker: Worker, notifier: RunningNotifier
+) -> None:
+    dead = topology.dead_queue(topology.NOTIFIER_SERVICE)
+    port = free_port()  # the receiver is down: both attempts are refused
+    async with gateway.client("acme") as http:
+        answer = await http.post(
+            "/v1/jobs",
+            json={
+                "type": "ai.generate",
+                "input": {"prompt": "browser: hook"},
+                "webhook": {"url": f"http://127.0.0.1:{port}/hook?token=s3cret"},
+            },
+        )
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    async with admin_client(gateway.base_url) as admin:
+        deadline = time.monotonic() + 15
+        while not any(
+            item["job_id"] == job_id
+            for item in (await admin.get(f"/v1/admin/dead-letters/{dead}")).json()["items"]
+        ):
+            assert time.monotonic() < deadline, f"the delivery never reached {dead}"
+            await asyncio.sleep(0.05)
+
+    page = await open_dashboard(browser, gateway)
+    await page.select_option("#dead-queue", dead)
+    letter = page.locator(f'#dead tr[data-job="{job_id}"]')
+    await expect(letter).to_contain_text(f"webhook completed → http://127.0.0.1:{port}")
+    await expect(letter).to_contain_text("attempts exhausted: 2 of 2")
+    await expect(letter).not_to_contain_text("s3cret")
+
+    hooks = Receiver()
+    async with serve(hooks.app, port):
+        await letter.locator("button.replay").click()
+        await expect(page.locator("#dead-status")).to_contain_text("Replayed 1 webhook delivery")
+        [request] = await hooks.wait_for("hook", 1)
+    assert request.json["data"]["job_id"] == job_id
+    await expect(letter).to_have_count(0)
+    await expect(page.locator("#audit li").first).to_contain_text(f"replayed 1 from {dead}")
+    await page.close()
 
 
 async def test_a_wrong_key_is_refused_on_the_page(

@@ -6,7 +6,7 @@ actions. Errors are the same RFC 9457 problem details as the public API's.
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,9 @@ from offload_contracts.base import Contract
 from offload_contracts.errors import JobError
 from offload_contracts.events import JobEvent, Progress
 from offload_contracts.jobs import JobStatus
+
+JOB_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
+"""What a job id looks like (Offload's own are 32 hex digits)."""
 
 # --------------------------------------------------------------------------- queues
 
@@ -46,11 +49,32 @@ class QueuesView(Contract):
 # --------------------------------------------------------------------------- dead letters
 
 
+class WebhookLetterView(Contract):
+    """Where a parked webhook delivery (in `notifier.dead`) was going, without its secrets."""
+
+    webhook_id: str = Field(
+        description="The delivery's `webhook-id` header (the event's id); a replay sends the "
+        "same one, so receivers can dedupe."
+    )
+    event: str | None = Field(description="The job event it delivers, e.g. `completed`.")
+    url_origin: str | None = Field(
+        description="`scheme://host[:port]` of the webhook URL; its path and query are not "
+        "shown, since they often carry a token."
+    )
+    last_status: int | None = Field(
+        description="The receiver's HTTP status on the last attempt; null when no answer came "
+        "(connection refused, timeout) or the URL was refused."
+    )
+
+
 class DeadLetterView(Contract):
     """One parked message, as an operator reads it."""
 
     position: int = Field(description="0-based position in failure-time order.")
-    job_id: str | None = Field(description="The job's id (null for a body that is not JSON).")
+    job_id: str | None = Field(
+        description="The job's id (for a webhook delivery, the job its event is about; null "
+        "for a body that names none)."
+    )
     type: str | None = Field(description="Job type.")
     tenant: str | None = Field(description="Owning tenant.")
     reason: str = Field(
@@ -65,6 +89,11 @@ class DeadLetterView(Contract):
     browsed: int = Field(description="Times it has been read and put back (`x-delivery-count`).")
     size: int = Field(description="Body size in bytes.")
     valid_json: bool = Field(description="Whether the body is a JSON object.")
+    webhook: WebhookLetterView | None = Field(
+        default=None,
+        description="For a webhook delivery (`notifier.dead`): where it was going; null for "
+        "a job request.",
+    )
 
 
 class DeadLetterPageView(Contract):
@@ -84,8 +113,12 @@ class DeadLetterPageView(Contract):
 class ReplayRequest(Contract):
     """Which dead letters to replay: some job ids, or all (up to the batch limit)."""
 
-    job_ids: list[str] | None = Field(
-        default=None, min_length=1, max_length=1000, description="Replay these jobs' letters."
+    job_ids: list[Annotated[str, Field(pattern=JOB_ID_PATTERN)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="Replay these jobs' letters (in `notifier.dead`: every parked webhook "
+        "delivery of these jobs).",
     )
     all: bool = Field(default=False, description="Replay every letter (up to the batch limit).")
 
@@ -101,12 +134,20 @@ class ReplayView(Contract):
     """What a replay did."""
 
     queue: str = Field(description="The dead queue replayed from.")
-    replayed: list[str] = Field(description="Job ids put back to `waiting` and republished.")
+    replayed: list[str] = Field(
+        description="Job ids put back to `waiting` and republished (in `notifier.dead`: jobs "
+        "whose webhook deliveries were queued again)."
+    )
     skipped: list[SkippedView] = Field(description="Letters left in the queue, and why.")
     not_found: list[str] = Field(description="Asked-for job ids with no letter in the queue.")
     scanned: int = Field(description="Letters looked at.")
     remaining: int = Field(description="Ready letters left in the queue afterwards.")
     audit_id: str = Field(description="Id of the audit entry recording this replay.")
+    webhook_ids: list[str] | None = Field(
+        default=None,
+        description="In `notifier.dead`: the webhook ids queued for delivery again, attempts "
+        "reset; null for a job queue.",
+    )
 
 
 class PurgeView(Contract):

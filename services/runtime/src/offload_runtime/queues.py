@@ -30,10 +30,12 @@ What AMQP 0-9-1 can tell, and what it cannot:
 import asyncio
 import dataclasses
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import (
@@ -89,12 +91,64 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookLetter:
+    """What a parked webhook delivery (`notifier.dead`) was about, without its secrets.
+
+    Only the URL's origin is kept: a webhook URL's path or query often carries
+    a token (and its user part a password), and dead letters are shown to
+    operators and dashboards.
+    """
+
+    webhook_id: str
+    event: str | None
+    url_origin: str | None
+    last_status: int | None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], error: str | None) -> "WebhookLetter | None":
+        """From a `WebhookDelivery` body; None when the body is not one."""
+        webhook_id = _text(data.get("webhook_id"))
+        if webhook_id is None or not isinstance(data.get("event"), Mapping):
+            return None
+        event: Mapping[str, Any] = data["event"]
+        status = _LAST_STATUS.match(error or "")
+        return cls(
+            webhook_id=webhook_id,
+            event=_text(event.get("event")),
+            url_origin=_origin(data.get("url")),
+            last_status=int(status.group(1)) if status else None,
+        )
+
+
+# The notifier's error for an answer that was not 2xx starts `HTTP <status>`
+# (`offload_notifier.webhooks.attempt`); a request that got no answer has no status.
+_LAST_STATUS = re.compile(r"^HTTP (\d{3})\b")
+
+
+def _origin(url: Any) -> str | None:
+    """`scheme://host[:port]` of a URL: no user, password, path or query."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """One message in a dead queue, as an operator reads it.
 
     Offload's runner sets the `x-offload-*` headers when it parks a job; a
     message RabbitMQ parked by itself (over the delivery limit, say) has
-    `x-death` / `x-first-death-reason` instead and no Offload error.
+    `x-death` / `x-first-death-reason` instead and no Offload error. A webhook
+    delivery the notifier parked names its job inside its event, and says
+    where it was going in `webhook`.
     """
 
     position: int
@@ -110,6 +164,7 @@ class DeadLetter:
     browsed: int
     size: int
     valid_json: bool
+    webhook: WebhookLetter | None = None
 
     @classmethod
     def parse(cls, position: int, body: bytes, headers: Mapping[str, Any]) -> "DeadLetter":
@@ -139,11 +194,14 @@ class DeadLetter:
         failed_at = _text(headers.get(topology.HEADER_FAILED_AT))
         if failed_at is None and isinstance(first_death.get("time"), datetime):
             failed_at = first_death["time"].isoformat()
+        webhook = WebhookLetter.parse(data, error) if data else None
+        # A job request names its job at the top; a webhook delivery inside its event.
+        about: Mapping[str, Any] = (data["event"] if webhook else data) if data else {}
         return cls(
             position=position,
-            job_id=_text(data.get("id")) if data else None,
-            type=_text(data.get("type")) if data else None,
-            tenant=_text(data.get("tenant")) if data else None,
+            job_id=_text(about.get("job_id" if webhook else "id")),
+            type=_text(about.get("type")),
+            tenant=_text(about.get("tenant")),
             reason=reason,
             error=error,
             error_type=_text(headers.get(topology.HEADER_ERROR_TYPE)),
@@ -155,6 +213,7 @@ class DeadLetter:
             browsed=_int(headers.get("x-delivery-count")) or 0,
             size=len(body),
             valid_json=data is not None,
+            webhook=webhook,
         )
 
 

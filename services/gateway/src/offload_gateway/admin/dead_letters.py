@@ -15,6 +15,12 @@ second copy; the runner's compare-and-set runs the job only once. A job that
 is no longer `failed` or freshly replayed (it completed, was cancelled, or is
 running again) is left alone, and its dead letter stays for an operator to
 purge.
+
+`notifier.dead` holds webhook deliveries, not job requests: replaying one
+(`WebhookReplayer`) publishes the same `WebhookDelivery` to the notifier's
+work queue as attempt 1, then acks the letter. The job's state is not touched
+(its event already happened), and the event, so the body and `webhook-id`,
+is unchanged: a receiver that got an earlier attempt after all dedupes it.
 """
 
 import hashlib
@@ -25,11 +31,15 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from offload_contracts import JOB_REQUEST_ADAPTER, REQUEST_MODELS, JobRequestBase, JobStatus
+from offload_contracts.webhooks import WebhookDelivery
 from offload_runtime.queues import HeldMessage, TakeDecision
 from offload_runtime.store import JobRecord, TransitionResult
 
 Publish = Callable[[bytes, str, str], Awaitable[None]]
 """`publish(body, routing_key, job_id)` to the `jobs` exchange, returning after the confirm."""
+
+PublishDelivery = Callable[[bytes, str], Awaitable[None]]
+"""`publish(body, webhook_id)` to the notifier's work queue, returning after the confirm."""
 
 
 class JobLedger(Protocol):
@@ -86,6 +96,33 @@ class Replayer:
     def _skip(self, job_id: str | None, reason: str) -> tuple[TakeDecision, str]:
         self.skipped.append((job_id, reason))
         return "keep", reason
+
+
+class WebhookReplayer:
+    """Puts parked webhook deliveries back on the notifier's work queue, attempts reset."""
+
+    def __init__(self, publish: PublishDelivery) -> None:
+        self._publish = publish
+        self.replayed: list[str] = []
+        self.webhook_ids: list[str] = []
+        self.skipped: list[tuple[str | None, str]] = []
+
+    async def decide(self, held: HeldMessage) -> tuple[TakeDecision, str]:
+        try:
+            delivery = WebhookDelivery.model_validate_json(held.body)
+        except ValidationError:
+            reason = "not a webhook delivery: purge it or fix it by hand"
+            self.skipped.append((held.letter.job_id, reason))
+            return "keep", reason
+        if delivery.webhook_id in self.webhook_ids:
+            # The same event's delivery parked twice (the relay delivers at least once).
+            return "ack", "duplicate of a delivery replayed in this call"
+        again = delivery.model_copy(update={"attempt": 1, "not_before": None})
+        await self._publish(again.model_dump_json(exclude_none=True).encode(), delivery.webhook_id)
+        self.webhook_ids.append(delivery.webhook_id)
+        if delivery.event.job_id not in self.replayed:
+            self.replayed.append(delivery.event.job_id)
+        return "ack", "replayed"
 
 
 def _request_of(raw: bytes) -> tuple[dict[str, Any], str] | None:

@@ -33,7 +33,7 @@ from offload_contracts.admin import (
     SkippedView,
     TimelineEntry,
 )
-from offload_gateway.admin.dead_letters import Replayer, actor_of
+from offload_gateway.admin.dead_letters import Replayer, WebhookReplayer, actor_of
 from offload_gateway.admin.settings import AdminSettings
 from offload_gateway.deps import GatewayDeps
 from offload_gateway.problems import ProblemError, problem_responses
@@ -196,6 +196,17 @@ def build_router(ops: Operations) -> APIRouter:
                 message_id=job_id,
             )
 
+    async def publish_delivery(body: bytes, webhook_id: str) -> None:
+        # Straight to the notifier's work queue (default exchange), as the notifier
+        # itself schedules a delivery; unroutable (no notifier ever declared it) raises.
+        async with asyncio.timeout(deps.settings.publish_timeout_s):
+            await publish_confirmed(
+                deps.broker.broker,
+                body,
+                routing_key=topology.work_queue(topology.NOTIFIER_SERVICE),
+                message_id=webhook_id,
+            )
+
     def broker_required() -> None:
         if not deps.broker.connected:
             raise ProblemError(
@@ -279,6 +290,10 @@ def build_router(ops: Operations) -> APIRouter:
         Each dead letter is acked only after its job is recorded `waiting` and
         the new message is confirmed by the broker; letters that cannot be
         replayed stay in the queue and are listed in `skipped` with the reason.
+
+        In `notifier.dead` (webhook deliveries) each delivery goes back to the
+        notifier's work queue as attempt 1, with the same event and `webhook-id`;
+        the job itself is not touched.
         """
         dead_queue(queue)
         if bool(body.job_ids) == body.all:
@@ -296,7 +311,10 @@ def build_router(ops: Operations) -> APIRouter:
                 return True
             return False
 
-        replayer = Replayer(deps.store, publish)
+        webhooks = queue == topology.dead_queue(topology.NOTIFIER_SERVICE)
+        replayer: Replayer | WebhookReplayer = (
+            WebhookReplayer(publish_delivery) if webhooks else Replayer(deps.store, publish)
+        )
         batch = ops.settings.admin_replay_batch
         error: Exception | None = None
         scanned = remaining = 0
@@ -313,19 +331,20 @@ def build_router(ops: Operations) -> APIRouter:
             raise ProblemError(404, f"{queue} is not declared on the broker") from exc
         except Exception as exc:
             error = exc
-        metrics.DEAD_LETTERS_REPLAYED.labels(queue).inc(len(replayer.replayed))
-        audit_id = await audit(
-            actor,
-            "replay",
-            queue,
-            {
-                "requested": "all" if body.all else sorted(wanted_ids)[:1000],
-                "replayed": replayer.replayed[:1000],
-                "replayed_count": len(replayer.replayed),
-                "skipped_count": len(replayer.skipped),
-                "error": repr(error) if error else None,
-            },
+        webhook_ids = replayer.webhook_ids if isinstance(replayer, WebhookReplayer) else None
+        metrics.DEAD_LETTERS_REPLAYED.labels(queue).inc(
+            len(replayer.replayed) if webhook_ids is None else len(webhook_ids)
         )
+        detail: dict[str, Any] = {
+            "requested": "all" if body.all else sorted(wanted_ids)[:1000],
+            "replayed": replayer.replayed[:1000],
+            "replayed_count": len(replayer.replayed),
+            "skipped_count": len(replayer.skipped),
+            "error": repr(error) if error else None,
+        }
+        if webhook_ids is not None:
+            detail["webhook_ids"] = webhook_ids[:1000]
+        audit_id = await audit(actor, "replay", queue, detail)
         if error is not None:
             raise ProblemError(
                 503,
@@ -341,6 +360,7 @@ def build_router(ops: Operations) -> APIRouter:
             scanned=scanned,
             remaining=remaining,
             audit_id=audit_id,
+            webhook_ids=webhook_ids,
         )
 
     @router.delete(

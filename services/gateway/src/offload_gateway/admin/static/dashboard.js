@@ -129,6 +129,12 @@ async function refreshQueues() {
     if (option) option.textContent = `${q.name} (${q.ready})`;
   }
   state.deadQueue = select.value;
+  // Letters also arrive without a job event the page would notice (a webhook delivery
+  // parked in notifier.dead): read the shown queue again when its depth changes.
+  const shown = dead.find((q) => q.name === state.deadQueue);
+  const depth = shown ? `${shown.name}:${shown.ready}` : null;
+  if (state.deadDepth !== undefined && depth !== state.deadDepth) refreshDead();
+  state.deadDepth = depth;
 }
 
 // ------------------------------------------------------------------ jobs, live
@@ -273,11 +279,15 @@ async function refreshDead() {
   const queue = state.deadQueue || $("#dead-queue").value;
   if (!queue) return;
   const page = await api(`/v1/admin/dead-letters/${encodeURIComponent(queue)}?limit=100`);
+  // A webhook delivery (notifier.dead) names its job, the event it carried and the
+  // receiver's origin (never the URL's path or query, which may hold a token).
+  const hook = (letter) => letter.webhook
+    ? ` · webhook ${letter.webhook.event || "?"} → ${letter.webhook.url_origin || "?"}` : "";
   $("#dead tbody").replaceChildren(...page.items.map((letter) => el(
-    "tr", { "data-job": letter.job_id || "" },
+    "tr", { "data-job": letter.job_id || "", "data-webhook": letter.webhook?.webhook_id },
     el("td", {}, letter.job_id ? el("a", { href: "#", onclick: (e) => { e.preventDefault(); showTimeline(letter.job_id); } }, letter.job_id.slice(0, 12)) : "(not a job)"),
     el("td", {}, letter.type || ""), el("td", {}, letter.tenant || ""),
-    el("td", { class: "why" }, letter.error || letter.reason),
+    el("td", { class: "why" }, (letter.error || letter.reason) + hook(letter)),
     el("td", { class: "num" }, letter.attempts ?? ""), el("td", {}, shortTime(letter.failed_at)),
     el("td", {}, letter.job_id ? el("button", { class: "replay", onclick: () => replay(queue, [letter.job_id]) }, "Replay") : ""),
   )));
@@ -293,7 +303,9 @@ async function replay(queue, jobIds) {
       method: "POST", body: JSON.stringify(body),
     });
     const skipped = report.skipped.length ? `; ${report.skipped.length} left: ${report.skipped.map((s) => s.reason).join("; ")}` : "";
-    status.textContent = `Replayed ${report.replayed.length}${skipped}`;
+    const hooks = report.webhook_ids?.length;
+    const what = report.webhook_ids ? `${hooks} webhook deliver${hooks === 1 ? "y" : "ies"}` : report.replayed.length;
+    status.textContent = `Replayed ${what}${skipped}`;
   } catch (error) {
     status.textContent = `Replay refused: ${error.message}`;
   }
