@@ -199,7 +199,8 @@ async def test_the_trace_goes_on_through_the_outbox_to_the_webhook_request(
                     json={
                         "type": "ai.generate",
                         "input": {"prompt": "trace me to the webhook"},
-                        "webhook": {"url": f"{receiver_url}/traced"},
+                        # A token in the query, as many receivers use: no span may keep it.
+                        "webhook": {"url": f"{receiver_url}/traced?token=hunter2"},
                     },
                 )
                 assert answer.status_code == 202, answer.text
@@ -255,6 +256,12 @@ async def test_the_trace_goes_on_through_the_outbox_to_the_webhook_request(
         trace_id,
         post.context.span_id,
     )
+
+    # Spans leave for a collector: the webhook URL is recorded by its origin only.
+    assert post.attributes is not None
+    recorded_urls = [v for k, v in post.attributes.items() if k in ("url.full", "http.url")]
+    assert recorded_urls == [receiver_url]
+    assert not [s for s in spans if "hunter2" in str(dict(s.attributes or {}))]
 
     # The trace context is internal: it rides in the stored events, but neither the
     # webhook body, nor SSE, nor the `jobs.events` body shows it.

@@ -416,3 +416,28 @@ async def test_an_image_source_whose_dns_turns_inside_after_the_check_is_refused
         "a source host whose DNS answers a public address at the check, loopback at connect",
         f"permanent error at connect time ({str(refused.value)[:60]}…); 0 connections made",
     )
+
+
+async def test_a_webhook_whose_dns_turns_inside_after_the_check_is_refused(
+    space: NotifierSpace, counter: ConnectionCounter, rebinding: list[str]
+) -> None:
+    port = counter.servers[0].sockets[0].getsockname()[1]
+    async with running_notifier(space, webhook_allow_private=False) as notifier:
+        job = await space.jobs.create(webhook={"url": f"http://localhost:{port}/hook"})
+        await space.jobs.start(job)
+        await space.jobs.complete(job)
+
+        async def refused() -> bool:
+            records = await notifier.parts.deliveries.outcomes(job.id)
+            return bool(records) and all(r["outcome"] == "refused" for r in records.values())
+
+        await until(refused, timeout=20, what="the delivery to be refused")
+        [outcome] = (await notifier.parts.deliveries.outcomes(job.id)).values()
+    assert rebinding[:2] == ["localhost", "localhost"]  # checked, then resolved to connect
+    assert outcome["attempts"] == 1 and "non-public address" in str(outcome["error"])
+    assert counter.connections == 0
+    record(
+        "DNS rebinding (notifier, webhook)",
+        "a webhook host whose DNS answers a public address at the check, loopback at connect",
+        "the first attempt refused at connect time (parked in the dead queue); 0 connections made",
+    )

@@ -84,7 +84,12 @@ def build_app(
     transport = deps.transport or HttpxTransport(
         timeout_s=settings.webhook_timeout_s,
         max_connections=settings.webhook_concurrency,
+        allow_private=settings.webhook_allow_private,
         tracer_provider=tracing,
+    )
+    # The operator's own alert URL may be internal: its client has no SSRF guard.
+    ops_transport = deps.transport or HttpxTransport(
+        timeout_s=settings.webhook_timeout_s, max_connections=2, tracer_provider=tracing
     )
 
     outbox = RedisOutbox(
@@ -124,7 +129,7 @@ def build_app(
     )
     ops = (
         HttpOpsWebhook(
-            transport,
+            ops_transport,
             settings.ops_webhook_url,
             secret=settings.ops_webhook_secret,
             clock=deps.clock,
@@ -195,6 +200,7 @@ def build_app(
             await hub.stop()
             if deps.transport is None:
                 await transport.aclose()
+                await ops_transport.aclose()
             if deps.redis is None:
                 await redis.aclose()
             log.info("notifier stopped")

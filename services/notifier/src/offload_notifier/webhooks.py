@@ -93,7 +93,8 @@ class TransportError(Exception):
 
 class WebhookTransport(Protocol):
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
-        """POST without following redirects; raise `TransportError` when no answer came."""
+        """POST without following redirects; raise `TransportError` when no answer came,
+        `UnsafeURL` when the address it would connect to is refused (SSRF guard)."""
         ...
 
 
@@ -157,6 +158,8 @@ async def attempt(
     }
     try:
         answer = await transport.post(delivery.url, body, headers)
+    except UnsafeURL as exc:  # checked again at connect time: DNS may have changed
+        return Attempt(Outcome.REFUSED, error=str(exc))
     except TransportError as exc:
         return Attempt(Outcome.FAILED, error=str(exc))
     if 200 <= answer.status < 300:

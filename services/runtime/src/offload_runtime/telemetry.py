@@ -124,12 +124,32 @@ def instrument_fastapi(app: Any, provider: TracerProvider | None) -> None:
 
 
 def instrument_httpx(client: Any, provider: TracerProvider | None) -> None:
-    """Propagate the current trace on an `httpx.AsyncClient`'s requests (no-op when off)."""
+    """Propagate the current trace on an `httpx.AsyncClient`'s requests (no-op when off).
+
+    The client span records the URL's origin only: a webhook URL's path or query
+    often carries the receiver's token, and spans leave for a collector.
+    """
     if provider is None:
         return
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+    HTTPXClientInstrumentor.instrument_client(
+        client, tracer_provider=provider, request_hook=_record_origin_only
+    )
+
+
+_URL_ATTRIBUTES = ("url.full", "http.url")
+
+
+async def _record_origin_only(span: Any, request: Any) -> None:
+    import httpx
+
+    url = httpx.URL(str(request[1]))
+    origin = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
+    recorded = getattr(span, "attributes", None) or {}
+    for key in _URL_ATTRIBUTES:
+        if key in recorded:
+            span.set_attribute(key, origin)
 
 
 def current_traceparent() -> str | None:

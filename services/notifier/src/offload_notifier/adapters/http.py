@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from offload_contracts.webhooks import DeadLetterAlert
 from offload_notifier.webhooks import USER_AGENT, Answer, TransportError
 from offload_runtime import telemetry
-from offload_runtime.url_guard import check_url
+from offload_runtime.url_guard import check_url, guarded_transport
 from offload_runtime.webhook_secrets import WebhookSecrets, sign, signature_header
 
 Clock = Callable[[], float]
@@ -18,21 +18,34 @@ Clock = Callable[[], float]
 class HttpxTransport:
     """POSTs with one shared connection pool; never follows a redirect (each hop could be
     an address the SSRF guard would refuse). With a tracer provider, each request is a
-    client span and carries the current trace in its `traceparent` header."""
+    client span and carries the current trace in its `traceparent` header.
+
+    With `allow_private` set (users' webhook URLs), every connection goes through the
+    runtime's `guarded_transport`: it connects only to an address the SSRF guard
+    accepts, checked at connect time, so a DNS answer that changed since the
+    delivery's `check_url` (DNS rebinding) is refused too. Without it (the operator's
+    own alert URL, which may well be internal) connections are not checked."""
 
     def __init__(
         self,
         *,
         timeout_s: float,
         max_connections: int,
+        allow_private: bool | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._client = httpx.AsyncClient(
+            transport=(
+                None
+                if allow_private is None
+                else guarded_transport(allow_private=allow_private, limits=limits)
+            ),
             follow_redirects=False,
             timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            limits=limits,
             trust_env=False,
         )
         telemetry.instrument_httpx(self._client, tracer_provider)
