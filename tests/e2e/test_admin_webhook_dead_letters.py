@@ -8,7 +8,6 @@ operator reads it through the admin API, starts the receiver, and replays it.
 """
 
 import asyncio
-import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,12 +26,10 @@ from tests.support.notifier import (
     Receiver,
     RunningNotifier,
     free_port,
-    notifier_space,
-    running_notifier,
     serve,
     verify,
 )
-from tests.support.ops import ADMIN_KEY, StubAi, admin_client, own_vhost
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier, own_vhost
 
 DEAD = topology.dead_queue(topology.NOTIFIER_SERVICE)
 
@@ -59,12 +56,10 @@ async def worker(ops_infra: Infra, gateway: RunningGateway) -> AsyncIterator[Wor
 @pytest.fixture(scope="module")
 async def notifier(ops_infra: Infra, gateway: RunningGateway) -> AsyncIterator[RunningNotifier]:
     """The deployed notifier's queue names, reading the gateway's outbox; two attempts."""
-    async with notifier_space(ops_infra) as space:
-        shared = dataclasses.replace(
-            space, prefix=gateway.settings.redis_prefix, service=topology.NOTIFIER_SERVICE
-        )
-        async with running_notifier(shared, retry_tiers="50ms", webhook_max_attempts=2) as nt:
-            yield nt
+    async with deployed_notifier(
+        ops_infra, gateway, retry_tiers="50ms", webhook_max_attempts=2
+    ) as running:
+        yield running
 
 
 @pytest.fixture

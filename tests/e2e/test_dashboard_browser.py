@@ -12,7 +12,6 @@ chromium` when /usr/bin/chromium is missing and we are root).
 """
 
 import asyncio
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -30,11 +29,9 @@ from tests.support.notifier import (
     Receiver,
     RunningNotifier,
     free_port,
-    notifier_space,
-    running_notifier,
     serve,
 )
-from tests.support.ops import ADMIN_KEY, StubAi, admin_client, own_vhost
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier, own_vhost
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
@@ -78,12 +75,10 @@ async def worker(ops_infra: Infra, gateway: RunningGateway, stub: StubAi) -> Asy
 @pytest.fixture(scope="module")
 async def notifier(ops_infra: Infra, gateway: RunningGateway) -> AsyncIterator[RunningNotifier]:
     """The deployed notifier's queue names, reading the gateway's outbox; two attempts."""
-    async with notifier_space(ops_infra) as space:
-        shared = dataclasses.replace(
-            space, prefix=gateway.settings.redis_prefix, service=topology.NOTIFIER_SERVICE
-        )
-        async with running_notifier(shared, retry_tiers="50ms", webhook_max_attempts=2) as nt:
-            yield nt
+    async with deployed_notifier(
+        ops_infra, gateway, retry_tiers="50ms", webhook_max_attempts=2
+    ) as running:
+        yield running
 
 
 @pytest.fixture

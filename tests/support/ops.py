@@ -24,14 +24,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from offload_contracts import POLICIES, AiGenerateRequest, AiGenerateResult
+from offload_contracts import POLICIES, AiGenerateRequest, AiGenerateResult, topology
 from offload_contracts.jobs import Usage
 from offload_runtime.errors import PermanentError
 from offload_runtime.ports import JobContext
 from offload_runtime.runner import JobHandler
 from offload_runtime.settings import WorkerSettings
 from offload_runtime.worker import Worker, build_worker
+from tests.support.gateway import RunningGateway
 from tests.support.infra import VHOST_PREFIX, Infra, Rabbitmqctl
+from tests.support.notifier import RunningNotifier, notifier_space, running_notifier
 
 ADMIN_KEY = "admin-key-for-ops-tests"
 
@@ -101,3 +103,16 @@ def admin_client(base_url: str, key: str = ADMIN_KEY) -> "httpx.AsyncClient":
     return httpx.AsyncClient(
         base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
     )
+
+
+@asynccontextmanager
+async def deployed_notifier(
+    infra: Infra, gateway: RunningGateway, **overrides: Any
+) -> AsyncIterator[RunningNotifier]:
+    """A notifier with the deployed queue names (`notifier.*`), reading `gateway`'s outbox."""
+    async with notifier_space(infra) as space:
+        shared = dataclasses.replace(
+            space, prefix=gateway.settings.redis_prefix, service=topology.NOTIFIER_SERVICE
+        )
+        async with running_notifier(shared, **overrides) as notifier:
+            yield notifier
