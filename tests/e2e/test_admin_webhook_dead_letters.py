@@ -9,6 +9,8 @@ operator reads it through the admin API, starts the receiver, and replays it.
 
 import asyncio
 import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -117,6 +119,29 @@ async def test_a_parked_webhook_delivery_is_listed_then_replayed_to_the_receiver
     assert webhook["url_origin"] == f"http://127.0.0.1:{port}"
     assert webhook["last_status"] is None  # no answer ever came
     assert "s3cret" not in json.dumps(page)  # neither the URL's path nor its query
+
+    # The CLI says the same, for an operator at a terminal.
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "offload",
+        "dead-letters",
+        "list",
+        topology.NOTIFIER_SERVICE,
+        env={
+            **os.environ,
+            "OFFLOAD_URL": gateway.base_url,
+            "OFFLOAD_API_KEY": gateway.api_keys["acme"],
+            "OFFLOAD_ADMIN_KEY": ADMIN_KEY,
+            "COLUMNS": "250",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 0, err.decode()
+    assert f"webhook completed → http://127.0.0.1:{port}" in out.decode()
+    assert job_id in out.decode() and b"s3cret" not in out
 
     queues = (await admin.get("/v1/admin/queues")).json()["queues"]
     [dead_queue] = [queue for queue in queues if queue["name"] == DEAD]

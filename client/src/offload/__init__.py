@@ -43,6 +43,7 @@ from offload.models import (
     Progress,
     ReplayReport,
     Webhook,
+    WebhookLetter,
 )
 from offload.settings import ClientSettings
 from offload_contracts import EventKind, JobStatus
@@ -78,4 +79,5 @@ __all__ = [
     "ValidationFailed",
     "WaitTimeout",
     "Webhook",
+    "WebhookLetter",
 ]

@@ -287,6 +287,11 @@ def dead_letters_list(
     for column in ("type", "tenant", "reason", "attempts", "failed at", "error"):
         table.add_column(column)
     for letter in page.items:
+        error = (letter.error or "")[:100]
+        if letter.webhook is not None:  # a parked webhook delivery: say where it was going
+            hook = letter.webhook
+            status = f", last HTTP {hook.last_status}" if hook.last_status else ""
+            error = f"webhook {hook.event or '?'} → {hook.url_origin or '?'}{status}: {error}"
         table.add_row(
             letter.job_id or "?",
             letter.type or "",
@@ -294,7 +299,7 @@ def dead_letters_list(
             letter.reason,
             str(letter.attempts or ""),
             letter.failed_at or "",
-            (letter.error or "")[:100],
+            error,
         )
     console.print(table)
     shown = f"{offset + 1}-{offset + len(page.items)}" if page.items else "none"
@@ -312,7 +317,10 @@ def dead_letters_replay(
     ] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every letter")] = False,
 ) -> None:
-    """Send failed jobs back to work: `waiting` again, attempts reset."""
+    """Send failed jobs back to work: `waiting` again, attempts reset.
+
+    For `notifier`, parked webhook deliveries are sent again (same `webhook-id`).
+    """
     if bool(job_ids) == replay_all:
         raise typer.BadParameter("name the jobs with --job ID, or pass --all")
     with ctx.obj.client() as client:
@@ -320,6 +328,8 @@ def dead_letters_replay(
     console.print(f"[green]replayed {len(report.replayed)}[/] from {report.queue}")
     for job_id in report.replayed:
         console.print(f"  {job_id}")
+    if report.webhook_ids:
+        console.print(f"  webhook deliveries sent again: {', '.join(report.webhook_ids)}")
     for skipped in report.skipped:
         console.print(f"[yellow]  skipped {skipped.get('job_id')}: {skipped.get('reason')}[/]")
     for job_id in report.not_found:

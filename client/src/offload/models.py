@@ -113,6 +113,17 @@ class Webhook(BaseModel):
     )
 
 
+class WebhookLetter(BaseModel):
+    """For a parked webhook delivery (`notifier.dead`): where it was going, without secrets."""
+
+    model_config = _VIEW
+
+    webhook_id: str = Field(description="The delivery's `webhook-id`, the same on a replay.")
+    event: str | None = Field(default=None, description="The job event it carried.")
+    url_origin: str | None = Field(default=None, description="The URL's scheme, host and port.")
+    last_status: int | None = Field(default=None, description="The receiver's last HTTP status.")
+
+
 class DeadLetter(BaseModel):
     """A message parked in a `<service>.dead` queue, as the admin API shows it."""
 
@@ -128,6 +139,7 @@ class DeadLetter(BaseModel):
     attempts: int | None = None
     failed_at: str | None = None
     source_queue: str | None = None
+    webhook: WebhookLetter | None = Field(default=None, description="For `notifier.dead` only.")
 
 
 class DeadLetterPage(BaseModel):
@@ -151,6 +163,9 @@ class ReplayReport(BaseModel):
     skipped: list[dict[str, Any]] = Field(default_factory=list)
     not_found: list[str] = Field(default_factory=list)
     remaining: int = 0
+    webhook_ids: list[str] | None = Field(
+        default=None, description="For `notifier.dead`: the deliveries sent again."
+    )
 
 
 _STATUS_AFTER: dict[EventKind, JobStatus] = {
