@@ -118,6 +118,51 @@ async def test_redis_killed_and_restarted_the_services_recover(infra: Infra) -> 
         redis_server.stop()
 
 
+async def test_redis_killed_three_times_under_a_stream_of_submissions(infra: Infra) -> None:
+    redis_server = DedicatedRedis()
+    redis_server.start()
+    try:
+        async with running_stack(infra, redis_url=redis_server.url) as stack:
+            accepted: list[str] = []
+            unavailable = 0
+            stop = asyncio.Event()
+
+            async def submitter() -> None:
+                nonlocal unavailable
+                while not stop.is_set():
+                    answer = await stack.http.post("/v1/jobs", json=stack.ai_job())
+                    if answer.status_code == 202:
+                        accepted.append(answer.json()["id"])
+                    elif answer.status_code == 429:  # the tenant's rate: back off
+                        await asyncio.sleep(0.2)
+                    else:
+                        assert answer.status_code == 503, answer.text  # never a 500
+                        unavailable += 1
+                    await asyncio.sleep(0.01)
+
+            submitters = [asyncio.create_task(submitter()) for _ in range(4)]
+            for _ in range(3):
+                await asyncio.sleep(0.7)
+                await asyncio.to_thread(redis_server.kill)
+                await asyncio.sleep(0.4)
+                await asyncio.to_thread(redis_server.start)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.gather(*submitters)
+            assert unavailable > 0  # the kills did land on submissions
+
+            outcome = await settle(
+                stack.store,
+                accepted,
+                scenario="Redis killed 3 times under a stream of submissions (gateway + worker)",
+                load=f"4 submitters for 3.8 s, Redis down 0.4 s three times: "
+                f"{unavailable} answered 503, {len(accepted)} accepted",
+            )
+            outcome.assert_nothing_lost_or_duplicated()
+    finally:
+        redis_server.stop()
+
+
 async def test_overload_gets_429_at_the_queue_depth_limit_never_a_5xx(infra: Infra) -> None:
     async with running_stack(infra, queue_depth_limit=20, queue_depth_refresh="50ms") as stack:
         stack.processes["ai"].stop()  # nobody drains the queue
