@@ -1,8 +1,13 @@
 """The SSRF guard: what it refuses, and why it says so."""
 
+import asyncio
+import time
+
+import httpx
 import pytest
 
-from offload_runtime.url_guard import UnsafeURL, check_url
+from offload_runtime import url_guard
+from offload_runtime.url_guard import UnsafeURL, check_url, guarded_transport
 
 
 @pytest.mark.parametrize(
@@ -44,3 +49,20 @@ async def test_malformed_urls_are_refused_with_the_reason(url: str, reason: str)
 
 async def test_loopback_is_allowed_when_configuration_says_so() -> None:
     assert await check_url("http://127.0.0.1:9/", allow_private=True) == ["127.0.0.1"]
+
+
+async def test_a_lookup_that_hangs_is_bounded_by_the_clients_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def never_answers(host: str, port: int) -> list[str]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(url_guard, "_resolve", never_answers)
+    timeout = httpx.Timeout(5, connect=0.2)
+    transport = guarded_transport(allow_private=True)
+    async with httpx.AsyncClient(transport=transport, timeout=timeout) as http:
+        began = time.monotonic()
+        with pytest.raises(httpx.ConnectTimeout):
+            await http.get("http://slow-dns.example/")
+    assert time.monotonic() - began < 2

@@ -116,7 +116,12 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await _resolve(host, port)
+        try:
+            # The client's connect timeout covers the lookup too, as httpcore's own does.
+            async with asyncio.timeout(timeout):
+                addresses = await _resolve(host, port)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"resolving {host!r} took over {timeout}s") from exc
         if not self._allow_private:
             _refuse_private(host, addresses)
         failure: Exception | None = None
