@@ -1,10 +1,17 @@
 """Faults in and around a worker process lose nothing and complete nothing twice."""
 
 import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from pathlib import Path
 
 from offload_contracts import JobStatus, topology
 from tests.reliability.outcomes import settle
 from tests.support.harness import Harness
+from tests.support.infra import Infra
+from tests.support.processes import ServiceProcess
 
 
 async def _completed(harness: Harness, job_ids: list[str]) -> int:
@@ -109,3 +116,72 @@ async def test_a_thousand_malformed_messages_are_parked_while_real_jobs_complete
         await asyncio.sleep(0.1)
     assert await harness.queue_depth(dead) == 1000
     assert await harness.queue_depth(topology.work_queue(harness.service)) == 0
+
+
+# ---------------------------------------------------------------------- the image pool
+
+
+def _process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group `pgid`, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, _ppid, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except OSError:
+            continue  # gone meanwhile
+        if int(group) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def _image_worker(infra: Infra, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An image worker process leading its own process group, its pool (2) started."""
+    worker = ServiceProcess(
+        "offload_image",
+        settings={
+            "rabbitmq_url": infra.rabbitmq_url,
+            "redis_url": infra.redis_url,
+            "redis_prefix": f"{infra.redis_prefix}image-{uuid.uuid4().hex[:8]}:",
+            "storage_dir": tmp_path,
+            "image_pool_size": 2,
+            "shutdown_grace_s": 1,
+        },
+    ).start(own_group=True)
+    try:
+        await _until(lambda: "worker starting" in worker.logs(), 30, "the worker to start")
+        # The worker, the forkserver and two pool processes, warmed up.
+        assert len(_process_group(worker.pid)) >= 4
+        yield worker
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)  # nothing may outlive the test
+        worker.stop()
+
+
+async def test_sigterm_to_the_image_workers_process_group_leaves_no_process_behind(
+    infra: Infra, tmp_path: Path
+) -> None:
+    # What honcho (`make run`) and a container runtime without an init send: the
+    # forkserver dies at once, and the worker must still take its pool with it.
+    async with _image_worker(infra, tmp_path) as worker:
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.process is not None and worker.process.wait(30) == 0, worker.logs()
+        await _until(lambda: not _process_group(worker.pid), 10, "the pool processes to exit")
+
+
+async def test_kill_9_of_the_image_worker_leaves_no_pool_process_behind(
+    infra: Infra, tmp_path: Path
+) -> None:
+    async with _image_worker(infra, tmp_path) as worker:
+        worker.kill()
+        await _until(lambda: not _process_group(worker.pid), 10, "the pool processes to exit")

@@ -24,7 +24,8 @@ class ServiceProcess:
         self.log = Path(tempfile.mkstemp(prefix=f"offload-{module}-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "ServiceProcess":
+    def start(self, *, own_group: bool = False) -> "ServiceProcess":
+        """Start it; `own_group`: in a process group of its own, led by it (as honcho does)."""
         with self.log.open("ab") as sink:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", self.module, *self.args],
@@ -32,6 +33,7 @@ class ServiceProcess:
                 env=self.env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
+                start_new_session=own_group,
             )
         return self
 

@@ -5,8 +5,10 @@ only, not the worker's logging, broker or HTTP stack; the forkserver imports
 this module once and every pool process starts with it already loaded.
 """
 
+import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Sequence
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -33,6 +35,29 @@ def init_pool_process(progress: "Queue[Any]", max_pixels: int, niceness: int) ->
     # in flight: the worker stops the pool itself, after the jobs' grace period.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_with_the_worker()
+
+
+def _exit_with_the_worker() -> None:
+    """End this process as soon as the worker that owns the pool has exited.
+
+    The worker kills its pool when it stops, but it cannot when it is killed
+    itself, nor when a SIGTERM to the whole process group (honcho, `docker
+    stop` without an init) has already ended the forkserver: the worker then
+    sees its pool processes as gone and they would wait for work for ever,
+    orphaned, holding the service's output open. `parent_process()` is the
+    worker here (the forkserver hands its pool processes the worker's
+    liveness pipe), and its sentinel closes when the worker exits.
+    """
+    worker = multiprocessing.parent_process()
+    if worker is None:
+        return
+
+    def watch() -> None:
+        worker.join()
+        os._exit(0)  # nothing of this process outlives its worker; no clean-up to run
+
+    threading.Thread(target=watch, name="exit-with-worker", daemon=True).start()
 
 
 def warm_up() -> int:
