@@ -142,9 +142,12 @@ async def test_queues_show_depth_consumers_and_dead_letters(
     assert view["dead_letters"] >= before + 1
     # Nothing declares the notifier's queues here: reported missing, not an error.
     assert queues["notifier.dead"]["exists"] is False and queues["notifier.dead"]["ready"] is None
-    # In-flight counts are not available over AMQP: null, and said why.
-    assert all(queue["unacked"] is None for queue in view["queues"])
-    assert "management" in view["unacked_note"]
+    # Unacked: 0 where nothing consumes; the worker's report where it does; null for
+    # a missing queue. (The held deliveries: see the test below.)
+    assert queues["image.jobs"]["unacked"] == 0 and queues["ai.dead"]["unacked"] == 0
+    assert queues["ai.jobs"]["unacked"] == 0
+    assert queues["notifier.dead"]["unacked"] is None
+    assert "consuming workers" in view["unacked_note"]
 
     async with gateway.client(None) as http:
         scraped = (await http.get("/metrics")).text
@@ -153,6 +156,35 @@ async def test_queues_show_depth_consumers_and_dead_letters(
     )
     assert 'offload_queue_consumers{kind="work",queue="ai.jobs",service="ai"} 1.0' in scraped
     assert "offload_event_loop_lag_seconds_count" in scraped
+
+
+async def test_queues_show_the_deliveries_a_worker_holds_unacked(
+    gateway: RunningGateway, worker: Worker, stub: StubAi, admin: httpx.AsyncClient
+) -> None:
+    async def ai_jobs() -> dict[str, Any]:
+        view = (await admin.get("/v1/admin/queues")).json()
+        queue: dict[str, Any] = next(q for q in view["queues"] if q["name"] == "ai.jobs")
+        return queue
+
+    async def until_unacked(expected: int) -> None:
+        deadline = time.monotonic() + 10
+        while (found := (await ai_jobs())["unacked"]) != expected:
+            assert time.monotonic() < deadline, f"unacked {found}, never {expected}"
+            await asyncio.sleep(0.1)
+
+    stub.gate.clear()
+    ids = [await submit(gateway, f"hold: {n}") for n in range(3)]
+    try:
+        await until_unacked(3)  # the worker holds all three, running (concurrency 4)
+        assert (await ai_jobs())["ready"] == 0
+    finally:
+        stub.gate.set()
+    for job_id in ids:
+        await wait_status(gateway, job_id, "completed")
+    await until_unacked(0)
+    async with gateway.client(None) as http:
+        scraped = (await http.get("/metrics")).text
+    assert 'offload_queue_unacked{kind="work",queue="ai.jobs",service="ai"} 0.0' in scraped
 
 
 # ---------------------------------------------------------------------- dead letters

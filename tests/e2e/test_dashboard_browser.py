@@ -132,8 +132,9 @@ async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
     browser: BrowserContext, gateway: RunningGateway, worker: Worker, stub: StubAi
 ) -> None:
     page = await open_dashboard(browser, gateway)
-    consumers = page.locator('#queues tr[data-queue="ai.jobs"] td').nth(3)
-    await expect(consumers).to_have_text("1")  # the worker, seen through a passive declare
+    cells = page.locator('#queues tr[data-queue="ai.jobs"] td')
+    await expect(cells.nth(4)).to_have_text("1")  # consumers: the worker, by passive declare
+    await expect(cells.nth(3)).to_have_text("0")  # unacked: the idle worker's report
 
     # A job submitted elsewhere appears and completes on the page, without a reload.
     job_id = await submit(gateway, "browser: hello")

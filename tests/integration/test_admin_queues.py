@@ -1,16 +1,20 @@
 """Queue inspection and dead-letter mechanics (`offload_runtime.queues`) on the real RabbitMQ."""
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
 
-from offload_contracts import topology
+from offload_contracts import JobStatus, topology
+from offload_runtime.inflight import STALE_AFTER_S, read_unacked
 from offload_runtime.queues import HeldMessage, QueueMissing, QueueOps, QueueRef, service_queues
 from offload_runtime.settings import parse_retry_tiers
 from tests.support.harness import Harness
+from tests.support.testjob import Recorder
 
 
 @pytest.fixture
@@ -150,3 +154,38 @@ async def test_purge_empties_a_dead_queue(harness: Harness, ops: QueueOps) -> No
     assert await ops.depth(queue) == 0
     with pytest.raises(QueueMissing):
         await ops.purge("no-such.dead")
+
+
+async def test_workers_report_the_deliveries_they_hold_unacked(harness: Harness) -> None:
+    recorder = Recorder()
+    await harness.start_worker(recorder.handler(), concurrency=8)
+    work_queue = topology.work_queue(harness.service)
+
+    async def unacked() -> int | None:
+        return (await read_unacked(harness.store.client, harness.keys, [work_queue]))[work_queue]
+
+    async def until_unacked(expected: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while (found := await unacked()) != expected:
+            assert asyncio.get_running_loop().time() < deadline, f"unacked {found}, not {expected}"
+            await asyncio.sleep(0.05)
+
+    await until_unacked(0)  # reporting, holding nothing
+    jobs = [await harness.submit(block=True) for _ in range(3)]
+    await until_unacked(3)  # three deliveries held while their jobs run
+
+    for job in jobs:
+        recorder.released[job.id].set()
+    for job in jobs:
+        await harness.wait_status(job.id, {JobStatus.COMPLETED})
+    await until_unacked(0)
+
+
+async def test_a_replica_gone_without_a_word_stops_counting(harness: Harness) -> None:
+    queue = topology.work_queue(harness.service)
+    key = harness.keys.in_flight(queue)
+    stale_ms = int((time.time() - STALE_AFTER_S - 1) * 1000)
+    await harness.store.client.hset(key, mapping={"dead-replica": f"7 {stale_ms}"})
+
+    assert await read_unacked(harness.store.client, harness.keys, [queue]) == {queue: None}
+    assert await harness.store.client.hlen(key) == 0  # the stale report is dropped

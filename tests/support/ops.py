@@ -6,9 +6,10 @@ would otherwise show up in their pages and counts. The vhost name carries the
 run's pid like the run's own, so a killed run's vhost is removed by the next.
 
 `StubAi` is a real worker (`build_worker`, the real runner) for `ai.generate`
-whose job function is a stand-in: a prompt in `failing` fails permanently, any
-other completes at once. A test "fixes the cause" of a failure by removing the
-prompt from `failing`, then replays the dead letter.
+whose job function is a stand-in: a prompt in `failing` fails permanently, one
+starting with `hold:` waits for `gate`, any other completes at once. A test
+"fixes the cause" of a failure by removing the prompt from `failing`, then
+replays the dead letter.
 """
 
 import asyncio
@@ -63,6 +64,8 @@ class StubAi:
     failing: set[str] = field(default_factory=set)
     delay_s: float = 0.0
     runs: list[str] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    """A prompt starting with `hold:` waits for this before it completes."""
 
     def handler(self) -> JobHandler[AiGenerateRequest]:
         async def run(request: AiGenerateRequest, ctx: JobContext) -> AiGenerateResult:
@@ -70,6 +73,8 @@ class StubAi:
             await ctx.progress(50, "thinking")
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
+            if request.input.prompt.startswith("hold:"):
+                await self.gate.wait()
             if request.input.prompt in self.failing:
                 raise PermanentError(f"the provider refused the prompt {request.input.prompt!r}")
             return AiGenerateResult(

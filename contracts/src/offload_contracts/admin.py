@@ -33,7 +33,9 @@ class QueueView(Contract):
     consumers: int | None = Field(description="Consumers attached.")
     unacked: int | None = Field(
         default=None,
-        description="Always null: AMQP does not report in-flight messages (see `unacked_note`).",
+        description="Deliveries handed to consumers and not yet acknowledged, as the "
+        "consuming workers report them every second; 0 without consumers; null where "
+        "consumers do not report, or the queue is missing (see `unacked_note`).",
     )
 
 
@@ -42,7 +44,7 @@ class QueuesView(Contract):
 
     queues: list[QueueView] = Field(description="Every queue, in topology order.")
     dead_letters: int = Field(description="Ready messages across all dead queues.")
-    unacked_note: str = Field(description="Why `unacked` is null, and where to read it.")
+    unacked_note: str = Field(description="Where `unacked` comes from, and when it is null.")
     read_at: datetime = Field(description="When the broker was asked.")
 
 

@@ -84,6 +84,10 @@ class RedisKeys:
         """Stream (capped): who did what through the admin API (dead-letter replays, purges)."""
         return f"{self.prefix}admin:audit"
 
+    def in_flight(self, queue: str) -> str:
+        """Hash: replica id → "<unacked deliveries> <unix ms>", reported by a queue's workers."""
+        return f"{self.prefix}inflight:{queue}"
+
     def admin_rate(self, actor: str, window: int) -> str:
         """Counter: an admin key's replay and purge calls in one rate-limit window (a minute)."""
         return f"{self.prefix}admin:rate:{actor}:{window}"

@@ -31,8 +31,14 @@ JOB_ATTEMPTS = Histogram(
 )
 QUEUE_MESSAGES = Gauge(
     "offload_queue_messages",
-    "Ready messages in each queue (work, retry, dead), as last read by a passive declare. "
-    "Unacked (in-flight) messages are not counted: AMQP does not report them.",
+    "Ready messages in each queue (work, retry, dead), as last read by a passive declare "
+    "(unacked ones are in `offload_queue_unacked`).",
+    ["queue", "service", "kind"],
+)
+QUEUE_UNACKED = Gauge(
+    "offload_queue_unacked",
+    "Deliveries handed to consumers and not yet acknowledged, as the consuming workers "
+    "report them (0 without consumers; not set where consumers do not report).",
     ["queue", "service", "kind"],
 )
 QUEUE_CONSUMERS = Gauge(

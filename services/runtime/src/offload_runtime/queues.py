@@ -51,8 +51,9 @@ from offload_runtime.settings import RetryTier
 QueueKind = Literal["work", "retry", "dead"]
 
 UNACKED_NOTE = (
-    "unacked (in-flight) counts are not available over AMQP; read them from RabbitMQ's "
-    "management API or `rabbitmqctl list_queues name messages_unacknowledged`"
+    "Unacked counts come from the consuming workers, which report the deliveries they "
+    "hold every second (AMQP does not tell them); a queue without consumers has none, "
+    "and where consumers do not report (the notifier's queue) it is unknown."
 )
 
 
@@ -87,7 +88,7 @@ class QueueStats:
     exists: bool
     ready: int | None
     consumers: int | None
-    unacked: int | None = None  # never known over AMQP: see UNACKED_NOTE
+    unacked: int | None = None  # not known over AMQP: see `offload_runtime.inflight`
 
 
 @dataclass(frozen=True, slots=True)

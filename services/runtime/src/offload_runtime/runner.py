@@ -193,6 +193,8 @@ class JobRunner:
         self._delivery_limit = delivery_limit
         self._timeout_override_s = timeout_override_s
         self._running: dict[str, _RunningJob] = {}
+        self.unacked = 0
+        """Deliveries this process holds: handed to it, not yet acked or nacked."""
         self._cancel_listener: asyncio.Task[None] | None = None
         models = tuple(handler.request_model for handler in handlers)
         self._adapter: TypeAdapter[Any] = (
@@ -256,6 +258,13 @@ class JobRunner:
 
     async def handle(self, message: RabbitMessage) -> None:
         """Process one delivery. Never raises, except when cancelled by shutdown."""
+        self.unacked += 1
+        try:
+            await self._handle(message)
+        finally:
+            self.unacked -= 1
+
+    async def _handle(self, message: RabbitMessage) -> None:
         try:
             request: JobRequestBase = self._adapter.validate_json(message.body)
         except ValidationError as exc:

@@ -12,8 +12,10 @@ from typing import Any
 from faststream import FastStream
 from faststream.rabbit import RabbitBroker
 
+from offload_contracts import topology
 from offload_runtime import telemetry
 from offload_runtime.broker import declare_service_topology, make_broker
+from offload_runtime.inflight import InFlightReporter
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler, MetricsServer
@@ -89,6 +91,12 @@ def build_worker(
         timeout_override_s=settings.job_timeout_s,
     )
     runner.subscribe()
+    in_flight = InFlightReporter(
+        store.client,
+        store.keys,
+        topology.work_queue(service),
+        lambda: runner.unacked,
+    )
 
     async def startup() -> None:
         configure_logging(service, level=settings.log_level, fmt=settings.log_format)
@@ -103,6 +111,7 @@ def build_worker(
         for hook in on_start:
             await hook()
         await runner.start()
+        in_flight.start()
         log.info(
             "worker starting",
             concurrency=settings.concurrency,
@@ -113,6 +122,7 @@ def build_worker(
         # FastStream has already stopped consuming and waited `shutdown_grace_s`
         # for in-flight jobs; what still runs is cancelled and left unacked.
         await runner.stop()
+        await in_flight.stop()
         for hook in on_stop:
             await hook()
         await store.client.aclose()

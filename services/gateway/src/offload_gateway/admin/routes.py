@@ -39,6 +39,7 @@ from offload_gateway.deps import GatewayDeps
 from offload_gateway.problems import ProblemError, problem_responses
 from offload_runtime import metrics
 from offload_runtime.broker import publish_confirmed
+from offload_runtime.inflight import read_unacked
 from offload_runtime.logging import get_logger
 from offload_runtime.queues import UNACKED_NOTE, QueueMissing, QueueOps, QueueRef, service_queues
 from offload_runtime.store import JobRecord, utcnow
@@ -82,14 +83,20 @@ class Operations:
 
     async def refresh_gauges(self) -> QueuesView:
         stats = await self.queues.stats(self.refs)
+        consumed = [stat.queue.name for stat in stats if stat.exists and stat.consumers]
+        reported = await read_unacked(self.deps.redis, self.deps.store.keys, consumed)
         views = []
         for stat in stats:
             ref = stat.queue
+            # Without consumers nothing is in flight; with them, what they report.
+            unacked = reported.get(ref.name) if stat.consumers else (0 if stat.exists else None)
             if stat.exists:
                 metrics.QUEUE_MESSAGES.labels(ref.name, ref.service, ref.kind).set(stat.ready or 0)
                 metrics.QUEUE_CONSUMERS.labels(ref.name, ref.service, ref.kind).set(
                     stat.consumers or 0
                 )
+                if unacked is not None:
+                    metrics.QUEUE_UNACKED.labels(ref.name, ref.service, ref.kind).set(unacked)
             views.append(
                 QueueView(
                     name=ref.name,
@@ -99,6 +106,7 @@ class Operations:
                     exists=stat.exists,
                     ready=stat.ready,
                     consumers=stat.consumers,
+                    unacked=unacked,
                 )
             )
         dead = sum(view.ready or 0 for view in views if view.kind == "dead")
@@ -220,13 +228,14 @@ def build_router(ops: Operations) -> APIRouter:
     @router.get(
         "/queues",
         response_model=QueuesView,
-        summary="Queues: ready, consumers, dead letters",
+        summary="Queues: ready, unacked, consumers, dead letters",
         responses=problem_responses(401, 503),
     )
     async def list_queues(_actor: Actor) -> QueuesView:
         """Every work, retry and dead queue of every service, by passive declare.
 
-        `unacked` is always null: AMQP does not report in-flight messages.
+        `unacked` comes from the consuming workers' reports (about a second old):
+        0 for a queue without consumers, null where consumers do not report.
         """
         try:
             return await ops.refresh_gauges()

@@ -113,10 +113,11 @@ async function refreshQueues() {
     "tr", { class: q.kind, "data-queue": q.name },
     el("td", {}, q.name), el("td", {}, q.kind + (q.tier ? ` ${q.tier}` : "")),
     el("td", { class: "num" + (q.kind === "dead" && q.ready > 0 ? " ready-positive" : "") }, q.ready),
+    el("td", { class: "num unacked" }, q.unacked ?? "?"),
     el("td", { class: "num" }, q.consumers),
   )));
   $("#queues-at").textContent = `read ${shortTime(view.read_at)} · ${view.dead_letters} dead`;
-  $("#unacked-note").textContent = `Ready counts only: ${view.unacked_note}.`;
+  $("#unacked-note").textContent = view.unacked_note;
   const select = $("#dead-queue");
   const dead = view.queues.filter((q) => q.kind === "dead" && q.exists);
   if (select.options.length !== dead.length) {
