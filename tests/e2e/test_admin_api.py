@@ -147,7 +147,7 @@ async def test_queues_show_depth_consumers_and_dead_letters(
     assert queues["image.jobs"]["unacked"] == 0 and queues["ai.dead"]["unacked"] == 0
     assert queues["ai.jobs"]["unacked"] == 0
     assert queues["notifier.dead"]["unacked"] is None
-    assert "consuming workers" in view["unacked_note"]
+    assert "consuming workers and notifiers" in view["unacked_note"]
 
     async with gateway.client(None) as http:
         scraped = (await http.get("/metrics")).text

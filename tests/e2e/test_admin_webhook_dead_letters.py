@@ -147,6 +147,14 @@ async def test_a_parked_webhook_delivery_is_listed_then_replayed_to_the_receiver
     [dead_queue] = [queue for queue in queues if queue["name"] == DEAD]
     assert dead_queue["exists"] is True and dead_queue["ready"] == 1
 
+    # The notifier reports the deliveries it holds, like the workers: none now.
+    async def notifier_jobs_unacked() -> bool:
+        queues = (await admin.get("/v1/admin/queues")).json()["queues"]
+        [jobs] = [q for q in queues if q["name"] == topology.work_queue("notifier")]
+        return bool(jobs["consumers"] == 1 and jobs["unacked"] == 0)
+
+    await until(notifier_jobs_unacked, "the notifier's unacked report")
+
     # The receiver is up now: replay it by job id.
     hooks = Receiver()
     async with serve(hooks.app, port):

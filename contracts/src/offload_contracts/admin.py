@@ -34,8 +34,8 @@ class QueueView(Contract):
     unacked: int | None = Field(
         default=None,
         description="Deliveries handed to consumers and not yet acknowledged, as the "
-        "consuming workers report them every second; 0 without consumers; null where "
-        "consumers do not report, or the queue is missing (see `unacked_note`).",
+        "consumers report them every second; 0 without consumers; null while consumers "
+        "have not reported, or when the queue is missing (see `unacked_note`).",
     )
 
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from faststream.rabbit import RabbitBroker
 from redis.exceptions import RedisError
 
+from offload_contracts import topology
 from offload_notifier import handlers
 from offload_notifier.adapters.http import (
     GuardedURLs,
@@ -31,6 +32,7 @@ from offload_notifier.settings import NotifierSettings
 from offload_notifier.webhooks import Deliverer
 from offload_runtime import telemetry
 from offload_runtime.broker import make_broker
+from offload_runtime.inflight import InFlightReporter
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler
@@ -137,7 +139,7 @@ def build_app(
         if settings.ops_webhook_url
         else None
     )
-    handlers.subscribe(
+    held = handlers.subscribe(
         broker,
         service=service,
         delivery_limit=settings.delivery_limit,
@@ -153,6 +155,7 @@ def build_app(
         readers=settings.sse_readers,
     )
     jobs = RedisJobs(redis, keys)
+    in_flight = InFlightReporter(redis, keys, topology.work_queue(service), lambda: held.deliveries)
 
     async def readiness() -> dict[str, bool]:
         async def redis_ok() -> bool:
@@ -186,6 +189,7 @@ def build_app(
         hub.start()
         relay.start()
         loop_lag.start()
+        in_flight.start()
         log.info(
             "notifier started",
             consumer=settings.notifier_consumer,
@@ -197,6 +201,7 @@ def build_app(
             await loop_lag.stop()
             await relay.stop()
             await broker.stop()
+            await in_flight.stop()
             await hub.stop()
             if deps.transport is None:
                 await transport.aclose()

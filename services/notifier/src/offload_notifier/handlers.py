@@ -20,6 +20,12 @@ async def _passthrough(message: RabbitMessage) -> RabbitMessage:
     return message
 
 
+class Held:
+    """Webhook deliveries this process holds: handed to it, not yet acked or nacked."""
+
+    deliveries = 0
+
+
 def subscribe(
     broker: RabbitBroker,
     *,
@@ -28,10 +34,18 @@ def subscribe(
     concurrency: int,
     deliverer: Deliverer,
     ops: OpsWebhook | None,
-) -> None:
+) -> Held:
     """Register both subscribers on the broker (no I/O until the broker starts)."""
+    held = Held()
 
     async def on_webhook_delivery(message: RabbitMessage) -> None:
+        held.deliveries += 1
+        try:
+            await deliver(message)
+        finally:
+            held.deliveries -= 1
+
+    async def deliver(message: RabbitMessage) -> None:
         try:
             await deliverer.handle(message.body)
         except Exception:
@@ -72,3 +86,4 @@ def subscribe(
         title=f"{topology.dead_alerts_queue(service)}:consume",
         description="Raises an alert for every message that reaches a dead queue.",
     )(on_dead_letter)
+    return held

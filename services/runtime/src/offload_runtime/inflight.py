@@ -13,7 +13,9 @@ So the admin API's `unacked` is a figure at most about a second old:
 - a queue without consumers holds no unacked messages (0), except while an
   operator's dead-letter browse has them in hand;
 - a queue whose consumers report: the sum of their reports;
-- a queue whose consumers do not report (the notifier's): unknown (None).
+- a queue whose consumers have not reported (yet): unknown (None).
+
+The runner reports for work queues, the notifier for `notifier.jobs`.
 """
 
 import asyncio

@@ -51,9 +51,9 @@ from offload_runtime.settings import RetryTier
 QueueKind = Literal["work", "retry", "dead"]
 
 UNACKED_NOTE = (
-    "Unacked counts come from the consuming workers, which report the deliveries they "
-    "hold every second (AMQP does not tell them); a queue without consumers has none, "
-    "and where consumers do not report (the notifier's queue) it is unknown."
+    "Unacked counts come from the consuming workers and notifiers, which report the "
+    "deliveries they hold every second (AMQP does not tell them); a queue without "
+    "consumers has none, and one whose consumers have not reported is unknown."
 )
 
 
