@@ -143,7 +143,14 @@ async def test_submit_then_wait_follows_the_job_over_sse_to_its_result(stack: St
     assert done.result and done.result["text"] and done.result["model"] == "sandbox"
     assert done.finished_at is not None
     statuses = [update.status for update in seen]
-    assert statuses[0] is JobStatus.WAITING and statuses[-1] is JobStatus.COMPLETED
+    # The first update is the job as `wait` found it: still waiting, or already
+    # started (the worker can take it before the client's first read). From there
+    # the updates follow the lifecycle, never back.
+    lifecycle = [JobStatus.WAITING, JobStatus.ACTIVE, JobStatus.COMPLETED]
+    assert [lifecycle.index(status) for status in statuses] == sorted(
+        lifecycle.index(status) for status in statuses
+    ), statuses
+    assert statuses[-1] is JobStatus.COMPLETED
     assert JobStatus.ACTIVE in statuses
     partial = [u.percent for u in seen if u.status is JobStatus.ACTIVE and 0 < u.percent < 100]
     assert partial, f"no progress seen between 0 and 100%: {[u.percent for u in seen]}"

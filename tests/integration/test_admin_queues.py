@@ -10,8 +10,9 @@ import aio_pika
 import pytest
 
 from offload_contracts import JobStatus, topology
-from offload_runtime.inflight import STALE_AFTER_S, read_unacked
+from offload_runtime.inflight import STALE_AFTER_S, InFlightReporter, read_unacked
 from offload_runtime.queues import HeldMessage, QueueMissing, QueueOps, QueueRef, service_queues
+from offload_runtime.redis import connect_redis
 from offload_runtime.settings import parse_retry_tiers
 from tests.support.harness import Harness
 from tests.support.testjob import Recorder
@@ -189,3 +190,18 @@ async def test_a_replica_gone_without_a_word_stops_counting(harness: Harness) ->
 
     assert await read_unacked(harness.store.client, harness.keys, [queue]) == {queue: None}
     assert await harness.store.client.hlen(key) == 0  # the stale report is dropped
+
+
+async def test_a_reporter_stopped_at_any_moment_stops_promptly(harness: Harness) -> None:
+    # redis-py can lose a cancel that lands while a connection is being set up; a
+    # reporter that cancelled its loop then hung its worker's shutdown for ever (the
+    # first version did, within ten tries). Stop it at staggered moments after start.
+    for attempt in range(100):
+        client = connect_redis(harness.infra.redis_url)
+        reporter = InFlightReporter(client, harness.keys, "some.jobs", lambda: 0)
+        reporter.start()
+        await asyncio.sleep((attempt % 20) * 0.0002)
+        stopping = asyncio.ensure_future(reporter.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=5)
+        await client.aclose()
+        assert done, f"stop() still waiting after 5 s (attempt {attempt})"

@@ -32,6 +32,7 @@ from offload_runtime.logging import get_logger
 REPORT_INTERVAL_S = 1.0
 STALE_AFTER_S = 5.0
 """A report older than this is a replica gone without a word: it no longer counts."""
+STOP_WAIT_S = 2.0
 
 log = get_logger("offload.inflight")
 
@@ -54,28 +55,44 @@ class InFlightReporter:
         self._interval_s = interval_s
         self._replica = uuid.uuid4().hex[:12]
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._report_forever(), name="in-flight reports")
 
     async def stop(self) -> None:
-        """Stop reporting and withdraw this replica's figure (best effort)."""
-        if self._task is not None:
+        """Stop reporting and withdraw this replica's figure (best effort, bounded).
+
+        The loop is asked to stop, not cancelled: redis-py can lose a cancel that
+        lands while a connection is being set up, and the stop would then wait for
+        ever (as the notifier's stream hub found).
+        """
+        if self._task is None:
+            return
+        self._stopping.set()
+        done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+        if not done:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self._client.hdel(self._key, self._replica)
+        withdraw: asyncio.Task[None] = asyncio.create_task(self._withdraw())
+        await asyncio.wait({withdraw}, timeout=STOP_WAIT_S)
+        if withdraw.done() and not withdraw.cancelled():
+            withdraw.exception()  # retrieved: a failed withdrawal only ages out
+        else:
+            withdraw.cancel()
+
+    async def _withdraw(self) -> None:
+        await self._client.hdel(self._key, self._replica)
 
     async def _report_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._client.hset(self._key, self._replica, _report(self._count()))
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # Redis away: the next report will do
                 log.debug("in-flight report failed", error=repr(exc))
-            await asyncio.sleep(self._interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._stopping.wait()
 
 
 async def read_unacked(
