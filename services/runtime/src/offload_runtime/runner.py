@@ -135,7 +135,12 @@ class _RunningJob:
             return
         # A report still pending (its timer is due but has not run) is older than
         # this one: drop it, or it would land after this one and move progress back.
+        # Its timer goes too: left to run late, it would send the next report held
+        # back at once, closer than the interval to this one.
         self._pending = None
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         await self._send(percent, message)
 
     async def _send_pending_after(self, wait: float) -> None:
