@@ -21,6 +21,7 @@ from offload_runtime.worker import Worker, build_worker
 from tests.support.infra import Infra
 from tests.support.processes import ServiceProcess
 from tests.support.testjob import ProbeInput, ProbeRequest
+from tests.support.topologies import delete_queues, service_queue_names
 
 
 async def wait_for_status(
@@ -66,6 +67,7 @@ class Harness:
         self.broker = make_broker(self.settings.rabbitmq_url, service=f"{self.service}-test")
         self.workers: list[Worker] = []
         self.processes: list[ServiceProcess] = []
+        self._settings_used = [self.settings]  # their retry tiers name the queues to delete
 
     async def open(self) -> None:
         await self.broker.connect()
@@ -83,9 +85,12 @@ class Harness:
             await worker.app.stop()
         await self.broker.stop()
         await self.store.client.aclose()
+        tiers = {tier for settings in self._settings_used for tier in settings.tiers}
+        await delete_queues(self.settings.rabbitmq_url, service_queue_names(self.service, tiers))
 
     async def start_worker(self, handler: JobHandler[Any], **overrides: Any) -> Worker:
         settings = self.settings.model_copy(update=overrides)
+        self._settings_used.append(settings)
         worker = build_worker(service=self.service, settings=settings, handlers=[handler])
         await worker.app.start()
         self.workers.append(worker)
@@ -167,6 +172,9 @@ class Harness:
             "log_level",
         )
         settings = {key: getattr(self.settings, key) for key in keys} | overrides
+        self._settings_used.append(
+            self.settings.model_copy(update={"retry_tiers": settings["retry_tiers"]})
+        )
         process = ServiceProcess("tests.support.probe_worker", self.service, settings=settings)
         self.processes.append(process)
         return process

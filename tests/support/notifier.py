@@ -27,7 +27,7 @@ import httpx
 from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook
 
-from offload_contracts import Contract, JobRequestBase
+from offload_contracts import Contract, JobRequestBase, topology
 from offload_notifier.app import Notifier, build_app
 from offload_notifier.settings import NotifierSettings
 from offload_runtime.keys import RedisKeys
@@ -36,6 +36,7 @@ from offload_runtime.store import JobStore, new_id
 from offload_runtime.webhook_secrets import WebhookSecrets
 from tests.support.infra import Infra
 from tests.support.serving import free_port, serve
+from tests.support.topologies import delete_queues, service_queue_names
 
 TENANTS = ("acme", "globex")
 
@@ -100,6 +101,7 @@ class NotifierSpace:
     api_keys: dict[str, str]
     store: JobStore
     jobs: JobDriver
+    declared: set[str] = field(default_factory=set)  # queues under `service`, to delete after
 
     @property
     def keys(self) -> RedisKeys:
@@ -124,7 +126,11 @@ class NotifierSpace:
             "log_level": "warning",
         }
         values.update(overrides)
-        return NotifierSettings(**values)
+        settings = NotifierSettings(**values)
+        if settings.notifier_service == self.service:
+            self.declared.update(service_queue_names(self.service, settings.tiers))
+            self.declared.add(topology.dead_alerts_queue(self.service))
+        return settings
 
     def headers(self, tenant: str = TENANTS[0]) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_keys[tenant]}"}
@@ -151,6 +157,8 @@ async def notifier_space(infra: Infra) -> AsyncIterator[NotifierSpace]:
         yield space
     finally:
         await client.aclose()
+        # Its queues hold broker file handles until deleted (tests/support/topologies.py).
+        await delete_queues(infra.rabbitmq_url, sorted(space.declared))
 
 
 @dataclass
