@@ -171,7 +171,7 @@ async def _image_worker(infra: Infra, tmp_path: Path):  # type: ignore[no-untype
 async def test_sigterm_to_the_image_workers_process_group_leaves_no_process_behind(
     infra: Infra, tmp_path: Path
 ) -> None:
-    # What honcho (`make run`) and a container runtime without an init send: the
+    # What honcho (`make run`) and systemd (its default kill mode) send: the
     # forkserver dies at once, and the worker must still take its pool with it.
     async with _image_worker(infra, tmp_path) as worker:
         os.killpg(worker.pid, signal.SIGTERM)

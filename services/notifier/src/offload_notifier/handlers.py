@@ -1,5 +1,7 @@
 """The notifier's broker subscribers (thin): webhook deliveries and dead-letter copies."""
 
+from dataclasses import dataclass
+
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker, RabbitMessage
 
@@ -20,10 +22,11 @@ async def _passthrough(message: RabbitMessage) -> RabbitMessage:
     return message
 
 
+@dataclass
 class Held:
     """Webhook deliveries this process holds: handed to it, not yet acked or nacked."""
 
-    deliveries = 0
+    deliveries: int = 0
 
 
 def subscribe(

@@ -42,8 +42,8 @@ def _exit_with_the_worker() -> None:
     """End this process as soon as the worker that owns the pool has exited.
 
     The worker kills its pool when it stops, but it cannot when it is killed
-    itself, nor when a SIGTERM to the whole process group (honcho, `docker
-    stop` without an init) has already ended the forkserver: the worker then
+    itself, nor when a SIGTERM to the whole process group (honcho under `make
+    run`, systemd's default kill mode) has already ended the forkserver: the worker then
     sees its pool processes as gone and they would wait for work for ever,
     orphaned, holding the service's output open. `parent_process()` is the
     worker here (the forkserver hands its pool processes the worker's
