@@ -54,8 +54,9 @@ def install_operations(
             yield
         finally:
             refresher.cancel()
-            with suppress(asyncio.CancelledError):
-                await refresher
+            # Bounded: it reads Redis, and redis-py can lose a cancel that lands while
+            # a connection is being set up (see offload_runtime.inflight).
+            await asyncio.wait({refresher}, timeout=5)
             await lag.stop()
             # Bounded: a broker that stopped answering must not hold the shutdown.
             with suppress(TimeoutError):
