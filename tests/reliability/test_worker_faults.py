@@ -11,6 +11,7 @@ from offload_contracts import JobStatus, topology
 from tests.reliability.outcomes import settle
 from tests.support.harness import Harness
 from tests.support.infra import Infra
+from tests.support.notifier import until
 from tests.support.processes import ServiceProcess
 
 
@@ -136,13 +137,6 @@ def _process_group(pgid: int) -> list[int]:
     return members
 
 
-async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
-        await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def _image_worker(infra: Infra, tmp_path: Path):  # type: ignore[no-untyped-def]
     """An image worker process leading its own process group, its pool (2) started."""
@@ -158,7 +152,7 @@ async def _image_worker(infra: Infra, tmp_path: Path):  # type: ignore[no-untype
         },
     ).start(own_group=True)
     try:
-        await _until(lambda: "worker starting" in worker.logs(), 30, "the worker to start")
+        await until(lambda: "worker starting" in worker.logs(), 30, "the worker to start")
         # The worker, the forkserver and two pool processes, warmed up.
         assert len(_process_group(worker.pid)) >= 4
         yield worker
@@ -176,7 +170,7 @@ async def test_sigterm_to_the_image_workers_process_group_leaves_no_process_behi
     async with _image_worker(infra, tmp_path) as worker:
         os.killpg(worker.pid, signal.SIGTERM)
         assert worker.process is not None and worker.process.wait(30) == 0, worker.logs()
-        await _until(lambda: not _process_group(worker.pid), 10, "the pool processes to exit")
+        await until(lambda: not _process_group(worker.pid), 10, "the pool processes to exit")
 
 
 async def test_kill_9_of_the_image_worker_leaves_no_pool_process_behind(
@@ -184,4 +178,4 @@ async def test_kill_9_of_the_image_worker_leaves_no_pool_process_behind(
 ) -> None:
     async with _image_worker(infra, tmp_path) as worker:
         worker.kill()
-        await _until(lambda: not _process_group(worker.pid), 10, "the pool processes to exit")
+        await until(lambda: not _process_group(worker.pid), 10, "the pool processes to exit")

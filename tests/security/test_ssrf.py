@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from offload_contracts.jobs import ImageSource
 from offload_image.adapters.sources import ImageSources
@@ -301,6 +302,25 @@ async def redirecting_server(
     return server, f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
+def image_sources(
+    infra: Infra,
+    tmp_path: Path,
+    client: "aioredis.Redis",
+    http: httpx.AsyncClient,
+    *,
+    allow_private: bool,
+) -> ImageSources:
+    """The image worker's source adapter over this test's file store and HTTP client."""
+    return ImageSources(
+        FileStore(tmp_path, client, RedisKeys(f"{infra.redis_prefix}ssrf:")),
+        http,
+        max_bytes=1_000_000,
+        allow_private=allow_private,
+        max_redirects=3,
+        total_timeout_s=5,
+    )
+
+
 async def test_an_image_source_redirect_is_checked_hop_by_hop_never_followed_blindly(
     infra: Infra,
     tmp_path: Path,
@@ -319,14 +339,7 @@ async def test_an_image_source_redirect_is_checked_hop_by_hop_never_followed_bli
     tls = ssl.create_default_context(cafile=str(certificate[0]))
     http = httpx.AsyncClient(verify=tls, follow_redirects=False, trust_env=False, timeout=5)
     # Loopback allowed, so that the first hop (this test's server) can be reached at all.
-    adapter = ImageSources(
-        FileStore(tmp_path, client, RedisKeys(f"{infra.redis_prefix}ssrf:")),
-        http,
-        max_bytes=1_000_000,
-        allow_private=True,
-        max_redirects=3,
-        total_timeout_s=5,
-    )
+    adapter = image_sources(infra, tmp_path, client, http, allow_private=True)
     errors: dict[str, str] = {}
     try:
         for path in locations:
@@ -394,14 +407,7 @@ async def test_an_image_source_whose_dns_turns_inside_after_the_check_is_refused
     port = counter.servers[0].sockets[0].getsockname()[1]
     client = connect_redis(infra.redis_url)
     http = source_client(ImageSettings(webhook_allow_private=False))
-    adapter = ImageSources(
-        FileStore(tmp_path, client, RedisKeys(f"{infra.redis_prefix}ssrf:")),
-        http,
-        max_bytes=1_000_000,
-        allow_private=False,
-        max_redirects=3,
-        total_timeout_s=5,
-    )
+    adapter = image_sources(infra, tmp_path, client, http, allow_private=False)
     try:
         with pytest.raises(PermanentError, match=r"source URL refused.*non-public") as refused:
             async with adapter.open(ImageSource(url=f"https://localhost:{port}/x.png"), "acme"):
