@@ -43,7 +43,7 @@ async def test_kill_9_of_the_gateway_during_a_burst_loses_no_accepted_job(infra:
             scenario="kill -9 of the gateway during a burst",
             load=f"300 concurrent submits, killed after 50 accepted ({len(accepted)} got a 202)",
         )
-        outcome.assert_nothing_lost_or_duplicated()
+        stack.assert_settled(outcome)
         # Nothing is left behind: every job the store knows for the tenant ends.
         listed = await stack.store.client.zrange(stack.store.keys.tenant_jobs("acme"), 0, -1)
         await stack.wait_jobs(list(listed), DONE)
@@ -80,7 +80,7 @@ async def test_while_rabbitmq_is_down_the_gateway_answers_503_fast_and_recovers(
             scenario="RabbitMQ down under the gateway",
             load=f"submits while down: 503 in {took:.2f} s; readiness false; recovered",
         )
-        outcome.assert_nothing_lost_or_duplicated()
+        stack.assert_settled(outcome)
         assert all(p.process and p.process.poll() is None for p in stack.processes.values())
 
 
@@ -113,7 +113,7 @@ async def test_redis_killed_and_restarted_the_services_recover(infra: Infra) -> 
                 scenario="Redis killed and restarted (gateway + worker)",
                 load=f"submit while down: 503 in {took:.2f} s; 6 jobs accepted around it",
             )
-            outcome.assert_nothing_lost_or_duplicated()
+            stack.assert_settled(outcome)
     finally:
         redis_server.stop()
 
@@ -158,7 +158,7 @@ async def test_redis_killed_three_times_under_a_stream_of_submissions(infra: Inf
                 load=f"4 submitters for 3.8 s, Redis down 0.4 s three times: "
                 f"{unavailable} answered 503, {len(accepted)} accepted",
             )
-            outcome.assert_nothing_lost_or_duplicated()
+            stack.assert_settled(outcome)
     finally:
         redis_server.stop()
 
@@ -198,7 +198,7 @@ async def test_overload_gets_429_at_the_queue_depth_limit_never_a_5xx(infra: Inf
             load=f"500 submits in 10 bursts of 50 with no worker: {statuses.count(429)} got 429, "
             f"none 5xx, gateway RSS +{growth_mb:.1f} MB; then a worker drains",
         )
-        outcome.assert_nothing_lost_or_duplicated()
+        stack.assert_settled(outcome)
 
 
 def _rss_kb(pid: int) -> int:

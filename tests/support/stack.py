@@ -22,6 +22,7 @@ from offload_contracts import JobStatus
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import connect_redis
 from offload_runtime.store import JobRecord, JobStore
+from tests.reliability.outcomes import Outcome
 from tests.support.infra import Infra
 from tests.support.processes import ServiceProcess
 from tests.support.serving import free_port
@@ -83,6 +84,13 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(f"--- {name}\n{p.logs()}" for name, p in self.processes.items())
+
+    def assert_settled(self, outcome: Outcome) -> None:
+        """`outcome.assert_nothing_lost_or_duplicated()`, with the processes' logs on failure."""
+        try:
+            outcome.assert_nothing_lost_or_duplicated()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nlogs (last 6000 chars):\n{self.logs()[-6000:]}") from None
 
 
 @asynccontextmanager
