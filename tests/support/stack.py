@@ -130,10 +130,13 @@ async def running_stack(
     stack = Stack(settings, gateway_url, store, http)
     try:
         stack.start("sandbox", "offload_sandbox")
-        stack.start("ai", "offload_ai")
+        ai_port = free_port()
+        stack.start("ai", "offload_ai", metrics_port=ai_port)
         stack.start_gateway()
         await stack.wait_ready(f"http://127.0.0.1:{sandbox_port}")
         await stack.wait_ready(gateway_url, "/readyz")
+        # The worker too: a scenario that faults the broker must not catch it still starting.
+        await stack.wait_ready(f"http://127.0.0.1:{ai_port}", "/readyz")
         yield stack
     finally:
         for process in stack.processes.values():

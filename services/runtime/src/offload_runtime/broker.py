@@ -6,12 +6,15 @@
 - Queues are durable quorum queues declared idempotently at every start.
 """
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustExchange, AbstractRobustQueue
+from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError
 from faststream.rabbit import (
     Channel,
     ExchangeType,
@@ -20,11 +23,31 @@ from faststream.rabbit import (
     RabbitExchange,
     RabbitQueue,
 )
+from faststream.rabbit.subscriber import RabbitSubscriber
 
 from offload_contracts import topology
+from offload_runtime.logging import get_logger
 from offload_runtime.settings import RetryTier
 
 HEARTBEAT_S = 30
+CONNECT_TIMEOUT_S = 10.0
+"""Bounds each connection attempt: aio-pika's has none by default, and an attempt whose
+socket the broker closed mid-handshake was seen waiting for ever."""
+START_TIMEOUT_S = 30.0
+
+CONNECTION_LOST = (
+    AMQPConnectionError,
+    ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    StopAsyncIteration,
+)
+"""What a call raises when RabbitMQ goes away under it (or is not there yet).
+
+aio-pika raises StopAsyncIteration when the broker closes the socket during the handshake."""
+
+log = get_logger("offload.broker")
 
 
 def amqp_url(url: str, *, connection_name: str) -> str:
@@ -36,12 +59,34 @@ def amqp_url(url: str, *, connection_name: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def make_broker(url: str, *, service: str, graceful_timeout: float = 15.0) -> RabbitBroker:
-    """A RabbitBroker for one Offload service."""
-    return RabbitBroker(
+class WatchedBroker(RabbitBroker):
+    """A RabbitBroker whose start survives RabbitMQ going away half-way.
+
+    FastStream's `start` connects, declares and consumes in one go, and raises
+    when the connection drops in between: the worker then exited although
+    RabbitMQ was back a second later (and under `make run`, honcho stopped
+    every service with it). Here such a start is logged and its subscribers
+    are left to the consumer watchdog (`offload_runtime.watchdog`), which
+    starts them once RabbitMQ answers, or ends the process past its bound.
+    """
+
+    async def start(self) -> None:
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await super().start()
+        except CONNECTION_LOST as exc:
+            log.warning("start cut short; the watchdog subscribes", error=repr(exc))
+
+
+def make_broker(
+    url: str, *, service: str, graceful_timeout: float = 15.0, watched: bool = False
+) -> RabbitBroker:
+    """A RabbitBroker for one Offload service (`watched`: its subscribers have a watchdog)."""
+    return (WatchedBroker if watched else RabbitBroker)(
         amqp_url(url, connection_name=f"offload-{service}"),
         default_channel=Channel(on_return_raises=True),
         graceful_timeout=graceful_timeout,
+        timeout=CONNECT_TIMEOUT_S,
         # FastStream's per-message "Received"/"Processed" lines cost ~25% of the
         # hot path; Offload logs job transitions itself, so they go to DEBUG.
         log_level=logging.DEBUG,
@@ -192,4 +237,46 @@ async def publish_confirmed(
         headers=dict(headers or {}),
         message_id=message_id,
         content_type="application/json",
+    )
+
+
+async def queue_counts(broker: RabbitBroker, queue: str) -> tuple[int, int]:
+    """The broker's own count of a queue's ready messages and consumers (a passive declare).
+
+    On a short-lived channel of its own: a passive declare of a missing queue
+    closes its channel, and no other user of a shared channel should pay for that.
+    """
+    connection = await broker.connect()
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        underlay = await channel.get_underlay_channel()
+        declared = await underlay.queue_declare(queue, passive=True, timeout=5)
+        return int(declared.message_count or 0), int(declared.consumer_count or 0)
+    finally:
+        with contextlib.suppress(*CONNECTION_LOST, RuntimeError):
+            await channel.close()
+
+
+async def resubscribe(subscriber: RabbitSubscriber) -> None:
+    """Cancel a running subscriber's consumer and consume again, on the same channel.
+
+    FastStream 0.7 has no public way to do this. Its `stop()` then `start()`
+    would first wait `graceful_timeout` for the jobs in flight and, meanwhile,
+    leave what is delivered unacked and unhandled; the jobs in flight keep
+    their channel here, so their acks still land.
+    """
+    queue = subscriber._queue_obj
+    if queue is None:
+        raise RuntimeError("the subscriber has not started")
+    tag = subscriber._consumer_tag
+    if tag is not None:
+        # RabbitMQ answers cancel-ok for a tag it no longer knows; aio-pika
+        # forgets the tag either way, so its reconnection restores the new one only.
+        with contextlib.suppress(*CONNECTION_LOST):
+            async with asyncio.timeout(5):
+                await queue.cancel(tag)
+    subscriber._consumer_tag = await queue.consume(
+        subscriber.consume,  # type: ignore[arg-type]
+        arguments=subscriber.consume_args,
+        timeout=5,
     )

@@ -2,10 +2,14 @@
 
 import asyncio
 import contextlib
+import json
 import threading
+from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.exposition import MetricsHandler
 
 JOBS = Counter(
     "offload_jobs_total",
@@ -56,6 +60,24 @@ DEAD_LETTERS_PURGED = Counter(
     "Dead letters an operator purged.",
     ["queue"],
 )
+CONSUMER_LIVE = Gauge(
+    "offload_consumer_live",
+    "1 while this process's consumer of the queue is live, as its watchdog last found it; 0 "
+    "while it is not (the worker's /readyz says not ready).",
+    ["queue"],
+)
+CONSUMER_RESUBSCRIBES = Counter(
+    "offload_consumer_resubscribes_total",
+    "Times the consumer watchdog found a consumer lost and subscribed again (reason: "
+    "no_consumer, starved).",
+    ["queue", "reason"],
+)
+QUEUE_STALLED = Gauge(
+    "offload_queue_stalled",
+    "1 while a work queue has ready messages and no consumer (nothing will run them), as last "
+    "read by a passive declare.",
+    ["queue", "service"],
+)
 EVENT_LOOP_LAG = Histogram(
     "offload_event_loop_lag_seconds",
     "How late the event loop ran a callback scheduled to run now (sampled periodically).",
@@ -96,17 +118,19 @@ class LoopLagSampler:
 
 
 class MetricsServer:
-    """Prometheus `/metrics` on its own port, for processes that serve no HTTP (workers).
+    """`/metrics`, `/healthz` and `/readyz` on their own port, for processes that serve no HTTP.
 
-    prometheus_client's server answers from a thread, so a scrape never waits
-    on the event loop (and still works when the loop is stuck, which is when
-    the lag figure matters most).
+    Workers have no web framework, so a small threaded server answers: a scrape
+    or a probe never waits on the event loop (and still works when the loop is
+    stuck, which is when the lag figure matters most). `/readyz` answers 503
+    while `ready()` is false (the worker is not consuming).
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool] = lambda: True) -> None:
         self._host = host
         self._port = port
-        self._server: Any = None
+        self._ready = ready
+        self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -117,7 +141,36 @@ class MetricsServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        self._server, self._thread = start_http_server(self._port, addr=self._host)
+        ready = self._ready
+
+        class Handler(MetricsHandler.factory(REGISTRY)):  # type: ignore[misc]
+            def do_GET(self) -> None:
+                path = self.path.partition("?")[0]
+                if path == "/healthz":
+                    self._answer(200, {"status": "ok"})
+                elif path == "/readyz":
+                    live = ready()
+                    self._answer(200 if live else 503, {"consuming": live})
+                else:
+                    super().do_GET()
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # probes every few seconds would drown the worker's own log
+
+        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
 
     def stop(self) -> None:
         if self._server is not None:

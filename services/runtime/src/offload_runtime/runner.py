@@ -30,6 +30,7 @@ from typing import Annotated, Any, Generic, TypeVar, Union
 
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker, RabbitMessage
+from faststream.rabbit.subscriber import RabbitSubscriber
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from offload_contracts import JobError, JobPolicy, JobRequestBase, JobStatus, topology
@@ -200,6 +201,8 @@ class JobRunner:
         self._running: dict[str, _RunningJob] = {}
         self.unacked = 0
         """Deliveries this process holds: handed to it, not yet acked or nacked."""
+        self.deliveries = 0
+        """Deliveries handed to this process so far."""
         self._cancel_listener: asyncio.Task[None] | None = None
         models = tuple(handler.request_model for handler in handlers)
         self._adapter: TypeAdapter[Any] = (
@@ -210,7 +213,7 @@ class JobRunner:
 
     # ------------------------------------------------------------------ wiring
 
-    def subscribe(self) -> None:
+    def subscribe(self) -> RabbitSubscriber:
         """Register the subscriber on the broker (no I/O; the broker declares on start)."""
 
         # The handler gets the raw message, not a decoded body: it must see the
@@ -230,6 +233,7 @@ class JobRunner:
             description=f"Runs {', '.join(sorted(self._handlers))} jobs.",
         )
         subscriber(self.handle)
+        return subscriber
 
     async def start(self) -> None:
         """Start listening for cancel notices (call after the store's Redis is reachable)."""
@@ -264,6 +268,7 @@ class JobRunner:
     async def handle(self, message: RabbitMessage) -> None:
         """Process one delivery. Never raises, except when cancelled by shutdown."""
         self.unacked += 1
+        self.deliveries += 1
         try:
             await self._handle(message)
         finally:

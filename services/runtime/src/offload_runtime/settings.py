@@ -137,11 +137,23 @@ class WorkerSettings(RuntimeSettings):
         default=None,
         ge=0,
         le=65535,
-        description="Serve Prometheus `/metrics` on this port (unset: not served; 0: any free "
-        "port).",
+        description="Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this port (unset: "
+        "not served; 0: any free port).",
     )
     metrics_host: str = Field(
         default="127.0.0.1", description="Address of `/metrics` (`0.0.0.0` in a container)."
+    )
+    consumer_check_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the consumer watchdog asks RabbitMQ whether this worker's "
+        "subscription is live.",
+    )
+    consumer_give_up_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A worker still not consuming this long after the watchdog found it so exits "
+        "non-zero, for its supervisor to restart it.",
     )
     broker_metrics: bool = Field(
         default=False,

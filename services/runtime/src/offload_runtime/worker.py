@@ -5,6 +5,10 @@ module owns the rest, so every service starts, declares, consumes and stops
 the same way.
 """
 
+import asyncio
+import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +18,7 @@ from faststream.rabbit import RabbitBroker
 
 from offload_contracts import topology
 from offload_runtime import telemetry
-from offload_runtime.broker import declare_service_topology, make_broker
+from offload_runtime.broker import CONNECTION_LOST, declare_service_topology, make_broker
 from offload_runtime.inflight import InFlightReporter
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
@@ -23,6 +27,7 @@ from offload_runtime.redis import connect_redis
 from offload_runtime.runner import JobHandler, JobRunner
 from offload_runtime.settings import WorkerSettings
 from offload_runtime.store import JobStore
+from offload_runtime.watchdog import ConsumerWatchdog, Feed
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -37,10 +42,19 @@ class Worker:
     broker: RabbitBroker
     store: JobStore
     runner: JobRunner
+    watchdog: ConsumerWatchdog
     settings: WorkerSettings
     on_stop: list[Hook] = field(default_factory=list)
     metrics_server: MetricsServer | None = None
-    """Serves `/metrics` while the worker runs, when `metrics_port` is set."""
+    """Serves `/metrics`, `/healthz` and `/readyz` while the worker runs (`metrics_port`)."""
+    exit_code: int = 0
+    """Non-zero once the worker gave up (its watchdog could not get it consuming again)."""
+
+    def give_up(self, reason: str) -> None:
+        """End the process with a non-zero exit, for its supervisor to start a fresh one."""
+        log.error("worker giving up: not consuming", reason=reason)
+        self.exit_code = 1
+        self.app.exit()
 
 
 def build_worker(
@@ -53,7 +67,10 @@ def build_worker(
 ) -> Worker:
     """Wire a worker service. No I/O happens until the app starts."""
     broker = make_broker(
-        settings.rabbitmq_url, service=service, graceful_timeout=settings.shutdown_grace_s
+        settings.rabbitmq_url,
+        service=service,
+        graceful_timeout=settings.shutdown_grace_s,
+        watched=True,
     )
     # Both are broker middlewares, added before the subscriber, and only when
     # asked for: with tracing off and broker metrics off the hot path is unchanged.
@@ -67,11 +84,6 @@ def build_worker(
                 registry=REGISTRY, app_name=service, metrics_prefix="offload_broker"
             )
         )
-    metrics_server = (
-        MetricsServer(settings.metrics_host, settings.metrics_port)
-        if settings.metrics_port is not None
-        else None
-    )
     loop_lag = LoopLagSampler()
     store = JobStore(
         connect_redis(settings.redis_url),
@@ -90,7 +102,33 @@ def build_worker(
         delivery_limit=settings.delivery_limit,
         timeout_override_s=settings.job_timeout_s,
     )
-    runner.subscribe()
+    subscriber = runner.subscribe()
+
+    async def prepare_broker() -> None:
+        await broker.connect()
+        await declare_service_topology(
+            broker, service, settings.tiers, delivery_limit=settings.delivery_limit
+        )
+
+    watchdog = ConsumerWatchdog(
+        broker=broker,
+        subscriber=subscriber,
+        queue=topology.work_queue(service),
+        prepare=prepare_broker,
+        feed=Feed(
+            deliveries=lambda: runner.deliveries,
+            held=lambda: runner.unacked,
+            capacity=settings.concurrency,
+        ),
+        interval_s=settings.consumer_check_interval_s,
+        give_up_after_s=settings.consumer_give_up_s,
+        give_up=lambda reason: worker.give_up(reason),
+    )
+    metrics_server = (
+        MetricsServer(settings.metrics_host, settings.metrics_port, ready=lambda: watchdog.live)
+        if settings.metrics_port is not None
+        else None
+    )
     in_flight = InFlightReporter(
         store.client,
         store.keys,
@@ -104,10 +142,11 @@ def build_worker(
             metrics_server.start()
         loop_lag.start()
         await store.client.ping()
-        await broker.connect()
-        await declare_service_topology(
-            broker, service, settings.tiers, delivery_limit=settings.delivery_limit
-        )
+        try:
+            await prepare_broker()
+        except CONNECTION_LOST as exc:
+            # RabbitMQ is away or went away mid-way: the watchdog subscribes once it is back.
+            log.warning("RabbitMQ unreachable at start-up", error=repr(exc))
         for hook in on_start:
             await hook()
         await runner.start()
@@ -117,6 +156,14 @@ def build_worker(
             concurrency=settings.concurrency,
             tiers=[tier.name for tier in settings.tiers],
         )
+
+    async def watch() -> None:
+        # After FastStream's own start of the subscriber, which may have been cut short.
+        watchdog.start()
+
+    async def stop_watching() -> None:
+        # Before FastStream stops the subscriber: a stopped consumer is not a lost one.
+        await watchdog.stop()
 
     async def shutdown() -> None:
         # FastStream has already stopped consuming and waited `shutdown_grace_s`
@@ -131,19 +178,55 @@ def build_worker(
             metrics_server.stop()
         log.info("worker stopped")
 
-    app = FastStream(broker, on_startup=[startup], after_shutdown=[shutdown], logger=None)
-    return Worker(
+    app = FastStream(
+        broker,
+        on_startup=[startup],
+        after_startup=[watch],
+        on_shutdown=[stop_watching],
+        after_shutdown=[shutdown],
+        logger=None,
+    )
+    worker = Worker(
         app=app,
         broker=broker,
         store=store,
         runner=runner,
+        watchdog=watchdog,
         settings=settings,
         metrics_server=metrics_server,
     )
+    return worker
+
+
+EXIT_WAIT_S = 2.0
 
 
 def run_worker(worker: Worker) -> None:
-    """Run until SIGINT/SIGTERM, on uvloop."""
+    """Run until SIGINT/SIGTERM (or until the worker gives up), on uvloop; then exit."""
     import uvloop
 
-    uvloop.run(worker.app.run())
+    sys.exit(uvloop.run(_run_then_exit(worker)))
+
+
+async def _run_then_exit(worker: Worker) -> int:
+    try:
+        await worker.app.run()
+        code = worker.exit_code
+    except Exception:
+        log.exception("worker failed")
+        code = 1
+    # A process that cannot exit is worse than one that exits: its supervisor sees
+    # it alive, and it runs nothing. Tasks left behind are cancelled with a bound;
+    # aio-pika's reconnection task ignores cancellation while its connection is open,
+    # and FastStream leaves such a connection behind when a connect is cut short
+    # after the TCP handshake, so the usual asyncio teardown could wait for ever.
+    leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        _, pending = await asyncio.wait(leftovers, timeout=EXIT_WAIT_S)
+        if pending:
+            log.warning("tasks still running at exit; exiting without them", count=len(pending))
+            logging.shutdown()
+            os._exit(code)
+    return code

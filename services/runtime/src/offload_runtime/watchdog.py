@@ -1,0 +1,160 @@
+"""The consumer watchdog: a worker that is alive and connected must also be consuming.
+
+aio-pika's robust connection restores channels and consumers after most
+faults, but a consumer can still be lost with nothing to show for it: a start
+cut short by a broker restart, a consumer the broker cancelled or a channel it
+closed whose restore failed, the next library bug. The process then looks
+healthy, holds its connection, and runs nothing while jobs wait. So every
+`interval_s` the watchdog asks the broker itself (a passive declare of the
+queue, on a channel of its own) and compares with what this process saw:
+
+- the subscriber is not running (its start was cut short): start it;
+- the broker counts no consumer on the queue: this process is not consuming;
+- messages were ready at two checks in a row while this process had room for
+  more and received none in between: its consumer is not being fed.
+
+Either of the last two re-subscribes (cancel the consumer, consume again). A
+subscription that is still not live `give_up_after_s` after it was first
+found dead ends the process with a non-zero exit, so that its supervisor
+(compose, Kubernetes, `make run`) starts a fresh one; meanwhile `live` is
+False and the worker's `/readyz` says not ready.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from faststream.rabbit import RabbitBroker
+from faststream.rabbit.subscriber import RabbitSubscriber
+
+from offload_runtime import metrics
+from offload_runtime.broker import queue_counts, resubscribe
+from offload_runtime.logging import get_logger
+
+STOP_WAIT_S = 2.0
+
+log = get_logger("offload.watchdog")
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What the consuming process knows of its own subscription."""
+
+    deliveries: Callable[[], int]
+    """Deliveries received so far (a counter that only grows)."""
+    held: Callable[[], int]
+    """Deliveries held now: received, not yet acked or nacked."""
+    capacity: int
+    """The most it may hold (its prefetch)."""
+
+
+class ConsumerWatchdog:
+    """Keeps one subscriber consuming, or ends the process past `give_up_after_s`."""
+
+    def __init__(
+        self,
+        *,
+        broker: RabbitBroker,
+        subscriber: RabbitSubscriber,
+        queue: str,
+        prepare: Callable[[], Awaitable[None]],
+        feed: Feed,
+        interval_s: float,
+        give_up_after_s: float,
+        give_up: Callable[[str], None],
+    ) -> None:
+        self._broker = broker
+        self._subscriber = subscriber
+        self._queue = queue
+        self._prepare = prepare
+        self._feed = feed
+        self._interval_s = interval_s
+        self._give_up_after_s = give_up_after_s
+        self._give_up = give_up
+        self._dead_since: float | None = None
+        self._last_deliveries = 0
+        self._starved_once = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.live = False
+        """Whether the last check found the subscription consuming."""
+        self.resubscribed = 0
+        """Re-subscriptions so far (each one logged and counted in the metrics)."""
+
+    def start(self) -> None:
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._watch(), name=f"consumer watchdog {self._queue}")
+
+    async def stop(self) -> None:
+        """Stop watching (asked, then cancelled if a check does not end in time)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+        if not done:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    async def _watch(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                async with asyncio.timeout(max(self._interval_s, 5.0)):
+                    problem = await self.check()
+            except Exception as exc:  # the broker did not answer: not live, try again
+                problem = f"check failed: {exc!r}"
+            self._record(problem)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._stopping.wait()
+
+    async def check(self) -> str | None:
+        """One check, acting on what it finds; the problem found, or None when live."""
+        if not self._subscriber.running:
+            await self._prepare()
+            await self._subscriber.start()
+            log.info("consumer started by the watchdog", queue=self._queue)
+            self._last_deliveries = self._feed.deliveries()
+            return None
+        ready, consumers = await queue_counts(self._broker, self._queue)
+        deliveries = self._feed.deliveries()
+        had_room = self._feed.held() < self._feed.capacity
+        fed = deliveries != self._last_deliveries
+        self._last_deliveries = deliveries
+        starved = ready > 0 and had_room and not fed
+        problem = None
+        if consumers == 0:
+            problem = "the broker counts no consumer on the queue"
+        elif starved and self._starved_once:
+            problem = f"{ready} messages ready and none delivered to this process with room"
+        self._starved_once = starved and problem is None
+        if problem is not None:
+            reason = "no_consumer" if consumers == 0 else "starved"
+            log.warning("consumer lost; subscribing again", queue=self._queue, problem=problem)
+            metrics.CONSUMER_RESUBSCRIBES.labels(self._queue, reason).inc()
+            self.resubscribed += 1
+            await resubscribe(self._subscriber)
+        return problem
+
+    def _record(self, problem: str | None) -> None:
+        self.live = problem is None
+        metrics.CONSUMER_LIVE.labels(self._queue).set(1 if self.live else 0)
+        now = time.monotonic()
+        if self.live:
+            if self._dead_since is not None:
+                log.info("consumer live again", queue=self._queue)
+            self._dead_since = None
+            return
+        if self._dead_since is None:
+            self._dead_since = now
+        elif now - self._dead_since >= self._give_up_after_s:
+            self._stopping.set()
+            self._give_up(
+                f"{self._queue}: not consuming for {now - self._dead_since:.1f} s ({problem})"
+            )
+
+
+__all__ = ["ConsumerWatchdog", "Feed"]
