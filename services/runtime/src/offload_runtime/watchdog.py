@@ -106,6 +106,7 @@ class ConsumerWatchdog:
                     problem = await self.check()
             except Exception as exc:  # the broker did not answer: not live, try again
                 problem = f"check failed: {exc!r}"
+                log.warning("consumer check failed", queue=self._queue, error=repr(exc))
             self._record(problem)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval_s):
