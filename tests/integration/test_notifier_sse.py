@@ -154,6 +154,34 @@ async def test_a_malformed_last_event_id_is_a_400(
     assert "Last-Event-ID" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "last_event_id",
+    ["1-99999999999999999999", "18446744073709551616-0", "\u0661-\u0660", "garbage", "$"],
+)
+async def test_a_last_event_id_redis_would_refuse_is_a_400_on_both_streams(
+    space: NotifierSpace, notifier: RunningNotifier, last_event_id: str
+) -> None:
+    # Both streams hold entries older than the id's first part, so an id that got past
+    # the check would be handed to Redis (which refuses it mid-stream, after a 200).
+    job = await space.jobs.create()
+    await space.jobs.start(job)
+    await until(lambda: space.store.client.xlen(space.keys.tenant_events("acme")), what="the relay")
+    async with notifier.client() as http:
+        answers = [
+            await http.get(path, params={"last_event_id": last_event_id})
+            for path in (f"/v1/jobs/{job.id}/events", "/v1/events")
+        ]
+        if last_event_id.isascii():  # a header value is latin-1; the query takes any text
+            answers += [
+                await http.get(path, headers={"Last-Event-ID": last_event_id})
+                for path in (f"/v1/jobs/{job.id}/events", "/v1/events")
+            ]
+    for answer in answers:
+        assert answer.status_code == 400, (answer.request.url, answer.text[:200])
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert "below 2^64" in answer.json()["detail"]
+
+
 async def test_pings_keep_an_idle_stream_alive(space: NotifierSpace) -> None:
     job = await space.jobs.create()
     async with (

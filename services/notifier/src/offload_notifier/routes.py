@@ -24,11 +24,11 @@ from offload_notifier.streams import (
     StreamEntry,
     StreamSource,
     job_frames,
-    stream_id,
     tenant_frames,
 )
 from offload_runtime.auth import KeyRing, bearer_token
 from offload_runtime.keys import RedisKeys
+from offload_runtime.stream_ids import canonical
 
 PROBLEM_JSON = "application/problem+json"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -188,15 +188,14 @@ def build_router(deps: RouteDeps) -> APIRouter:
         if value is None or not value.strip():
             return None
         try:
-            stream_id(value)
+            return canonical(value)
         except ValueError:
             raise Problem(
                 400,
                 "Invalid Last-Event-ID",
                 "Last-Event-ID must be the `id:` of an event this stream sent, "
-                "e.g. `1700000000000-0`",
+                "e.g. `1700000000000-0` (two whole numbers below 2^64)",
             ) from None
-        return value.strip()
 
     async def owned_job(job_id: str, tenant: Annotated[str, Depends(tenant)]) -> str:
         if not _JOB_ID.match(job_id) or await deps.tenant_of_job(job_id) != tenant:

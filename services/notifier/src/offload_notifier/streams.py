@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from offload_contracts import EventKind, JobEvent
+from offload_runtime.stream_ids import stream_id
 
 TERMINAL_KINDS = frozenset(kind.value for kind in EventKind if kind.is_terminal)
 START = "0-0"
@@ -82,14 +83,6 @@ class Frame:
 PING = Frame(comment="ping")
 SUBSCRIBED = Frame(comment="subscribed")
 """Sent once a tenant stream's starting point is fixed: events from then on will come."""
-
-
-def stream_id(text: str) -> tuple[int, int]:
-    """`"1700000000000-3"` → `(1700000000000, 3)`; ValueError when it is not a stream id."""
-    ms, sep, seq = text.strip().partition("-")
-    if not ms.isdigit() or (sep and not seq.isdigit()):
-        raise ValueError(f"not a stream id: {text!r}")
-    return int(ms), int(seq) if sep else 0
 
 
 class Subscription(Protocol):
