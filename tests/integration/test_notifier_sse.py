@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support.infra import Infra
 from tests.support.notifier import (
@@ -180,6 +181,25 @@ async def test_a_last_event_id_redis_would_refuse_is_a_400_on_both_streams(
         assert answer.status_code == 400, (answer.request.url, answer.text[:200])
         assert answer.headers["content-type"] == "application/problem+json"
         assert "below 2^64" in answer.json()["detail"]
+
+
+async def test_a_stream_that_fails_after_its_200_ends_cleanly_for_the_client_to_resume(
+    space: NotifierSpace, notifier: RunningNotifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await space.jobs.create()
+
+    async def redis_gone(*args: object, **kwargs: object) -> None:
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(notifier.parts.hub, "range_after", redis_gone)
+    async with notifier.client() as http, sse(http, f"/v1/jobs/{job.id}/events") as stream:
+        # The end of a well-formed stream (not a connection cut mid-chunk), so an
+        # EventSource or the Offload client reconnects with its Last-Event-ID.
+        assert await stream.rest() == []
+    monkeypatch.undo()
+    async with notifier.client() as http, sse(http, f"/v1/jobs/{job.id}/events") as stream:
+        [queued] = await stream.events(1)
+    assert queued.event == "queued"
 
 
 async def test_pings_keep_an_idle_stream_alive(space: NotifierSpace) -> None:

@@ -12,11 +12,18 @@ operations alert); a video job against a provider that checks its key.
 
 import asyncio
 import base64
+import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import pytest
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
+from offload_runtime.logging import TRACEBACK_LIMIT, configure_logging, get_logger
 from tests.security.report import record
 from tests.support.infra import Infra
 from tests.support.notifier import Receiver, verify
@@ -187,3 +194,107 @@ async def test_no_api_key_webhook_secret_or_provider_key_appears_in_any_log_line
         "a rejection, a video render",
         f"{total:,} log lines searched for every secret and 'Bearer ': 0 found",
     )
+
+
+# ---------------------------------------------------------------------- errors in requests
+
+
+def secret_headers() -> dict[str, str]:
+    """A fresh secret in every header a client could put one in."""
+    names = [
+        "Authorization",
+        "Proxy-Authorization",
+        "Cookie",
+        "X-Api-Key",
+        "X-Auth-Token",
+        "X-Webhook-Secret",
+        "Idempotency-Key",
+        "User-Agent",
+        "Referer",
+        "X-Forwarded-For",
+        "X-Request-Id",
+    ]
+    headers = {name: f"s3cret-{uuid.uuid4().hex}" for name in names}
+    headers["Authorization"] = f"Bearer {headers['Authorization']}"
+    headers["Proxy-Authorization"] = f"Basic {headers['Proxy-Authorization']}"
+    return headers
+
+
+def leaked(headers: dict[str, str], text: str) -> list[str]:
+    """The headers whose secret appears anywhere in `text`."""
+    return [name for name, value in headers.items() if value.split()[-1] in text]
+
+
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """Lets a test configure the process's logging, and puts the previous set-up back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)
+
+
+def failing_app() -> FastAPI:
+    """Errors where a service could have them: in a handler, mid-stream, with a huge message."""
+    app = FastAPI()
+    log = get_logger("probe")
+
+    def fail(message: str) -> None:
+        raise RuntimeError(message)
+
+    @app.get("/handler")
+    async def handler() -> None:
+        fail("boom in the handler")
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"data: first\n\n"
+            fail("boom in the stream")
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    @app.get("/huge")
+    async def huge() -> None:
+        fail("huge " + "x" * 500_000)
+
+    @app.get("/logged")
+    async def logged() -> dict[str, bool]:
+        try:
+            fail("boom logged by the service")
+        except RuntimeError:
+            log.error("handled", exc_info=True)
+        return {"ok": True}
+
+    return app
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+async def test_an_error_in_a_request_is_logged_with_its_traceback_but_not_its_headers(
+    fmt: str, capsys: pytest.CaptureFixture[str], own_logging: None
+) -> None:
+    configure_logging("probe", level="debug", fmt=fmt)
+    headers = secret_headers()
+    async with serve(failing_app()) as base, httpx.AsyncClient(base_url=base) as http:
+        for path in ("/handler", "/huge", "/logged"):
+            await http.get(path, headers=headers)
+        with pytest.raises(httpx.RemoteProtocolError):  # the stream breaks off
+            async with http.stream("GET", "/stream", headers=headers) as answer:
+                async for _ in answer.aiter_bytes():
+                    pass
+    out = capsys.readouterr().err
+    # What an operator needs is there: each error, with the frames that raised it.
+    for message in ("boom in the handler", "boom in the stream", "boom logged by the service"):
+        assert message in out, out[-3000:]
+    assert out.count("Traceback (most recent call last)") >= 4, out[-3000:]
+    assert "in fail" in out
+    # No header (not even a frame's locals holding the request's scope), and no record
+    # anywhere near the size of the half-megabyte message.
+    assert leaked(headers, out) == [], leaked(headers, out)
+    assert "locals" not in out
+    records = out.split("\n{") if fmt == "json" else out.split("\n20")
+    assert max(len(r) for r in records) < TRACEBACK_LIMIT + 2000, max(map(len, records))
+    assert "characters cut" in out

@@ -28,7 +28,10 @@ from offload_notifier.streams import (
 )
 from offload_runtime.auth import KeyRing, bearer_token
 from offload_runtime.keys import RedisKeys
+from offload_runtime.logging import get_logger
 from offload_runtime.stream_ids import canonical
+
+log = get_logger("offload.notifier.routes")
 
 PROBLEM_JSON = "application/problem+json"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -136,7 +139,8 @@ class EventStream(EventSourceResponse):
         self._kind = kind
         self._frames = frames
         super().__init__(
-            _encoded(frames), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            _encoded(kind, frames),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -148,18 +152,27 @@ class EventStream(EventSourceResponse):
             await self._frames.aclose()
 
 
-async def _encoded(frames: AsyncGenerator[Frame | StreamEntry, None]) -> AsyncIterator[bytes]:
-    async for frame in frames:
-        if isinstance(frame, StreamEntry):
-            if frame.wire is None:
-                frame.wire = format_sse_event(
-                    data_str=frame.public_data, event=frame.kind or None, id=frame.id
+async def _encoded(
+    kind: str, frames: AsyncGenerator[Frame | StreamEntry, None]
+) -> AsyncIterator[bytes]:
+    try:
+        async for frame in frames:
+            if isinstance(frame, StreamEntry):
+                if frame.wire is None:
+                    frame.wire = format_sse_event(
+                        data_str=frame.public_data, event=frame.kind or None, id=frame.id
+                    )
+                yield frame.wire
+            else:
+                yield format_sse_event(
+                    data_str=frame.data, event=frame.event, id=frame.id, comment=frame.comment
                 )
-            yield frame.wire
-        else:
-            yield format_sse_event(
-                data_str=frame.data, event=frame.event, id=frame.id, comment=frame.comment
-            )
+    except Exception:
+        # The 200 is sent: an error can no longer become a problem answer, and
+        # raised further it would only reach the server as "Exception in ASGI
+        # application" on a connection left open. End the stream instead; the
+        # client resumes with Last-Event-ID (a job stream's end is its terminal event).
+        log.warning("event stream ended by an error", stream=kind, exc_info=True)
 
 
 def build_router(deps: RouteDeps) -> APIRouter:
