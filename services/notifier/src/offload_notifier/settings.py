@@ -84,6 +84,13 @@ class NotifierSettings(RuntimeSettings, HttpServerSettings):
         "followed keys are spread over them. One serves thousands of clients; more "
         "only pays when one read over every followed key gets too large.",
     )
+    sse_max_streams_per_tenant: int = Field(
+        default=200,
+        ge=1,
+        description="SSE streams one tenant may hold open at once on one notifier process; "
+        "the next gets 429 with Retry-After. Per process: with N replicas a tenant may hold "
+        "up to N times this.",
+    )
     sse_queue_limit: int = Field(
         default=1000,
         ge=10,

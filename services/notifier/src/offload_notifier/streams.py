@@ -85,6 +85,37 @@ SUBSCRIBED = Frame(comment="subscribed")
 """Sent once a tenant stream's starting point is fixed: events from then on will come."""
 
 
+class StreamSlots:
+    """How many streams each tenant holds open in this process, up to `limit` each.
+
+    So that one tenant cannot take every connection, file descriptor and
+    fan-out cycle of a notifier from the others. Counted per process: with N
+    replicas behind a load balancer a tenant holds at most N × `limit`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def take(self, tenant: str) -> bool:
+        """One more stream for `tenant`; False when it already holds `limit`."""
+        held = self._open.get(tenant, 0)
+        if held >= self.limit:
+            return False
+        self._open[tenant] = held + 1
+        return True
+
+    def give_back(self, tenant: str) -> None:
+        held = self._open.get(tenant, 0) - 1
+        if held > 0:
+            self._open[tenant] = held
+        else:
+            self._open.pop(tenant, None)
+
+    def held(self, tenant: str) -> int:
+        return self._open.get(tenant, 0)
+
+
 class Subscription(Protocol):
     async def next(self, timeout: float) -> StreamEntry | None:
         """The next entry after the last one returned; None when `timeout` passed first."""
