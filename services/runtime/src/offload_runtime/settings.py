@@ -107,7 +107,9 @@ class RuntimeSettings(LogSettings):
     )
     admin_keys: str = Field(default="dev-admin-key", description="Admin keys, comma-separated.")
     webhook_allow_private: bool = Field(
-        default=False, description="Allow webhook/source URLs on loopback or private addresses."
+        default=False,
+        description="Allow webhook/source URLs on loopback or private addresses; link-local "
+        "and cloud metadata addresses stay refused.",
     )
     otlp_endpoint: str | None = Field(
         default=None,
