@@ -5,6 +5,7 @@ from offload_runtime.logging import configure_logging
 from offload_sandbox.app import build_app
 from offload_sandbox.settings import SandboxSettings
 
+# Streamed answers in flight (LLM tokens, video downloads) get this long after SIGTERM.
 SHUTDOWN_GRACE_S = 5
 
 
