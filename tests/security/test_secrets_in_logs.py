@@ -171,8 +171,10 @@ async def test_no_api_key_webhook_secret_or_provider_key_appears_in_any_log_line
         **{f"wrong key {i}": key for i, key in enumerate(wrong_keys)},
     }
     lines = {name: text.splitlines() for name, text in logs.items()}
-    # The search is only worth something if the processes did log what they did.
-    assert all(len(found) > 10 for found in lines.values()), {n: len(v) for n, v in lines.items()}
+    # The search is only worth something if the processes did log what they did (the
+    # sandbox, with no access log, writes its start and stop lines only).
+    assert all(len(found) > 5 for found in lines.values()), {n: len(v) for n, v in lines.items()}
+    assert all(len(lines[name]) > 10 for name in ("ai", "gateway", "notifier", "video"))
     assert any("webhook delivered" in line for line in lines["notifier"])
     assert any(ids["plain"] in line for line in lines["ai"])
     assert any(ids["video"] in line for line in lines["video"])
