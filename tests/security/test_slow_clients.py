@@ -36,17 +36,19 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         http_max_header_bytes=MAX_HEADER_BYTES,
         sse_ping_s=0.3,
     ) as stack:
-        notifier_port = free_port()
-        stack.start("notifier", "offload_notifier", notifier_port=notifier_port)
-        stack.settings["notifier_url"] = f"http://127.0.0.1:{notifier_port}"
-        await stack.wait_ready(stack.settings["notifier_url"], "/readyz")
+        stack.start("notifier", "offload_notifier", notifier_port=free_port())
+        await stack.wait_ready(notifier_url(stack), "/readyz")
         yield stack
+
+
+def notifier_url(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.processes['notifier'].env['OFFLOAD_NOTIFIER_PORT']}"
 
 
 def services(stack: Stack) -> dict[str, str]:
     return {
         "gateway": stack.gateway_url,
-        "notifier": stack.settings["notifier_url"],
+        "notifier": notifier_url(stack),
         "sandbox": f"http://127.0.0.1:{stack.settings['sandbox_port']}",
     }
 
@@ -136,7 +138,7 @@ async def test_the_bound_leaves_slow_bodies_long_streams_and_idle_keep_alive_alo
     assert upload.startswith(b"HTTP/1.1 201 "), upload[:300]
 
     # An SSE stream open for three times the bound keeps receiving its pings.
-    reader, writer = await connect(stack.settings["notifier_url"])
+    reader, writer = await connect(notifier_url(stack))
     writer.write(
         b"GET /v1/events HTTP/1.1\r\nHost: x\r\n"
         + f"Authorization: Bearer {API_KEY}\r\n\r\n".encode()
