@@ -105,6 +105,8 @@ def spawn_notifier(
         "OFFLOAD_RETRY_TIERS": "1s",
         "OFFLOAD_LOG_LEVEL": "warning",
         "OFFLOAD_RELAY_BLOCK_MS": "1000",
+        # Every client is the one bench tenant.
+        "OFFLOAD_SSE_MAX_STREAMS_PER_TENANT": "100000",
     }
     wrap = ["-m", "cProfile", "-o", profile] if profile else []
     return subprocess.Popen([sys.executable, *wrap, "-m", "offload_notifier"], env=env)

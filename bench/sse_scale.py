@@ -239,7 +239,9 @@ async def _main(args: argparse.Namespace) -> int:
         Processes("sse-scale") as procs,
         tempfile.TemporaryDirectory() as scratch,
     ):
-        notifier, base = await procs.notifier(offload_env(infra, Path(scratch)))
+        # Every client is the one bench tenant.
+        env = offload_env(infra, Path(scratch), OFFLOAD_SSE_MAX_STREAMS_PER_TENANT=args.clients)
+        notifier, base = await procs.notifier(env)
         port = int(base.rsplit(":", 1)[1])
         store = job_store(infra.redis_url, infra.redis_prefix)
         idle_rss = process_rss_mb(notifier.pid)

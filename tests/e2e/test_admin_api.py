@@ -398,6 +398,22 @@ async def test_admin_sees_every_tenants_jobs_and_live_events(
     assert sum(listed["counts"].values()) == len(listed["jobs"])
 
 
+async def test_a_last_event_id_redis_would_refuse_starts_the_admin_stream_afresh(
+    gateway: RunningGateway, admin: httpx.AsyncClient
+) -> None:
+    await submit(gateway, "so that the outbox is not empty")
+    for last_event_id in ("1-99999999999999999999", "18446744073709551616-0"):
+        headers = {"Last-Event-ID": last_event_id}
+        async with admin.stream(
+            "GET", "/v1/admin/events", params={"snapshot": 1}, headers=headers
+        ) as answer:
+            assert answer.status_code == 200
+            lines = answer.aiter_lines()
+            first = await asyncio.wait_for(anext(lines), 10)
+        # As with no id at all: a snapshot first (an id Redis refuses would end the stream).
+        assert first == "event: snapshot", (last_event_id, first)
+
+
 async def test_asyncapi_documents_and_dashboard_are_served(gateway: RunningGateway) -> None:
     async with gateway.client(None) as http:
         gateway_doc = (await http.get("/asyncapi/gateway")).json()

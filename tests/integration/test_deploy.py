@@ -93,7 +93,8 @@ def test_each_services_image_gets_its_own_dependencies_and_no_others(service: st
     assert f"./services/{service}" in names
     assert ("pillow" in names) == (service == "image")
     assert ("fastapi" in names) == (service in ("gateway", "notifier", "sandbox"))
-    assert ("aio-pika" in names) == (service != "sandbox")  # the workers' health check uses it
+    assert "aio-pika" in names  # the workers' health check uses it; the runtime needs it anyway
+    assert "./services/runtime" in names  # the sandbox too: its HTTP server and logging
     assert "pytest" not in names and "./client" not in names
 
 
@@ -135,7 +136,7 @@ def test_the_dockerfile_install_steps_give_a_runnable_service(
     assert found == {
         "PIL": service == "image",
         "fastapi": service == "sandbox",
-        "aio_pika": service == "image",
+        "aio_pika": True,  # the runtime's, which the sandbox serves HTTP with too
         "pytest": False,  # no dev group
         "offload": False,  # nor the client
     }

@@ -1,11 +1,14 @@
 """The notifier's SSE streams over real HTTP, against the real Redis and RabbitMQ (DESIGN §2)."""
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support.infra import Infra
 from tests.support.notifier import (
+    SSE,
     NotifierSpace,
     RunningNotifier,
     notifier_space,
@@ -152,6 +155,91 @@ async def test_a_malformed_last_event_id_is_a_400(
     assert answer.status_code == 400
     assert answer.headers["content-type"] == "application/problem+json"
     assert "Last-Event-ID" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "last_event_id",
+    ["1-99999999999999999999", "18446744073709551616-0", "\u0661-\u0660", "garbage", "$"],
+)
+async def test_a_last_event_id_redis_would_refuse_is_a_400_on_both_streams(
+    space: NotifierSpace, notifier: RunningNotifier, last_event_id: str
+) -> None:
+    # Both streams hold entries older than the id's first part, so an id that got past
+    # the check would be handed to Redis (which refuses it mid-stream, after a 200).
+    job = await space.jobs.create()
+    await space.jobs.start(job)
+    await until(lambda: space.store.client.xlen(space.keys.tenant_events("acme")), what="the relay")
+    async with notifier.client() as http:
+        answers = [
+            await http.get(path, params={"last_event_id": last_event_id})
+            for path in (f"/v1/jobs/{job.id}/events", "/v1/events")
+        ]
+        if last_event_id.isascii():  # a header value is latin-1; the query takes any text
+            answers += [
+                await http.get(path, headers={"Last-Event-ID": last_event_id})
+                for path in (f"/v1/jobs/{job.id}/events", "/v1/events")
+            ]
+    for answer in answers:
+        assert answer.status_code == 400, (answer.request.url, answer.text[:200])
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert "below 2^64" in answer.json()["detail"]
+
+
+async def test_a_stream_that_fails_after_its_200_ends_cleanly_for_the_client_to_resume(
+    space: NotifierSpace, notifier: RunningNotifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await space.jobs.create()
+
+    async def redis_gone(*args: object, **kwargs: object) -> None:
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(notifier.parts.hub, "range_after", redis_gone)
+    async with notifier.client() as http, sse(http, f"/v1/jobs/{job.id}/events") as stream:
+        # The end of a well-formed stream (not a connection cut mid-chunk), so an
+        # EventSource or the Offload client reconnects with its Last-Event-ID.
+        assert await stream.rest() == []
+    monkeypatch.undo()
+    async with notifier.client() as http, sse(http, f"/v1/jobs/{job.id}/events") as stream:
+        [queued] = await stream.events(1)
+    assert queued.event == "queued"
+
+
+async def test_a_tenant_at_its_stream_limit_gets_429_until_one_of_its_streams_ends(
+    space: NotifierSpace,
+) -> None:
+    job = await space.jobs.create()
+    paths = [f"/v1/jobs/{job.id}/events", "/v1/events", "/v1/events"]
+    async with (
+        running_notifier(space, sse_max_streams_per_tenant=3) as notifier,
+        notifier.client() as http,
+        notifier.client("globex") as other,
+    ):
+        slots = notifier.parts.slots
+        async with AsyncExitStack() as held:
+            streams = [await held.enter_async_context(sse(http, path)) for path in paths]
+            refused = [await http.get(path) for path in paths[:2]]
+            # Another tenant is not affected.
+            async with sse(other, "/v1/events") as theirs:
+                assert (await theirs.next()) == SSE(comment="subscribed")
+
+            # A stream that ends by itself (after the job's terminal event) frees its slot.
+            await space.jobs.start(job)
+            await space.jobs.complete(job)
+            assert [e.event for e in await streams[0].rest()] == ["queued", "started", "completed"]
+            await until(lambda: slots.held("acme") == 2, what="the ended stream's slot")
+            streams.append(await held.enter_async_context(sse(http, "/v1/events")))
+            assert (await http.get("/v1/events")).status_code == 429
+        # Streams the client closes free theirs.
+        await until(lambda: slots.held("acme") == 0, what="the closed streams' slots")
+        async with AsyncExitStack() as held:
+            again = [await held.enter_async_context(sse(http, "/v1/events")) for _ in range(3)]
+            assert [await s.next() for s in again] == [SSE(comment="subscribed")] * 3
+
+    for answer in refused:
+        assert answer.status_code == 429
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["retry-after"] == "5"
+        assert "3 event streams open" in answer.json()["detail"]
 
 
 async def test_pings_keep_an_idle_stream_alive(space: NotifierSpace) -> None:

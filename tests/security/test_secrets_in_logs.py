@@ -8,15 +8,28 @@ taken: auth failures on the gateway, its admin API and the notifier; signed
 webhook deliveries before and after a rotation; LLM calls that succeed, that
 are retried (503s) and that are rejected (a dead letter, which raises a signed
 operations alert); a video job against a provider that checks its key.
+
+Then request headers: a fresh secret in every header a client could use, sent
+to every HTTP surface (gateway, notifier, sandbox, a worker's `/metrics`) on
+every kind of answer and on heads the server refuses, in both log formats;
+and an error inside a request (in a handler, mid-stream, with a huge message),
+whose traceback must be logged in full yet hold no header and stay bounded.
 """
 
 import asyncio
 import base64
+import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import pytest
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
+from offload_runtime.logging import TRACEBACK_LIMIT, configure_logging, get_logger
 from tests.security.report import record
 from tests.support.infra import Infra
 from tests.support.notifier import Receiver, verify
@@ -158,8 +171,10 @@ async def test_no_api_key_webhook_secret_or_provider_key_appears_in_any_log_line
         **{f"wrong key {i}": key for i, key in enumerate(wrong_keys)},
     }
     lines = {name: text.splitlines() for name, text in logs.items()}
-    # The search is only worth something if the processes did log what they did.
-    assert all(len(found) > 10 for found in lines.values()), {n: len(v) for n, v in lines.items()}
+    # The search is only worth something if the processes did log what they did (the
+    # sandbox, with no access log, writes its start and stop lines only).
+    assert all(len(found) > 5 for found in lines.values()), {n: len(v) for n, v in lines.items()}
+    assert all(len(lines[name]) > 10 for name in ("ai", "gateway", "notifier", "video"))
     assert any("webhook delivered" in line for line in lines["notifier"])
     assert any(ids["plain"] in line for line in lines["ai"])
     assert any(ids["video"] in line for line in lines["video"])
@@ -186,4 +201,237 @@ async def test_no_api_key_webhook_secret_or_provider_key_appears_in_any_log_line
         "LLM and video keys); 401/403s, 5 signed deliveries, an ops alert, LLM retries, "
         "a rejection, a video render",
         f"{total:,} log lines searched for every secret and 'Bearer ': 0 found",
+    )
+
+
+# ---------------------------------------------------------------------- errors in requests
+
+
+def secret_headers() -> dict[str, str]:
+    """A fresh secret in every header a client could put one in."""
+    names = [
+        "Authorization",
+        "Proxy-Authorization",
+        "Cookie",
+        "X-Api-Key",
+        "X-Auth-Token",
+        "X-Webhook-Secret",
+        "Idempotency-Key",
+        "User-Agent",
+        "Referer",
+        "X-Forwarded-For",
+        "X-Request-Id",
+    ]
+    headers = {name: f"s3cret-{uuid.uuid4().hex}" for name in names}
+    headers["Authorization"] = f"Bearer {headers['Authorization']}"
+    headers["Proxy-Authorization"] = f"Basic {headers['Proxy-Authorization']}"
+    return headers
+
+
+def leaked(headers: dict[str, str], text: str) -> list[str]:
+    """The headers whose secret appears anywhere in `text`."""
+    return [name for name, value in headers.items() if value.split()[-1] in text]
+
+
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """Lets a test configure the process's logging, and puts the previous set-up back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)
+
+
+def failing_app() -> FastAPI:
+    """Errors where a service could have them: in a handler, mid-stream, with a huge message."""
+    app = FastAPI()
+    log = get_logger("probe")
+
+    def fail(message: str) -> None:
+        raise RuntimeError(message)
+
+    @app.get("/handler")
+    async def handler() -> None:
+        fail("boom in the handler")
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"data: first\n\n"
+            fail("boom in the stream")
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    @app.get("/huge")
+    async def huge() -> None:
+        fail("huge " + "x" * 500_000)
+
+    @app.get("/logged")
+    async def logged() -> dict[str, bool]:
+        try:
+            fail("boom logged by the service")
+        except RuntimeError:
+            log.error("handled", exc_info=True)
+        return {"ok": True}
+
+    return app
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+async def test_an_error_in_a_request_is_logged_with_its_traceback_but_not_its_headers(
+    fmt: str, capsys: pytest.CaptureFixture[str], own_logging: None
+) -> None:
+    configure_logging("probe", level="debug", fmt=fmt)
+    headers = secret_headers()
+    async with serve(failing_app()) as base, httpx.AsyncClient(base_url=base) as http:
+        for path in ("/handler", "/huge", "/logged"):
+            await http.get(path, headers=headers)
+        with pytest.raises(httpx.RemoteProtocolError):  # the stream breaks off
+            async with http.stream("GET", "/stream", headers=headers) as answer:
+                async for _ in answer.aiter_bytes():
+                    pass
+    out = capsys.readouterr().err
+    # What an operator needs is there: each error, with the frames that raised it.
+    for message in ("boom in the handler", "boom in the stream", "boom logged by the service"):
+        assert message in out, out[-3000:]
+    assert out.count("Traceback (most recent call last)") >= 4, out[-3000:]
+    assert "in fail" in out
+    # No header (not even a frame's locals holding the request's scope), and no record
+    # anywhere near the size of the half-megabyte message.
+    assert leaked(headers, out) == [], leaked(headers, out)
+    assert "locals" not in out
+    records = out.split("\n{") if fmt == "json" else out.split("\n20")
+    assert max(len(r) for r in records) < TRACEBACK_LIMIT + 2000, max(map(len, records))
+    assert "characters cut" in out
+
+
+# ---------------------------------------------------------------------- every service, as run
+
+
+def request_head(headers: dict[str, str], *extra: str, end: bool = True) -> bytes:
+    """`GET /healthz` with these headers, then the `extra` lines as written."""
+    lines = [f"{name}: {value}" for name, value in headers.items()] + list(extra)
+    head = "GET /healthz HTTP/1.1\r\nHost: x\r\n" + "".join(f"{line}\r\n" for line in lines)
+    return (head + "\r\n" if end else head).encode("latin-1")
+
+
+async def exchange(base_url: str, data: bytes, *, wait_s: float = 5) -> bytes:
+    """Write `data` as it is, then read until the server closes (or `wait_s` passes)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), wait_s)
+    except (TimeoutError, ConnectionError):
+        return b""
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+async def test_secrets_in_every_request_header_reach_no_log_line_of_any_service(
+    infra: Infra, fmt: str
+) -> None:
+    headers = secret_headers()
+    authorized = {**headers, "Authorization": f"Bearer {API_KEY}"}
+    metrics_port, notifier_port = free_port(), free_port()
+    async with running_stack(
+        infra,
+        log_level="debug",
+        log_format=fmt,
+        metrics_port=metrics_port,
+        http_header_timeout_s=0.5,
+        http_max_header_bytes=4096,
+    ) as stack:
+        stack.start("notifier", "offload_notifier", notifier_port=notifier_port)
+        notifier = f"http://127.0.0.1:{notifier_port}"
+        sandbox = f"http://127.0.0.1:{stack.settings['sandbox_port']}"
+        worker = f"http://127.0.0.1:{metrics_port}"
+        await stack.wait_ready(notifier, "/readyz")
+        await stack.wait_ready(worker, "/metrics")
+        bases = {"gateway": stack.gateway_url, "notifier": notifier, "sandbox": sandbox}
+
+        async with httpx.AsyncClient(timeout=10) as http:
+            # A job, so the tenant's event stream has entries to resume in.
+            job = await http.post(
+                f"{stack.gateway_url}/v1/jobs", json=stack.ai_job(), headers=authorized
+            )
+            assert job.status_code == 202, job.text
+            await wait_finished(stack, job.json()["id"])
+            calls = [
+                # Refused keys, everywhere.
+                *[("GET", f"{base}/v1/jobs", headers, None) for base in bases.values()],
+                ("GET", f"{notifier}/v1/events", headers, None),
+                ("GET", f"{worker}/metrics", headers, None),
+                ("GET", f"{worker}/nowhere", headers, None),
+                # Accepted keys with the other secrets beside them, on each kind of answer.
+                ("POST", f"{stack.gateway_url}/v1/jobs", authorized, b"{not json"),
+                ("POST", f"{stack.gateway_url}/v1/jobs", authorized, b'{"type": "nope"}'),
+                ("GET", f"{stack.gateway_url}/v1/jobs/nope", authorized, None),
+                ("PATCH", f"{stack.gateway_url}/v1/jobs", authorized, None),
+                ("GET", f"{stack.gateway_url}/v1/admin/queues", authorized, None),
+                ("POST", f"{stack.gateway_url}/v1/files", authorized, b"some bytes"),
+                ("GET", f"{notifier}/v1/jobs/nope/events", authorized, None),
+                ("POST", f"{sandbox}/v1/chat/completions", headers, b"{}"),
+                ("POST", f"{sandbox}/v1/videos", headers, b'{"prompt": 1}'),
+                ("GET", f"{sandbox}/v1/videos/nope", headers, None),
+            ]
+            statuses = []
+            for method, url, sent, body in calls:
+                answer = await http.request(method, url, headers=sent, content=body)
+                statuses.append(answer.status_code)
+            assert all(status < 500 for status in statuses), list(zip(calls, statuses, strict=True))
+            # A resume point past 64 bits (it was a traceback holding the request's scope).
+            for path in ("/v1/events", f"/v1/jobs/{job.json()['id']}/events"):
+                for sent in (authorized, {**authorized, "Last-Event-ID": "1-99999999999999999999"}):
+                    async with http.stream("GET", f"{notifier}{path}", headers=sent) as answer:
+                        assert answer.status_code in (200, 400)
+        # Heads the server refuses: unparseable, too large, too slow.
+        unparseable = request_head(headers, "X-Bad\x01: 1")  # a control character in a name
+        oversized = request_head(headers, "X-Pad: " + "a" * 8000)
+        unfinished = request_head(headers, end=False)
+        for base in bases.values():
+            assert b" 400 " in (await exchange(base, unparseable))[:20]
+            assert b" 431 " in (await exchange(base, oversized))[:20]
+            assert b" 408 " in (await exchange(base, unfinished, wait_s=3))[:20]
+        # The worker's /metrics server (prometheus_client's) takes a bad head as it is.
+        await exchange(worker, unparseable)
+
+        for process in stack.processes.values():
+            process.terminate(timeout=30)
+        logs = {name: process.logs() for name, process in stack.processes.items()}
+
+    lines = {name: text.splitlines() for name, text in logs.items()}
+    assert set(lines) == {"sandbox", "ai", "gateway", "notifier"}
+    # Each process wrote in the format asked for, and logged the refused heads.
+    opening = "{" if fmt == "json" else "20"
+    for name, found in lines.items():
+        assert len(found) > 5 and found[-1].startswith(opening), (name, found[-3:])
+    for name in ("gateway", "notifier", "sandbox"):
+        assert any("Invalid HTTP request received" in line for line in lines[name]), name
+    leaks = [
+        (header, name, line[:300])
+        for name, found in lines.items()
+        for line in found
+        for header in leaked(headers, line)
+    ]
+    leaks += [
+        ("Bearer", name, line[:300])
+        for name, found in lines.items()
+        for line in found
+        if "bearer " in line.lower()
+    ]
+    assert leaks == [], leaks
+    total = sum(len(found) for found in lines.values())
+    record(
+        f"no request header in any log line ({fmt})",
+        f"gateway, notifier, sandbox and a worker's /metrics at debug level, "
+        f"OFFLOAD_LOG_FORMAT={fmt}; a secret in each of {len(headers)} headers on "
+        f"{len(calls) + 4} requests (401/403/404/405/400/422/201, an SSE stream, a "
+        "Last-Event-ID past 64 bits) and on unparseable, oversized and slow heads",
+        f"{total:,} log lines searched: 0 secrets, 0 'Bearer '",
     )

@@ -1,4 +1,5 @@
-"""SSRF: webhook URLs and image source URLs aimed at the inside are refused by default.
+"""SSRF: webhook URLs and image source URLs aimed at the inside are refused by default,
+and link-local or cloud metadata ones even where private targets are allowed.
 
 Two layers, both tested: the gateway checks a webhook URL when the job is
 submitted (422, nothing recorded) and the contract takes only `https://`
@@ -24,7 +25,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -43,7 +44,13 @@ from offload_runtime.storage import FileStore
 from offload_runtime.url_guard import UnsafeURL, guarded_transport
 from tests.security.conftest import ConnectionCounter
 from tests.security.report import record
-from tests.support.gateway import RunningGateway, ai_job, assert_problem, poll_job
+from tests.support.gateway import (
+    RunningGateway,
+    ai_job,
+    assert_problem,
+    poll_job,
+    running_gateway,
+)
 from tests.support.infra import Infra
 from tests.support.notifier import (
     NotifierSpace,
@@ -253,6 +260,98 @@ async def test_the_notifier_never_follows_a_redirect(
         "each 302 counted a failed attempt, retried to the same URL, delivered on attempt 2; "
         "0 requests to the redirect targets",
     )
+
+
+# ---------------------------------------------------------------------- private targets allowed
+
+METADATA_HOSTS = {
+    "169.254.169.254": "169.254.169.254",
+    "[fe80::1] (link-local)": "[fe80::1]",
+    "[fd00:ec2::254] (AWS over IPv6)": "[fd00:ec2::254]",
+    "100.100.100.200 (Alibaba Cloud)": "100.100.100.200",
+    "[::ffff:169.254.169.254] (IPv4-mapped)": "[::ffff:169.254.169.254]",
+    "[64:ff9b::a9fe:a9fe] (NAT64)": "[64:ff9b::a9fe:a9fe]",
+}
+
+
+async def test_with_private_targets_allowed_metadata_is_still_refused_everywhere(
+    infra: Infra, space: NotifierSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OFFLOAD_WEBHOOK_ALLOW_PRIVATE=true, as `make run` sets it: loopback and private
+    # networks are reachable for local development, cloud metadata never.
+    urls = {name: f"http://{host}/latest/meta-data/" for name, host in METADATA_HOSTS.items()}
+    async with (
+        running_gateway(infra, webhook_allow_private=True) as gateway,
+        gateway.client() as http,
+    ):
+        for name, url in urls.items():
+            answer = await http.post("/v1/jobs", json={**ai_job(), "webhook": {"url": url}})
+            body = assert_problem(answer, 422)
+            assert "always refused" in body["detail"], (name, body["detail"])
+        loopback = {"url": "http://127.0.0.1:9/hook"}
+        answer = await http.post("/v1/jobs", json={**ai_job(), "webhook": loopback})
+        assert answer.status_code == 202, answer.text  # what the switch is for
+
+    async with running_notifier(space, webhook_allow_private=True) as notifier:
+        jobs = {}
+        for name, url in urls.items():
+            job = await space.jobs.create(webhook={"url": url})
+            await space.jobs.start(job)
+            await space.jobs.complete(job)
+            jobs[name] = job.id
+
+        async def all_refused() -> bool:
+            for job_id in jobs.values():
+                records = await notifier.parts.deliveries.outcomes(job_id)
+                if not records or any(r["outcome"] != "refused" for r in records.values()):
+                    return False
+            return True
+
+        await until(all_refused, timeout=20, what="every delivery to be refused")
+        errors = [
+            str(r["error"])
+            for job_id in jobs.values()
+            for r in (await notifier.parts.deliveries.outcomes(job_id)).values()
+        ]
+    assert all("always refused" in error for error in errors), errors
+
+    client = connect_redis(infra.redis_url)
+    http = source_client(ImageSettings(webhook_allow_private=True))
+    adapter = image_sources(infra, tmp_path, client, http, allow_private=True)
+    sources: dict[str, str] = {}
+    try:
+        for name, host in METADATA_HOSTS.items():
+            with pytest.raises(PermanentError) as refused:
+                async with adapter.open(ImageSource(url=f"https://{host}/x.png"), "acme"):
+                    pass
+            sources[name] = str(refused.value)
+        # At connect time too: a name that resolves to the metadata address only then.
+        monkeypatch.setattr(url_guard, "_resolve", _answers(["93.184.216.34"], ["169.254.169.254"]))
+        with pytest.raises(PermanentError) as rebound:
+            async with adapter.open(ImageSource(url="https://rebinding.example/x.png"), "acme"):
+                pass
+    finally:
+        await http.aclose()
+        await client.aclose()
+    assert all("always refused" in error for error in sources.values()), sources
+    assert "always refused" in str(rebound.value)
+    record(
+        "SSRF with OFFLOAD_WEBHOOK_ALLOW_PRIVATE=true (the make run default)",
+        f"{len(METADATA_HOSTS)} link-local / cloud metadata hosts as webhook URLs (gateway, "
+        "notifier) and image sources (worker, and a name rebinding to 169.254.169.254)",
+        f"{len(urls)} × 422, {len(errors)} deliveries refused, {len(sources) + 1} sources "
+        "refused, all 'always refused'; a loopback webhook still accepted",
+    )
+
+
+def _answers(*answers: list[str]) -> Callable[[str, int], Awaitable[list[str]]]:
+    """A resolver that gives these answers in turn (the last one from then on)."""
+    given = list(answers)
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return given.pop(0) if len(given) > 1 else given[0]
+
+    return resolve
 
 
 # ---------------------------------------------------------------------- image source redirects

@@ -17,7 +17,6 @@ from offload_notifier.streams import (
     StreamBounds,
     StreamEntry,
     job_frames,
-    stream_id,
 )
 from offload_notifier.webhooks import (
     Attempt,
@@ -31,6 +30,7 @@ from offload_notifier.webhooks import (
     wanted_events,
 )
 from offload_runtime.settings import parse_retry_tiers
+from offload_runtime.stream_ids import stream_id
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TIERS = parse_retry_tiers("1s,10s")

@@ -2,10 +2,10 @@
 
 from pydantic import Field, field_validator
 
-from offload_runtime.settings import RuntimeSettings, parse_duration_ms
+from offload_runtime.settings import HttpServerSettings, RuntimeSettings, parse_duration_ms
 
 
-class GatewaySettings(RuntimeSettings):
+class GatewaySettings(RuntimeSettings, HttpServerSettings):
     """What the gateway reads from the environment (README: "Gateway / HTTP API")."""
 
     gateway_host: str = Field(

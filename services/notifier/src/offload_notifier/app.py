@@ -29,6 +29,7 @@ from offload_notifier.adapters.tracing import DeliverySpans
 from offload_notifier.relay import Relay
 from offload_notifier.routes import RouteDeps, build_router, install_problem_handlers
 from offload_notifier.settings import NotifierSettings
+from offload_notifier.streams import StreamSlots
 from offload_notifier.webhooks import Deliverer
 from offload_runtime import telemetry
 from offload_runtime.broker import make_broker
@@ -64,6 +65,7 @@ class Notifier:
     hub: RedisStreamHub
     outbox: RedisOutbox
     deliveries: RedisDeliveryLog
+    slots: StreamSlots
 
 
 def build_app(
@@ -155,6 +157,7 @@ def build_app(
         readers=settings.sse_readers,
     )
     jobs = RedisJobs(redis, keys)
+    slots = StreamSlots(settings.sse_max_streams_per_tenant)
     in_flight = InFlightReporter(redis, keys, topology.work_queue(service), lambda: held.deliveries)
 
     async def readiness() -> dict[str, bool]:
@@ -228,6 +231,7 @@ def build_app(
                 tenant_of_job=jobs.tenant_of,
                 ping_s=settings.sse_ping_s,
                 readiness=readiness,
+                slots=slots,
             )
         )
     )
@@ -240,5 +244,6 @@ def build_app(
         hub=hub,
         outbox=outbox,
         deliveries=deliveries,
+        slots=slots,
     )
     return app

@@ -31,6 +31,11 @@ OPS_WEBHOOK_FAILURES = Counter(
     "offload_ops_webhook_failures_total",
     "Dead-letter alerts the operations webhook did not accept.",
 )
+SSE_REFUSED = Counter(
+    "offload_sse_refused_total",
+    "SSE streams answered 429 because their tenant already had "
+    "OFFLOAD_SSE_MAX_STREAMS_PER_TENANT open on this process.",
+)
 SSE_CLIENTS = Gauge(
     "offload_sse_clients",
     "SSE clients connected to this process, by stream kind (job, tenant).",

@@ -22,13 +22,17 @@ from offload_notifier.streams import (
     Frame,
     JobSnapshots,
     StreamEntry,
+    StreamSlots,
     StreamSource,
     job_frames,
-    stream_id,
     tenant_frames,
 )
 from offload_runtime.auth import KeyRing, bearer_token
 from offload_runtime.keys import RedisKeys
+from offload_runtime.logging import get_logger
+from offload_runtime.stream_ids import canonical
+
+log = get_logger("offload.notifier.routes")
 
 PROBLEM_JSON = "application/problem+json"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -111,12 +115,23 @@ class RouteDeps:
     tenant_of_job: Callable[[str], Awaitable[str | None]]
     ping_s: float
     readiness: Callable[[], Awaitable[dict[str, bool]]]
+    slots: StreamSlots
+
+
+STREAM_RETRY_AFTER_S = 5
+"""`Retry-After` of a 429 for a tenant at its stream limit: a slot frees when one of its
+streams closes, which nothing here can predict."""
 
 
 _SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events."},
     401: {"content": {PROBLEM_JSON: {}}, "description": "No valid API key."},
     404: {"content": {PROBLEM_JSON: {}}, "description": "No such job for this tenant."},
+    429: {
+        "content": {PROBLEM_JSON: {}},
+        "description": "The tenant already holds its limit of open streams on this process "
+        "(`OFFLOAD_SSE_MAX_STREAMS_PER_TENANT`); `Retry-After` says when to try again.",
+    },
 }
 
 
@@ -132,11 +147,18 @@ class EventStream(EventSourceResponse):
     so its subscription is released even when the client vanished mid-send.
     """
 
-    def __init__(self, kind: str, frames: AsyncGenerator[Frame | StreamEntry, None]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        frames: AsyncGenerator[Frame | StreamEntry, None],
+        release: Callable[[], None],
+    ) -> None:
         self._kind = kind
         self._frames = frames
+        self._release = release
         super().__init__(
-            _encoded(frames), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            _encoded(kind, frames),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -145,21 +167,31 @@ class EventStream(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             metrics.SSE_CLIENTS.labels(self._kind).dec()
+            self._release()
             await self._frames.aclose()
 
 
-async def _encoded(frames: AsyncGenerator[Frame | StreamEntry, None]) -> AsyncIterator[bytes]:
-    async for frame in frames:
-        if isinstance(frame, StreamEntry):
-            if frame.wire is None:
-                frame.wire = format_sse_event(
-                    data_str=frame.public_data, event=frame.kind or None, id=frame.id
+async def _encoded(
+    kind: str, frames: AsyncGenerator[Frame | StreamEntry, None]
+) -> AsyncIterator[bytes]:
+    try:
+        async for frame in frames:
+            if isinstance(frame, StreamEntry):
+                if frame.wire is None:
+                    frame.wire = format_sse_event(
+                        data_str=frame.public_data, event=frame.kind or None, id=frame.id
+                    )
+                yield frame.wire
+            else:
+                yield format_sse_event(
+                    data_str=frame.data, event=frame.event, id=frame.id, comment=frame.comment
                 )
-            yield frame.wire
-        else:
-            yield format_sse_event(
-                data_str=frame.data, event=frame.event, id=frame.id, comment=frame.comment
-            )
+    except Exception:
+        # The 200 is sent: an error can no longer become a problem answer, and
+        # raised further it would only reach the server as "Exception in ASGI
+        # application" on a connection left open. End the stream instead; the
+        # client resumes with Last-Event-ID (a job stream's end is its terminal event).
+        log.warning("event stream ended by an error", stream=kind, exc_info=True)
 
 
 def build_router(deps: RouteDeps) -> APIRouter:
@@ -188,15 +220,29 @@ def build_router(deps: RouteDeps) -> APIRouter:
         if value is None or not value.strip():
             return None
         try:
-            stream_id(value)
+            return canonical(value)
         except ValueError:
             raise Problem(
                 400,
                 "Invalid Last-Event-ID",
                 "Last-Event-ID must be the `id:` of an event this stream sent, "
-                "e.g. `1700000000000-0`",
+                "e.g. `1700000000000-0` (two whole numbers below 2^64)",
             ) from None
-        return value.strip()
+
+    def stream_for(
+        tenant: str, kind: str, frames: AsyncGenerator[Frame | StreamEntry, None]
+    ) -> EventStream:
+        """The response for `frames`, holding one of the tenant's stream slots until it ends."""
+        if not deps.slots.take(tenant):
+            metrics.SSE_REFUSED.inc()
+            raise Problem(
+                429,
+                "Too Many Streams",
+                f"this API key's tenant already has {deps.slots.limit} event streams open "
+                "here; close one, or follow all the tenant's jobs on one `GET /v1/events`",
+                {"Retry-After": str(STREAM_RETRY_AFTER_S)},
+            )
+        return EventStream(kind, frames, lambda: deps.slots.give_back(tenant))
 
     async def owned_job(job_id: str, tenant: Annotated[str, Depends(tenant)]) -> str:
         if not _JOB_ID.match(job_id) or await deps.tenant_of_job(job_id) != tenant:
@@ -214,6 +260,7 @@ def build_router(deps: RouteDeps) -> APIRouter:
         "stream ends after the job's terminal event.",
     )
     async def job_events(
+        tenant: Annotated[str, Depends(tenant)],
         job_id: Annotated[str, Depends(owned_job)],
         resume_after: Annotated[str | None, Depends(last_event_id)],
     ) -> EventStream:
@@ -225,7 +272,7 @@ def build_router(deps: RouteDeps) -> APIRouter:
             snapshots=deps.snapshots,
             ping_s=deps.ping_s,
         )
-        return EventStream("job", frames)
+        return stream_for(tenant, "job", frames)
 
     @router.get(
         "/v1/events",
@@ -242,7 +289,7 @@ def build_router(deps: RouteDeps) -> APIRouter:
         frames = tenant_frames(
             deps.keys.tenant_events(tenant), resume_after, source=deps.streams, ping_s=deps.ping_s
         )
-        return EventStream("tenant", frames)
+        return stream_for(tenant, "tenant", frames)
 
     @router.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

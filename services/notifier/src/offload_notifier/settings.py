@@ -7,7 +7,7 @@ import uuid
 from pydantic import Field
 
 from offload_contracts import topology
-from offload_runtime.settings import RuntimeSettings
+from offload_runtime.settings import HttpServerSettings, RuntimeSettings
 
 MAX_BLOCK_MS = 4000
 """Blocking Redis reads must end before redis-py's socket timeout (5 s) cuts them off."""
@@ -19,7 +19,7 @@ def _consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class NotifierSettings(RuntimeSettings):
+class NotifierSettings(RuntimeSettings, HttpServerSettings):
     """What the notifier reads from the environment (README: "Notifier: SSE and webhooks")."""
 
     notifier_host: str = Field(
@@ -83,6 +83,13 @@ class NotifierSettings(RuntimeSettings):
         description="Shared stream-reading loops (one blocked Redis connection each); "
         "followed keys are spread over them. One serves thousands of clients; more "
         "only pays when one read over every followed key gets too large.",
+    )
+    sse_max_streams_per_tenant: int = Field(
+        default=200,
+        ge=1,
+        description="SSE streams one tenant may hold open at once on one notifier process; "
+        "the next gets 429 with Retry-After. Per process: with N replicas a tenant may hold "
+        "up to N times this.",
     )
     sse_queue_limit: int = Field(
         default=1000,

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from offload_contracts import EventKind, JobEvent
+from offload_runtime.stream_ids import stream_id
 
 TERMINAL_KINDS = frozenset(kind.value for kind in EventKind if kind.is_terminal)
 START = "0-0"
@@ -84,12 +85,35 @@ SUBSCRIBED = Frame(comment="subscribed")
 """Sent once a tenant stream's starting point is fixed: events from then on will come."""
 
 
-def stream_id(text: str) -> tuple[int, int]:
-    """`"1700000000000-3"` → `(1700000000000, 3)`; ValueError when it is not a stream id."""
-    ms, sep, seq = text.strip().partition("-")
-    if not ms.isdigit() or (sep and not seq.isdigit()):
-        raise ValueError(f"not a stream id: {text!r}")
-    return int(ms), int(seq) if sep else 0
+class StreamSlots:
+    """How many streams each tenant holds open in this process, up to `limit` each.
+
+    So that one tenant cannot take every connection, file descriptor and
+    fan-out cycle of a notifier from the others. Counted per process: with N
+    replicas behind a load balancer a tenant holds at most N × `limit`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def take(self, tenant: str) -> bool:
+        """One more stream for `tenant`; False when it already holds `limit`."""
+        held = self._open.get(tenant, 0)
+        if held >= self.limit:
+            return False
+        self._open[tenant] = held + 1
+        return True
+
+    def give_back(self, tenant: str) -> None:
+        held = self._open.get(tenant, 0) - 1
+        if held > 0:
+            self._open[tenant] = held
+        else:
+            self._open.pop(tenant, None)
+
+    def held(self, tenant: str) -> int:
+        return self._open.get(tenant, 0)
 
 
 class Subscription(Protocol):

@@ -52,10 +52,35 @@ def parse_retry_tiers(text: str) -> tuple[RetryTier, ...]:
     return tuple(sorted(tiers, key=lambda tier: tier.delay_ms))
 
 
-class RuntimeSettings(BaseSettings):
-    """What every Offload process reads from the environment."""
+class LogSettings(BaseSettings):
+    """How a process logs: every Offload process reads these, the sandbox included."""
 
     model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore")
+
+    log_level: str = Field(default="info", description="debug, info, warning, error.")
+    log_format: str = Field(default="json", description="`json` lines, or `console` for humans.")
+
+
+class HttpServerSettings(LogSettings):
+    """What a process that serves HTTP reads: the gateway, the notifier and the sandbox."""
+
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection whose request line and headers are not all received this "
+        "long after their first byte (or after connecting) is answered 408 and closed "
+        "(slow-header clients). Bodies and responses are not bounded by it.",
+    )
+    http_max_header_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        description="Largest request line plus headers, in bytes; past it, 431 and the "
+        "connection is closed.",
+    )
+
+
+class RuntimeSettings(LogSettings):
+    """What every Offload service reads from the environment (the sandbox aside)."""
 
     rabbitmq_url: str = Field(
         default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL."
@@ -82,10 +107,10 @@ class RuntimeSettings(BaseSettings):
     )
     admin_keys: str = Field(default="dev-admin-key", description="Admin keys, comma-separated.")
     webhook_allow_private: bool = Field(
-        default=False, description="Allow webhook/source URLs on loopback or private addresses."
+        default=False,
+        description="Allow webhook/source URLs on loopback or private addresses; link-local "
+        "and cloud metadata addresses stay refused.",
     )
-    log_level: str = Field(default="info", description="debug, info, warning, error.")
-    log_format: str = Field(default="json", description="`json` lines, or `console` for humans.")
     otlp_endpoint: str | None = Field(
         default=None,
         description="OpenTelemetry collector (OTLP over HTTP, e.g. `http://127.0.0.1:4318`): "

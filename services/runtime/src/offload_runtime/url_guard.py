@@ -2,9 +2,13 @@
 
 The host is resolved and every address it resolves to must be public: no
 loopback, private, link-local (cloud metadata lives at 169.254.169.254),
-multicast, reserved or unspecified address, unless configuration allows
-private targets (tests and `make run` allow loopback). Callers must also
-refuse redirects, or check each hop with this guard again.
+multicast, reserved or unspecified address. Configuration may allow private
+targets (`OFFLOAD_WEBHOOK_ALLOW_PRIVATE`: tests and `make run` do, for loopback),
+but never link-local ones nor the cloud metadata addresses kept elsewhere
+(`fd00:ec2::254`, `100.100.100.200`): those answer with the machine's
+credentials, which no development set-up needs a webhook to reach. An IPv4
+address inside an IPv6 one (IPv4-mapped, 6to4, NAT64) is judged as well.
+Callers must also refuse redirects, or check each hop with this guard again.
 
 `check_url` gives a clear error before a request. The HTTP client then resolves
 the host again when it connects, and a DNS answer that changes in between (DNS
@@ -27,17 +31,44 @@ class UnsafeURL(ValueError):
     """The URL is malformed or points at an address Offload will not call."""
 
 
-def _is_private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_METADATA = frozenset(
+    {
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS's instance metadata over IPv6 (a ULA)
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud's (shared address space)
+    }
+)
+# NAT64 prefixes (RFC 6052 well-known, RFC 8215 local-use): on an IPv6-only network
+# with a NAT64 gateway, 64:ff9b::a00:1 reaches 10.0.0.1; Python counts them global.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _judged(address: Address) -> list[Address]:
+    """The addresses to judge: the IPv4 address an IPv6 one carries leads there too."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return [address]
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]  # the IPv4 address itself, on the wire
     # 6to4 (2002::/16) counts as global, yet carries an IPv4 destination in its
-    # address (2002:7f00:1:: is 127.0.0.1): judge it by that address too.
-    if (
-        isinstance(address, ipaddress.IPv6Address)
-        and address.sixtofour is not None
-        and _is_private(address.sixtofour)
-    ):
-        return True
+    # address (2002:7f00:1:: is 127.0.0.1).
+    if address.sixtofour is not None:
+        return [address, address.sixtofour]
+    if any(address in prefix for prefix in _NAT64):
+        return [address, ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return [address]
+
+
+def _is_metadata(address: Address) -> bool:
+    """Link-local or a cloud metadata address: refused whatever the configuration says."""
+    return any(a.is_link_local or a in _METADATA for a in _judged(address))
+
+
+def _is_private(address: Address) -> bool:
+    return any(_is_inside(a) for a in _judged(address))
+
+
+def _is_inside(address: Address) -> bool:
     return (
         address.is_private
         or address.is_loopback
@@ -68,8 +99,7 @@ async def check_url(
     except ValueError as exc:
         raise UnsafeURL(f"URL port is invalid: {exc}") from exc
     addresses = await _resolve(parts.hostname, port)
-    if not allow_private:
-        _refuse_private(parts.hostname, addresses)
+    _refuse_inside(parts.hostname, addresses, allow_private=allow_private)
     return addresses
 
 
@@ -84,9 +114,15 @@ async def _resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def _refuse_private(host: str, addresses: Iterable[str]) -> None:
+def _refuse_inside(host: str, addresses: Iterable[str], *, allow_private: bool) -> None:
     for text in addresses:
-        if _is_private(ipaddress.ip_address(text.split("%", 1)[0])):
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if _is_metadata(address):
+            raise UnsafeURL(
+                f"host {host!r} resolves to a non-public address ({text}); link-local and "
+                "cloud metadata targets are always refused"
+            )
+        if not allow_private and _is_private(address):
             raise UnsafeURL(
                 f"host {host!r} resolves to a non-public address ({text}); "
                 "private, loopback and link-local targets are refused"
@@ -122,8 +158,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
                 addresses = await _resolve(host, port)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"resolving {host!r} took over {timeout}s") from exc
-        if not self._allow_private:
-            _refuse_private(host, addresses)
+        _refuse_inside(host, addresses, allow_private=self._allow_private)
         failure: Exception | None = None
         for address in addresses:
             try:

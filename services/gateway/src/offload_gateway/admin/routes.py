@@ -43,6 +43,7 @@ from offload_runtime.inflight import read_unacked
 from offload_runtime.logging import get_logger
 from offload_runtime.queues import UNACKED_NOTE, QueueMissing, QueueOps, QueueRef, service_queues
 from offload_runtime.store import JobRecord, utcnow
+from offload_runtime.stream_ids import canonical
 
 log = get_logger("offload.admin")
 
@@ -509,7 +510,7 @@ def build_router(ops: Operations) -> APIRouter:
         event per transition, `id:` being the outbox entry id.
         """
         outbox = deps.store.keys.outbox
-        position = last_event_id if last_event_id and _valid_stream_id(last_event_id) else None
+        position = _resume_point(last_event_id)
         if position is None:
             newest: Any = await deps.redis.xrevrange(outbox, count=1)
             position = str(newest[0][0]) if newest else "0-0"
@@ -536,6 +537,11 @@ def _valid_id(job_id: str) -> bool:
     return 0 < len(job_id) <= 64 and all(c.isalnum() or c in "_-" for c in job_id)
 
 
-def _valid_stream_id(value: str) -> bool:
-    first, _, second = value.partition("-")
-    return first.isdigit() and (second == "" or second.isdigit())
+def _resume_point(last_event_id: str | None) -> str | None:
+    """The outbox position to resume after; None (start afresh) for an id Redis would refuse."""
+    if not last_event_id:
+        return None
+    try:
+        return canonical(last_event_id)
+    except ValueError:
+        return None

@@ -6,8 +6,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from offload_notifier.relay import OutboxEntry
-from offload_notifier.streams import stream_id
 from offload_runtime.logging import get_logger
+from offload_runtime.stream_ids import stream_id
 
 GROUP = "notifier"
 """The consumer group every notifier replica reads the outbox through (DESIGN §4)."""

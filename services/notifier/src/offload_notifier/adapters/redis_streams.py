@@ -35,8 +35,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from offload_notifier.streams import StreamBounds, StreamEntry, stream_id
+from offload_notifier.streams import StreamBounds, StreamEntry
 from offload_runtime.logging import get_logger
+from offload_runtime.stream_ids import stream_id
 
 log = get_logger("offload.notifier.streams")
 
