@@ -41,7 +41,8 @@ async def test_each_job_type_is_accepted_recorded_and_queued(
         assert job["type"] == job_type and job["status"] == "waiting" and job["attempt"] == 0
         assert job["links"] == {
             "self": f"/v1/jobs/{job['id']}",
-            "events": f"/v1/jobs/{job['id']}/events",
+            # Absolute: the notifier serves it (by default on this machine's port 8001).
+            "events": f"http://127.0.0.1:8001/v1/jobs/{job['id']}/events",
             "result": None,
         }
 

@@ -387,12 +387,12 @@ async def test_make_run_starts_every_process_serves_a_job_and_stops_on_ctrl_c(
     finally:
         await connection.close()
 
-    async with AsyncOffload(
-        f"http://127.0.0.1:{ports['gateway']}",
-        api_key="dev-key",
-        notifier_url=f"http://127.0.0.1:{ports['notifier']}",
-    ) as client:
+    async with AsyncOffload(f"http://127.0.0.1:{ports['gateway']}", api_key="dev-key") as client:
         job = await client.submit("ai.generate", {"prompt": "Hello from make run"})
+        # The gateway's links name the notifier on its OFFLOAD_NOTIFIER_PORT.
+        assert job.links["events"] == (
+            f"http://127.0.0.1:{ports['notifier']}/v1/jobs/{job.id}/events"
+        )
         done = await client.wait(job.id, timeout_s=60, poll_interval_s=3600)  # SSE only
     assert done.status is JobStatus.COMPLETED and done.result and done.result["text"]
 

@@ -115,8 +115,8 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
         version="0.1.0",
         summary="Heavy work out of your web app: submit jobs, poll them, move files.",
         description="Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 "
-        "problem details (`application/problem+json`). Job events stream from the notifier "
-        "at `/v1/jobs/{id}/events`.",
+        "problem details (`application/problem+json`). A job's events stream from the notifier, "
+        "at the absolute URL in its `links.events`.",
         lifespan=lifespan,
     )
     app.state.deps = deps

@@ -9,7 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from offload_contracts import JobStatus, JobType, TraceContext
-from offload_contracts.api import FieldProblem, JobLinks, JobPage, JobSubmission, JobView
+from offload_contracts.api import FieldProblem, JobPage, JobSubmission, JobView
 from offload_gateway import metrics
 from offload_gateway.deps import Deps, Tenant, TenantAuth, current_tenant, deps_of
 from offload_gateway.problems import ProblemError, field_problems, problem_responses
@@ -21,7 +21,7 @@ from offload_gateway.submission import (
     SubmitJob,
     SubmitRefused,
 )
-from offload_gateway.views import job_path, job_view
+from offload_gateway.views import job_links, job_path, job_view
 from offload_runtime.store import InvalidCursor, JobRecord, new_id, utcnow
 from offload_runtime.url_guard import UnsafeURL, check_url
 
@@ -227,7 +227,11 @@ async def submit_job(request: Request) -> Response:
     if submitted.request is None:
         metrics.SUBMISSIONS.labels(submission.type, "replayed").inc()
         record = _own_job(await deps.store.get(submitted.job_id), tenant, submitted.job_id)
-        return _json(job_view(record), 200, {"Location": location, "Idempotent-Replayed": "true"})
+        return _json(
+            job_view(record, deps.settings.notifier_base_url),
+            200,
+            {"Location": location, "Idempotent-Replayed": "true"},
+        )
     metrics.SUBMISSIONS.labels(submission.type, "accepted").inc()
     view = JobView(
         id=submitted.job_id,
@@ -236,7 +240,7 @@ async def submit_job(request: Request) -> Response:
         attempt=0,
         max_attempts=submitted.request.max_attempts,
         created_at=command.now,
-        links=JobLinks(self=location, events=f"{location}/events"),
+        links=job_links(submitted.job_id, deps.settings.notifier_base_url),
     )
     return _json(view, 202, {"Location": location})
 
@@ -274,7 +278,7 @@ def _field(loc: list[str | int], msg: str, kind: str) -> FieldProblem:
 async def get_job(job_id: str, deps: Deps, tenant: Tenant) -> Response:
     """The job's status, progress, result or error, and links."""
     record = _own_job(await deps.store.get(job_id), tenant, job_id)
-    return _json(job_view(record))
+    return _json(job_view(record, deps.settings.notifier_base_url))
 
 
 @router.get(
@@ -308,7 +312,9 @@ async def list_jobs(
             title="Invalid request",
             errors=[_field(["query", "cursor"], str(exc), "invalid_cursor")],
         ) from exc
-    return _json(JobPage(items=[job_view(job) for job in page.jobs], next_cursor=page.next_cursor))
+    notifier_url = deps.settings.notifier_base_url
+    items = [job_view(job, notifier_url) for job in page.jobs]
+    return _json(JobPage(items=items, next_cursor=page.next_cursor))
 
 
 @router.delete(
@@ -329,4 +335,4 @@ async def cancel_job(job_id: str, deps: Deps, tenant: Tenant) -> Response:
             409, f"job {job_id!r} is already {outcome.previous_status}; it cannot be cancelled"
         )
     record = _own_job(await deps.store.get(job_id), tenant, job_id)
-    return _json(job_view(record))
+    return _json(job_view(record, deps.settings.notifier_base_url))
