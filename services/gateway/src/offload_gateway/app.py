@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from offload_gateway import metrics
 from offload_gateway.adapters.broker import BrokerLink
@@ -110,7 +111,12 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
             await deps.redis.aclose()
             log.info("gateway stopped")
 
-    app = FastAPI(
+    # /docs from assets in the package, not a CDN: it works offline and behind strict
+    # firewalls. No validator badge (it loads from validator.swagger.io), and no /redoc
+    # (its page still loads a logo from Redocly's CDN).
+    app = FastAPIOffline(
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
         title="Offload",
         version="0.1.0",
         summary="Heavy work out of your web app: submit jobs, poll them, move files.",

@@ -6,6 +6,7 @@ tests use it by default; it also serves offline demos and load tests.
 """
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from offload_sandbox import llm, video
 from offload_sandbox.settings import SandboxSettings
@@ -13,7 +14,13 @@ from offload_sandbox.settings import SandboxSettings
 
 def build_app(settings: SandboxSettings | None = None) -> FastAPI:
     settings = settings or SandboxSettings()
-    app = FastAPI(title="Offload sandbox providers", version="0.1.0")
+    # /docs from assets in the package, not a CDN (see the gateway).
+    app = FastAPIOffline(
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
+        title="Offload sandbox providers",
+        version="0.1.0",
+    )
     app.state.settings = settings
 
     @app.get("/healthz")
