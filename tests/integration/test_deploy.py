@@ -243,6 +243,24 @@ def test_make_run_says_how_to_start_what_does_not_answer(infra: Infra) -> None:
     assert "started (pid=" not in done.stdout  # nothing was started
 
 
+def test_the_make_run_banner_lists_every_key() -> None:
+    sys.path.insert(0, str(ROOT / "deploy"))
+    try:
+        from run import RunSettings, banner
+    finally:
+        sys.path.remove(str(ROOT / "deploy"))
+    settings = RunSettings(api_keys="k1=acme,k2=globex,k3=acme", admin_keys="ops-1,ops-2")
+    lines = banner(settings, {"ai": 1}).splitlines()
+    assert [line.strip() for line in lines if "key " in line] == [
+        "API key   k1  (tenant acme)",
+        "API key   k2  (tenant globex)",
+        "API key   k3  (tenant acme)",
+        "admin key ops-1",
+        "admin key ops-2",
+    ]
+    assert any("Authorization: Bearer k1" in line for line in lines)  # the examples' key
+
+
 def test_make_run_refuses_a_bad_scale() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "run.py"), "--scale", "video=lots"],
