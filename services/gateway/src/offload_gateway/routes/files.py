@@ -19,6 +19,7 @@ from offload_gateway.uploads import (
     file_part,
     with_type,
 )
+from offload_runtime.echo import quoted
 from offload_runtime.storage import FileTooLarge, file_ref
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -88,7 +89,7 @@ async def upload_file(request: Request, deps: Deps, tenant: Tenant) -> Response:
             declared, chunks = _media_type(part.content_type), part.chunks
         else:
             if header and _media_type(header) is None:
-                raise ProblemError(415, f"Content-Type {header!r} is not a media type")
+                raise ProblemError(415, f"Content-Type {quoted(header)} is not a media type")
             declared, chunks = _media_type(header), request.stream()
         content_type, chunks = await with_type(chunks, declared)
         stored = await deps.files.save_stream(tenant, chunks, content_type, max_bytes=limit)
@@ -128,11 +129,11 @@ async def download_file(file_id: str, request: Request, deps: Deps, tenant: Tena
     """The file's bytes, streamed from storage, with `Range` support."""
     stored = await deps.files.get(tenant, file_id)
     if stored is None:
-        raise ProblemError(404, f"no file {file_id!r}")
+        raise ProblemError(404, f"no file {quoted(file_id)}")
     try:
         stat = await asyncio.to_thread(os.stat, stored.path)
     except FileNotFoundError:
-        raise ProblemError(404, f"no file {file_id!r}") from None
+        raise ProblemError(404, f"no file {quoted(file_id)}") from None
     etag = f'"{stored.sha256}"'
     if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
         return Response(status_code=304, headers={"ETag": etag})

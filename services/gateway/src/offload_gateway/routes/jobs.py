@@ -22,6 +22,7 @@ from offload_gateway.submission import (
     SubmitRefused,
 )
 from offload_gateway.views import job_links, job_path, job_view
+from offload_runtime.echo import quoted
 from offload_runtime.store import InvalidCursor, JobRecord, new_id, utcnow
 from offload_runtime.url_guard import UnsafeURL, check_url
 
@@ -135,7 +136,7 @@ def add_submission_schema(openapi: dict[str, Any]) -> None:
 def _own_job(record: JobRecord | None, tenant: str, job_id: str) -> JobRecord:
     # Another tenant's job is reported exactly like a missing one (404, not 403).
     if record is None or record.tenant != tenant:
-        raise ProblemError(404, f"no job {job_id!r}")
+        raise ProblemError(404, f"no job {quoted(job_id)}")
     return record
 
 
@@ -332,7 +333,8 @@ async def cancel_job(job_id: str, deps: Deps, tenant: Tenant) -> Response:
     outcome = await deps.store.cancel(record)
     if not outcome.applied:
         raise ProblemError(
-            409, f"job {job_id!r} is already {outcome.previous_status}; it cannot be cancelled"
+            409,
+            f"job {quoted(job_id)} is already {outcome.previous_status}; it cannot be cancelled",
         )
     record = _own_job(await deps.store.get(job_id), tenant, job_id)
     return _json(job_view(record, deps.settings.notifier_base_url))
