@@ -347,6 +347,16 @@ async def test_cli_refuses_bad_input_with_the_field_and_a_nonzero_status(stack: 
     assert "prompt" in err and "422" in err
 
 
+async def test_cli_names_an_unknown_job_type_and_the_known_ones(stack: Stack) -> None:
+    code, _, err = await offload_cli(stack, "submit", "ai.generat", "--input", '{"prompt": "x"}')
+    assert code == 1
+    lines = err.splitlines()
+    assert "  type: unknown job type 'ai.generat'; known types: ai.generate, research.run, " in (
+        "\n".join(lines)
+    )
+    assert not [line for line in lines if line.startswith("  :")]  # no empty location
+
+
 async def test_cli_lists_and_cancels(stack: Stack) -> None:
     async with stack.client() as client:
         done = await client.submit("ai.generate", {"prompt": "Listed."})

@@ -2,7 +2,7 @@
 
 import asyncio
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request
 from pydantic import TypeAdapter, ValidationError
@@ -108,12 +108,29 @@ async def _read_submission(request: Request) -> JobSubmission:
             raise ProblemError(
                 400, "the request body is not valid JSON", title="Malformed JSON"
             ) from None
-        problems = field_problems({**e, "loc": ("body", *e["loc"])} for e in errors)
+        problems = field_problems(_job_type_named(e) for e in errors)
         summary = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems[:3])
         raise ProblemError(
             422, f"the request is invalid: {summary}", title="Invalid request", errors=problems
         ) from None
     return submission
+
+
+def _job_type_named(error: Any) -> dict[str, Any]:
+    """A body error at its place in the request; a bad `type` said in words.
+
+    The submission is a union tagged by `type`, and pydantic reports an unknown or a
+    missing tag against the whole body, in terms of its discriminator.
+    """
+    known = ", ".join(get_args(JobType))
+    if error["type"] == "union_tag_invalid":
+        tag = quoted(str(error.get("ctx", {}).get("tag", "")))
+        msg = f"unknown job type {tag}; known types: {known}"
+        return {"loc": ("body", "type"), "msg": msg, "type": "unknown_job_type"}
+    if error["type"] == "union_tag_not_found":
+        msg = f"the job type is missing; known types: {known}"
+        return {"loc": ("body", "type"), "msg": msg, "type": "missing"}
+    return {**error, "loc": ("body", *error["loc"])}
 
 
 def _invalid(loc: list[str | int], msg: str, kind: str) -> ProblemError:
