@@ -6,7 +6,6 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from offload_gateway import metrics
@@ -20,7 +19,8 @@ from offload_gateway.adapters.redis_ports import (
 from offload_gateway.admin import install_operations
 from offload_gateway.body_limit import BodyLimit
 from offload_gateway.deps import GatewayDeps
-from offload_gateway.problems import add_problem_schemas, install_problem_handlers
+from offload_gateway.openapi import build_openapi
+from offload_gateway.problems import install_problem_handlers
 from offload_gateway.routes import files, health, jobs, secrets
 from offload_gateway.settings import GatewaySettings
 from offload_gateway.submission import JobSubmitter
@@ -135,16 +135,7 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                summary=app.summary,
-                description=app.description,
-                routes=app.routes,
-            )
-            add_problem_schemas(schema)
-            jobs.add_submission_schema(schema)
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
