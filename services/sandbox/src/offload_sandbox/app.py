@@ -1,14 +1,15 @@
 """The sandbox: local stand-ins for the external providers (DESIGN §1).
 
 An OpenAI-compatible chat completions API (`llm.py`) and a submit/poll/download
-video API (`video.py`), with latency and failure injection. `make run` and the
-tests use it by default; it also serves offline demos and load tests.
+video API (`video.py`), with latency and failure injection, and a receiver for
+webhooks (`webhooks.py`). `make run` and the tests use it by default; it also
+serves offline demos and load tests.
 """
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from offload_sandbox import llm, video
+from offload_sandbox import llm, video, webhooks
 from offload_sandbox.settings import SandboxSettings
 
 
@@ -30,4 +31,5 @@ def build_app(settings: SandboxSettings | None = None) -> FastAPI:
     # Each provider is a router in its own module, included here:
     app.include_router(llm.build_router(settings))
     app.include_router(video.build_router(settings))
+    app.include_router(webhooks.build_router())
     return app
