@@ -120,8 +120,10 @@ def _job_type_named(error: Any) -> dict[str, Any]:
     """A body error at its place in the request; a bad `type` said in words.
 
     The submission is a union tagged by `type`, and pydantic reports an unknown or a
-    missing tag against the whole body, in terms of its discriminator.
+    missing tag against the whole body (an empty `loc`), in terms of its discriminator.
     """
+    if error["loc"]:
+        return {**error, "loc": ("body", *error["loc"])}
     known = ", ".join(get_args(JobType))
     if error["type"] == "union_tag_invalid":
         tag = quoted(str(error.get("ctx", {}).get("tag", "")))
@@ -130,7 +132,7 @@ def _job_type_named(error: Any) -> dict[str, Any]:
     if error["type"] == "union_tag_not_found":
         msg = f"the job type is missing; known types: {known}"
         return {"loc": ("body", "type"), "msg": msg, "type": "missing"}
-    return {**error, "loc": ("body", *error["loc"])}
+    return {**error, "loc": ("body",)}
 
 
 def _invalid(loc: list[str | int], msg: str, kind: str) -> ProblemError:
