@@ -114,8 +114,10 @@ def parse_scale(values: list[str]) -> dict[str, int]:
 
 
 def banner(settings: RunSettings, started: dict[str, int]) -> str:
-    key, tenant = next(iter(settings.key_ring.tenants_by_key.items()), ("<none>", "<none>"))
-    admin = next(iter(sorted(settings.key_ring.admin_keys)), "<none>")
+    tenants_by_key = settings.key_ring.tenants_by_key
+    key = next(iter(tenants_by_key), "<none>")
+    keys = [f"   API key   {k}  (tenant {tenant})" for k, tenant in tenants_by_key.items()]
+    admins = [f"   admin key {admin}" for admin in sorted(settings.key_ring.admin_keys)]
     gateway = f"http://127.0.0.1:{settings.gateway_port}"
     notifier = f"http://127.0.0.1:{settings.notifier_port}"
     workers = "  ".join(f"{name}×{started[name]}" for name in SCALABLE if name in started)
@@ -132,7 +134,8 @@ def banner(settings: RunSettings, started: dict[str, int]) -> str:
             f"   Redis     {redacted(settings.redis_url)}",
             f"   storage   {settings.storage_dir}",
             "",
-            f"   API key   {key}  (tenant {tenant})      admin key  {admin}",
+            *(keys or ["   API key   none: set OFFLOAD_API_KEYS=key=tenant"]),
+            *(admins or ["   admin key none: set OFFLOAD_ADMIN_KEYS"]),
             "",
             " Try it:",
             f"   curl -s -X POST {gateway}/v1/jobs -H 'Authorization: Bearer {key}' \\",

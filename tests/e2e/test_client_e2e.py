@@ -45,7 +45,7 @@ from offload_notifier.settings import NotifierSettings
 from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.infra import Infra
 from tests.support.sandbox import running_sandbox
-from tests.support.serving import serve
+from tests.support.serving import free_port, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "dev-admin-key"  # the gateway's default OFFLOAD_ADMIN_KEYS
@@ -60,7 +60,8 @@ class Stack:
         return self.gateway.api_keys[tenant]
 
     def client(self, tenant: str = "acme", **overrides: Any) -> AsyncOffload:
-        options: dict[str, Any] = {"api_key": self.key(tenant), "notifier_url": self.notifier_url}
+        # No notifier URL: the client follows each job's `links.events`.
+        options: dict[str, Any] = {"api_key": self.key(tenant)}
         options.update(overrides)
         return AsyncOffload(self.gateway.base_url, **options)
 
@@ -68,7 +69,6 @@ class Stack:
         return {
             **os.environ,
             "OFFLOAD_URL": self.gateway.base_url,
-            "OFFLOAD_NOTIFIER_URL": self.notifier_url,
             "OFFLOAD_API_KEY": self.key(tenant),
             "OFFLOAD_ADMIN_KEY": ADMIN_KEY,
             "COLUMNS": "200",
@@ -85,7 +85,10 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
                 sandbox_llm_ttft_ms=50, sandbox_llm_tokens_per_s=40, sandbox_llm_answer_tokens=60
             )
         )
-        gateway = await stack.enter_async_context(running_gateway(infra))
+        notifier_port = free_port()
+        gateway = await stack.enter_async_context(
+            running_gateway(infra, notifier_public_url=f"http://127.0.0.1:{notifier_port}")
+        )
         settings = gateway.settings
         notifier = build_notifier(
             NotifierSettings(
@@ -100,7 +103,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
                 log_level="warning",
             )
         )
-        notifier_url = await stack.enter_async_context(serve(notifier))
+        notifier_url = await stack.enter_async_context(serve(notifier, port=notifier_port))
         shared: dict[str, Any] = {
             "rabbitmq_url": infra.rabbitmq_url,
             "redis_url": infra.redis_url,
@@ -156,6 +159,27 @@ async def test_submit_then_wait_follows_the_job_over_sse_to_its_result(stack: St
     assert partial, f"no progress seen between 0 and 100%: {[u.percent for u in seen]}"
 
 
+async def test_a_jobs_links_answer_where_they_point(stack: Stack) -> None:
+    # As any HTTP client would: each link resolved against the URL the job came from.
+    async with stack.gateway.client() as http:
+        answer = await http.post("/v1/jobs", json={"type": "ai.generate", "input": {"prompt": "?"}})
+        links = answer.json()["links"]
+        events: list[str] = []
+        async with (
+            asyncio.timeout(30),
+            http.stream("GET", http.base_url.join(links["events"])) as stream,
+        ):
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    events.append(line.removeprefix("event:").strip())
+        job = (await http.get(http.base_url.join(links["self"]))).json()
+    assert links["events"] == f"{stack.notifier_url}/v1/jobs/{job['id']}/events"
+    assert events[0] == "queued" and events[-1] == "completed"  # the stream ends at the outcome
+    assert job["status"] == "completed" and job["links"]["events"] == links["events"]
+
+
 async def test_without_the_notifier_wait_polls_to_the_same_result(stack: Stack) -> None:
     async with stack.client(notifier_url="") as client:
         job = await client.submit("ai.generate", {"prompt": "Poll me."})
@@ -174,9 +198,7 @@ async def test_wait_gives_up_at_its_timeout_and_the_job_carries_on(stack: Stack)
 
 async def test_the_sync_client_does_the_same_from_a_thread(stack: Stack) -> None:
     def run() -> Job:
-        with Offload(
-            stack.gateway.base_url, api_key=stack.key(), notifier_url=stack.notifier_url
-        ) as client:
+        with Offload(stack.gateway.base_url, api_key=stack.key()) as client:
             job = client.submit("ai.generate", {"prompt": "Sync."}, idempotency_key="sync-1")
             again = client.submit("ai.generate", {"prompt": "Sync."}, idempotency_key="sync-1")
             assert again.id == job.id  # same key, same body: the same job
@@ -323,6 +345,16 @@ async def test_cli_refuses_bad_input_with_the_field_and_a_nonzero_status(stack: 
     code, _, err = await offload_cli(stack, "submit", "ai.generate", "--input", '{"prompt": ""}')
     assert code == 1
     assert "prompt" in err and "422" in err
+
+
+async def test_cli_names_an_unknown_job_type_and_the_known_ones(stack: Stack) -> None:
+    code, _, err = await offload_cli(stack, "submit", "ai.generat", "--input", '{"prompt": "x"}')
+    assert code == 1
+    lines = err.splitlines()
+    assert "  type: unknown job type 'ai.generat'; known types: ai.generate, research.run, " in (
+        "\n".join(lines)
+    )
+    assert not [line for line in lines if line.startswith("  :")]  # no empty location
 
 
 async def test_cli_lists_and_cancels(stack: Stack) -> None:

@@ -12,17 +12,15 @@ chromium` when /usr/bin/chromium is missing and we are root).
 """
 
 import asyncio
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from playwright.async_api import BrowserContext, Page, async_playwright, expect
+from playwright.async_api import BrowserContext, Page, expect
 
 from offload_contracts import topology
 from offload_runtime.worker import Worker
+from tests.support.browser import ARTIFACTS, chromium
 from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.infra import Infra
 from tests.support.notifier import (
@@ -32,19 +30,6 @@ from tests.support.notifier import (
     serve,
 )
 from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier, own_vhost
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -83,27 +68,8 @@ async def notifier(ops_infra: Infra, gateway: RunningGateway) -> AsyncIterator[R
 
 @pytest.fixture
 async def browser() -> AsyncIterator[BrowserContext]:
-    if not CHROMIUM.exists():  # noqa: ASYNC240  (one stat, before any I/O)
-        pytest.fail(
-            "Chromium is not installed: run `make browser` (apt-get install -y chromium) "
-            "or `make test`, which does it"
-        )
-    profile = Path(tempfile.mkdtemp(prefix="offload-chromium-"))
-    try:
-        async with async_playwright() as playwright:
-            context = await playwright.chromium.launch_persistent_context(
-                str(profile),
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1400, "height": 1000},
-            )
-            try:
-                yield context
-            finally:
-                await context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    async with chromium() as context:
+        yield context
 
 
 async def open_dashboard(browser: BrowserContext, gateway: RunningGateway) -> Page:

@@ -1,11 +1,13 @@
 """`/v1/files` over real HTTP: streamed uploads (raw and multipart), ranged downloads, limits."""
 
 import hashlib
+import io
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.support.gateway import RunningGateway, assert_problem, running_gateway
 from tests.support.infra import Infra
@@ -140,8 +142,47 @@ async def test_bad_uploads_are_refused_clearly(gateway: RunningGateway) -> None:
             "/v1/files", content=b"", headers={"Content-Type": "application/octet-stream"}
         )
         assert "empty" in assert_problem(empty, 422)["detail"]
-        form = await http.post("/v1/files", data={"file": "x"})  # urlencoded form
-        assert_problem(form, 415)
+        odd = await http.post("/v1/files", content=b"abc", headers={"Content-Type": "a/b c"})
+        assert_problem(odd, 415)
+
+
+def jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((64, 48)).convert("RGB").save(out, "JPEG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "label",
+    # None: no Content-Type; curl's --data-binary says form-urlencoded unless told otherwise.
+    [None, "application/octet-stream", "application/x-www-form-urlencoded"],
+)
+async def test_an_upload_the_client_does_not_label_gets_the_type_of_its_bytes(
+    gateway: RunningGateway, label: str | None
+) -> None:
+    headers = {"Content-Type": label} if label else {}
+    async with gateway.client() as http:
+        raw = await http.post("/v1/files", content=jpeg(), headers=headers)
+        assert raw.status_code == 201, raw.text
+        assert raw.json()["content_type"] == "image/jpeg"
+        download = await http.get(raw.json()["url"])
+        assert download.headers["content-type"] == "image/jpeg"
+        assert download.content == jpeg()
+
+        form = await http.post(
+            "/v1/files", files={"file": ("upload", jpeg(), label or "application/octet-stream")}
+        )
+        assert form.status_code == 201, form.text
+        assert form.json()["content_type"] == "image/jpeg"
+
+        unknown = await http.post("/v1/files", content=b"plain words", headers=headers)
+        assert unknown.json()["content_type"] == "application/octet-stream"
+
+
+async def test_a_type_the_client_states_is_kept(gateway: RunningGateway) -> None:
+    async with gateway.client() as http:
+        stated = await http.post("/v1/files", content=jpeg(), headers={"Content-Type": "x/y"})
+    assert stated.json()["content_type"] == "x/y"
 
 
 async def test_files_over_the_limit_are_413_and_leave_nothing(infra: Infra) -> None:

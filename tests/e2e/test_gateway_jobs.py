@@ -41,7 +41,8 @@ async def test_each_job_type_is_accepted_recorded_and_queued(
         assert job["type"] == job_type and job["status"] == "waiting" and job["attempt"] == 0
         assert job["links"] == {
             "self": f"/v1/jobs/{job['id']}",
-            "events": f"/v1/jobs/{job['id']}/events",
+            # Absolute: the notifier serves it (by default on this machine's port 8001).
+            "events": f"http://127.0.0.1:8001/v1/jobs/{job['id']}/events",
             "result": None,
         }
 
@@ -106,8 +107,8 @@ async def test_invalid_input_is_422_with_field_errors_and_records_nothing(infra:
             },
             ["body", "video.generate", "input", "resolution"],
         ),
-        ({"type": "no.such.type", "input": {}}, ["body"]),
-        ({"input": {"prompt": "x"}}, ["body"]),
+        ({"type": "no.such.type", "input": {}}, ["body", "type"]),
+        ({"input": {"prompt": "x"}}, ["body", "type"]),
         ({**ai_job(), "surprise": 1}, ["body", "ai.generate", "surprise"]),
         (
             {"type": "image.process", "input": {"source": {}, "operations": []}},
@@ -119,6 +120,27 @@ async def test_invalid_input_is_422_with_field_errors_and_records_nothing(infra:
             body = assert_problem(await http.post("/v1/jobs", json=payload), 422)
             assert any(error["loc"] == loc for error in body["errors"]), (payload, body)
         assert (await http.get("/v1/jobs")).json()["items"] == []
+
+
+async def test_an_unknown_or_missing_job_type_is_named_with_the_known_ones(
+    gateway: RunningGateway,
+) -> None:
+    known = "ai.generate, research.run, video.generate, image.process"
+    async with gateway.client() as http:
+        typo = assert_problem(
+            await http.post("/v1/jobs", json={"type": "ai.generat", "input": {"prompt": "x"}}), 422
+        )
+        missing = assert_problem(await http.post("/v1/jobs", json={"input": {}}), 422)
+    said = f"unknown job type 'ai.generat'; known types: {known}"
+    assert typo["detail"] == f"the request is invalid: body.type: {said}"
+    assert typo["errors"] == [{"loc": ["body", "type"], "msg": said, "type": "unknown_job_type"}]
+    assert missing["errors"] == [
+        {
+            "loc": ["body", "type"],
+            "msg": f"the job type is missing; known types: {known}",
+            "type": "missing",
+        }
+    ]
 
 
 async def test_malformed_json_is_400_and_a_non_json_body_is_415(gateway: RunningGateway) -> None:

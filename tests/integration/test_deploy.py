@@ -7,7 +7,6 @@ would do inside the image.
 """
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import redis.asyncio as aioredis
 from offload import AsyncOffload, JobStatus
 from offload_contracts.topology import WORKER_SERVICES
 from tests.support.infra import VHOST_PREFIX, Infra, Rabbitmqctl
+from tests.support.make_run import Output, free_ports, make_run_env, running, started_pids
 from tests.support.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,6 +244,24 @@ def test_make_run_says_how_to_start_what_does_not_answer(infra: Infra) -> None:
     assert "started (pid=" not in done.stdout  # nothing was started
 
 
+def test_the_make_run_banner_lists_every_key() -> None:
+    sys.path.insert(0, str(ROOT / "deploy"))
+    try:
+        from run import RunSettings, banner
+    finally:
+        sys.path.remove(str(ROOT / "deploy"))
+    settings = RunSettings(api_keys="k1=acme,k2=globex,k3=acme", admin_keys="ops-1,ops-2")
+    lines = banner(settings, {"ai": 1}).splitlines()
+    assert [line.strip() for line in lines if "key " in line] == [
+        "API key   k1  (tenant acme)",
+        "API key   k2  (tenant globex)",
+        "API key   k3  (tenant acme)",
+        "admin key ops-1",
+        "admin key ops-2",
+    ]
+    assert any("Authorization: Bearer k1" in line for line in lines)  # the examples' key
+
+
 def test_make_run_refuses_a_bad_scale() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "run.py"), "--scale", "video=lots"],
@@ -268,91 +286,30 @@ def own_vhost(infra: Infra) -> Iterator[str]:
     ctl("delete_vhost", vhost)
 
 
-class Output:
-    """Collects a process's output lines as they come."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.lines: list[str] = []
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._read(stream))
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-            self._changed.set()
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    async def wait_for(self, pattern: str, timeout: float) -> None:
-        async def found() -> None:
-            while not re.search(pattern, self.text):
-                self._changed.clear()
-                await self._changed.wait()
-
-        try:
-            await asyncio.wait_for(found(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"never saw {pattern!r}; output:\n{self.text[-4000:]}") from None
-
-    async def close(self) -> None:
-        await self._task
-
-
 @pytest.fixture
 async def make_run(
     infra: Infra, own_vhost: str, tmp_path: Path
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, Output, dict[str, int]]]:
-    ports = {name: free_port() for name in ("gateway", "notifier", "sandbox")}
-    env = run_env(
-        OFFLOAD_RABBITMQ_URL=own_vhost,
-        OFFLOAD_REDIS_URL=infra.redis_url,
-        OFFLOAD_REDIS_PREFIX=f"{infra.redis_prefix}makerun{uuid.uuid4().hex[:6]}:",
+    ports = free_ports()
+    env = make_run_env(
+        own_vhost,
+        infra,
+        ports,
+        tmp_path / "storage",
         OFFLOAD_API_KEYS="dev-key=dev",
         OFFLOAD_ADMIN_KEYS="dev-admin-key",
-        OFFLOAD_STORAGE_DIR=str(tmp_path / "storage"),
-        OFFLOAD_GATEWAY_PORT=str(ports["gateway"]),
-        OFFLOAD_NOTIFIER_PORT=str(ports["notifier"]),
-        OFFLOAD_SANDBOX_PORT=str(ports["sandbox"]),
-        OFFLOAD_LLM_BASE_URL=f"http://127.0.0.1:{ports['sandbox']}/v1",
-        OFFLOAD_VIDEO_BASE_URL=f"http://127.0.0.1:{ports['sandbox']}",
         OFFLOAD_SHUTDOWN_GRACE_S="3",
         OFFLOAD_LOG_FORMAT="console",
         OFFLOAD_SANDBOX_LLM_TTFT_MS="20",
         OFFLOAD_SANDBOX_LLM_TOKENS_PER_S="500",
     )
-    process = await asyncio.create_subprocess_exec(
+    command = [
         sys.executable,
         str(ROOT / "deploy" / "run.py"),
         *("--scale", "ai=2", "--scale", "research=0", "--scale", "video=0", "--scale", "image=0"),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    output = Output(process.stdout)
-    try:
+    ]
+    async with running(command, env) as (process, output):
         yield process, output, ports
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        await output.close()
-        for pid in started_pids(output.text).values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # nothing may outlive the test
-
-
-def started_pids(text: str) -> dict[str, int]:
-    return {
-        name: int(pid) for name, pid in re.findall(r"system\s+\| (\S+) started \(pid=(\d+)\)", text)
-    }
 
 
 def alive(pid: int) -> bool:
@@ -388,12 +345,12 @@ async def test_make_run_starts_every_process_serves_a_job_and_stops_on_ctrl_c(
     finally:
         await connection.close()
 
-    async with AsyncOffload(
-        f"http://127.0.0.1:{ports['gateway']}",
-        api_key="dev-key",
-        notifier_url=f"http://127.0.0.1:{ports['notifier']}",
-    ) as client:
+    async with AsyncOffload(f"http://127.0.0.1:{ports['gateway']}", api_key="dev-key") as client:
         job = await client.submit("ai.generate", {"prompt": "Hello from make run"})
+        # The gateway's links name the notifier on its OFFLOAD_NOTIFIER_PORT.
+        assert job.links["events"] == (
+            f"http://127.0.0.1:{ports['notifier']}/v1/jobs/{job.id}/events"
+        )
         done = await client.wait(job.id, timeout_s=60, poll_interval_s=3600)  # SSE only
     assert done.status is JobStatus.COMPLETED and done.result and done.result["text"]
 

@@ -146,6 +146,16 @@ async def test_another_tenants_job_is_404_and_no_key_is_401(
         assert answer.headers["www-authenticate"] == "Bearer"
 
 
+async def test_a_long_job_id_is_not_echoed_back_whole(notifier: RunningNotifier) -> None:
+    async with notifier.client() as http:
+        answer = await http.get(f"/v1/jobs/{'j' * 10_000}/events")
+    assert answer.status_code == 404
+    problem = answer.json()
+    assert problem["detail"] == f"no job {'j' * 80 + '…'!r} (10000 characters)"
+    assert len(problem["instance"]) <= 201
+    assert len(answer.content) < 1024
+
+
 async def test_a_malformed_last_event_id_is_a_400(
     space: NotifierSpace, notifier: RunningNotifier
 ) -> None:

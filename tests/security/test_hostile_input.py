@@ -201,10 +201,12 @@ async def test_a_huge_string_under_the_body_limit_is_a_422_that_does_not_echo_it
         gateway.base_url, f"GET /v1/jobs?cursor={'c' * 10_000} HTTP/1.1", auth(gateway)
     )
     assert_raw_problem(cursor, 422)
-    path = await raw_request(
-        gateway.base_url, f"GET /v1/jobs/{'j' * 10_000} HTTP/1.1", auth(gateway)
-    )
-    assert_raw_problem(path, 404)  # the id is echoed in the JSON body only, escaped
+    # A 10,000-character id or path: the 404 says how long it was, and repeats only its start.
+    for target in (f"/v1/jobs/{'j' * 10_000}", f"/v1/files/{'f' * 10_000}", f"/{'p' * 10_000}"):
+        path = await raw_request(gateway.base_url, f"GET {target} HTTP/1.1", auth(gateway))
+        problem = assert_raw_problem(path, 404)
+        assert len(path.body) < 1024, problem
+        assert problem["detail"].endswith(" characters)"), problem
     line = await raw_request(gateway.base_url, f"GET /v1/jobs?cursor={'c' * 100_000} HTTP/1.1")
     assert line.status == 400, line.head
     # uvicorn's httptools parser sets no limit on a header's size (upstream: it cannot be
@@ -218,7 +220,8 @@ async def test_a_huge_string_under_the_body_limit_is_a_422_that_does_not_echo_it
         "huge strings",
         "a 512 KiB prompt (limit 100,000 chars); 10 KB cursor and job id; "
         "a 100 KB request line; a 1 MiB header",
-        "422, 422, 404 (the prompt not echoed: answer < 4 KiB); the HTTP parser's 400 for "
+        "422, 422, 404 (the prompt not echoed: answer < 4 KiB; the id's first 80 characters "
+        "and its length, answer < 1 KiB); the HTTP parser's 400 for "
         "the request line; the 1 MiB header is read whole (no header limit in uvicorn's "
         "httptools parser); no 5xx",
     )

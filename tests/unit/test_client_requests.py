@@ -51,7 +51,7 @@ def job_json(job_id: str = "j1", status: str = "waiting", **fields: Any) -> dict
         "started_at": None,
         "finished_at": None,
         "next_attempt_at": None,
-        "links": {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"},
+        "links": {"self": f"/v1/jobs/{job_id}", "events": f"{NOTIFIER}/v1/jobs/{job_id}/events"},
         **fields,
     }
 
@@ -109,11 +109,7 @@ def make_client() -> Iterator[Callable[..., Offload]]:
     made: list[Offload] = []
 
     def make(recorder: Recorder, **overrides: Any) -> Offload:
-        options: dict[str, Any] = {
-            "api_key": "k-dev",
-            "notifier_url": NOTIFIER,
-            "transport": httpx.MockTransport(recorder),
-        }
+        options: dict[str, Any] = {"api_key": "k-dev", "transport": httpx.MockTransport(recorder)}
         options.update(overrides)
         client = Offload(GATEWAY, **options)
         made.append(client)
@@ -303,6 +299,54 @@ def test_wait_follows_the_sse_stream_and_returns_the_finished_job(make_client: A
     (events_request,) = recorder.to("GET", NOTIFIER)
     assert events_request.headers["authorization"] == "Bearer k-dev"
     assert events_request.headers["accept"] == "text/event-stream"
+
+
+@pytest.mark.parametrize(
+    ("events_link", "notifier_url", "streamed_from"),
+    [
+        # What the gateway gives: the notifier's absolute URL, followed as it is.
+        (
+            "https://events.example.com/offload/v1/jobs/j1/events",
+            None,
+            "https://events.example.com/offload/v1/jobs/j1/events",
+        ),
+        # A relative link resolves against the gateway it came from (RFC 3986).
+        ("/v1/jobs/j1/events", None, f"{GATEWAY}/v1/jobs/j1/events"),
+        # OFFLOAD_NOTIFIER_URL: this client reaches the notifier under another name.
+        (
+            "https://events.example.com/v1/jobs/j1/events",
+            "http://inside.test:8001",
+            "http://inside.test:8001/v1/jobs/j1/events",
+        ),
+    ],
+)
+def test_the_stream_is_read_where_the_jobs_events_link_points(
+    make_client: Any, events_link: str, notifier_url: str | None, streamed_from: str
+) -> None:
+    links = {"self": "/v1/jobs/j1", "events": events_link}
+    stream = sse(("1-0", event_json("completed", result={"text": "x"})))
+    streamed: list[str] = []
+
+    def notifier(request: httpx.Request) -> httpx.Response:
+        streamed.append(str(request.url))
+        return httpx.Response(200, content=stream, headers={"content-type": "text/event-stream"})
+
+    host = httpx.URL(streamed_from)
+    recorder = Recorder(
+        {
+            ("GET", f"{GATEWAY}/v1/jobs/j1"): [
+                httpx.Response(200, json=job_json(links=links)),
+                httpx.Response(200, json=completed_job()),
+            ],
+            ("GET", f"{host.scheme}://{host.host}{host.path}"): notifier,
+        }
+    )
+    # Polling once an hour: only the stream can end this wait in time.
+    job = make_client(recorder, notifier_url=notifier_url).wait(
+        "j1", timeout_s=5, poll_interval_s=3600
+    )
+    assert job.status is JobStatus.COMPLETED
+    assert streamed == [streamed_from]
 
 
 def test_the_streams_history_does_not_take_the_job_back_in_time(make_client: Any) -> None:
@@ -552,7 +596,7 @@ async def test_the_async_client_submits_watches_and_downloads_alike(tmp_path: Pa
         percents.append(job.percent)
 
     async with AsyncOffload(
-        GATEWAY, api_key="k-dev", notifier_url=NOTIFIER, transport=httpx.MockTransport(recorder)
+        GATEWAY, api_key="k-dev", transport=httpx.MockTransport(recorder)
     ) as client:
         job = await client.submit("ai.generate", {"prompt": "x"}, idempotency_key="k1")
         done = await client.wait(job.id, on_update=on_update)

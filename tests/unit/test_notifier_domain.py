@@ -13,10 +13,12 @@ from offload_contracts.webhooks import WebhookDelivery
 from offload_notifier.relay import OutboxEntry, Relay, RelayedEvent
 from offload_notifier.streams import (
     PING,
+    Frame,
     JobSnapshot,
     StreamBounds,
     StreamEntry,
     job_frames,
+    tenant_frames,
 )
 from offload_notifier.webhooks import (
     Attempt,
@@ -229,6 +231,30 @@ async def test_an_id_the_stream_never_gave_out_gets_resync() -> None:
     snapshot = JobSnapshot(view={"status": "active"}, terminal=False, last_id="5-0")
     frames = await _frames(FakeStreams(entries), FakeSnapshots(snapshot), "99-0")
     assert frames[0].event == "resync"
+
+
+@pytest.mark.parametrize(
+    ("entries", "trimmed", "last_event_id", "reason"),
+    [
+        (["5-0", "6-0"], True, "2-0", "events since your Last-Event-ID were trimmed"),
+        (
+            ["5-0", "6-0"],
+            False,
+            "99999999999999-0",
+            "your Last-Event-ID is later than this stream's last event, so not one it sent",
+        ),
+        ([], False, "5-0", "this stream holds no events to resume from"),
+    ],
+)
+async def test_a_tenant_stream_that_cannot_resume_says_why(
+    entries: list[str], trimmed: bool, last_event_id: str, reason: str
+) -> None:
+    streams = FakeStreams([_entry(i, "progress") for i in entries], trimmed=trimmed)
+    frames = tenant_frames("k", last_event_id, source=streams, ping_s=0)
+    resync = await anext(frames)
+    await frames.aclose()
+    assert isinstance(resync, Frame) and resync.event == "resync" and resync.data
+    assert json.loads(resync.data) == {"reason": f"{reason}: re-read your jobs"}
 
 
 # --------------------------------------------------------------------------- the relay

@@ -158,15 +158,15 @@ class AsyncOffload:
     ) -> AsyncGenerator[Job, None]:
         """Yield the job each time it changes, until it finishes.
 
-        Follows the notifier's SSE stream (resuming with `Last-Event-ID` when the
-        connection drops); when the notifier cannot be used, polls the gateway
+        Follows the job's `links.events` SSE stream on the notifier (resuming with
+        `Last-Event-ID` when the connection drops); when it cannot be used, polls the gateway
         every `poll_interval_s` instead. Raises `WaitTimeout` after `timeout_s`.
         To stop early, close it: `async with contextlib.aclosing(offload.watch(id)) as jobs:`
         so the SSE connection is released at once rather than when garbage-collected.
         """
         tracker = JobTracker(await self.get(job_id), timeout_s=timeout_s)
         yield tracker.job
-        url = self.endpoints.job_events(job_id)
+        url = self.endpoints.job_events(tracker.job)
         while url and tracker.streaming():
             tracker.check_deadline()
             try:

@@ -55,7 +55,10 @@ def options(
     ] = None,
     notifier_url: Annotated[
         str | None,
-        typer.Option(help="Notifier URL, for live events (env OFFLOAD_NOTIFIER_URL)"),
+        typer.Option(
+            help="Notifier URL, for live events, when not where the jobs' links say "
+            "(env OFFLOAD_NOTIFIER_URL)"
+        ),
     ] = None,
     api_key: Annotated[str | None, typer.Option(help="API key (env OFFLOAD_API_KEY)")] = None,
     admin_key: Annotated[

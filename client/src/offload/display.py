@@ -164,7 +164,7 @@ def error_text(exc: OffloadError) -> Text:
     if isinstance(exc, ValidationFailed):
         for field in exc.errors:
             where = ".".join(str(part) for part in field.get("loc", []) if part != "body")
-            text.append(f"\n  {where}: {field.get('msg', '')}", style="red")
+            text.append(f"\n  {where + ': ' if where else ''}{field.get('msg', '')}", style="red")
     elif isinstance(exc, ApiError) and exc.retry_after is not None:
         text.append(f"\n  retry after {exc.retry_after:g}s", style="yellow")
     return text

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx
 from httpx_sse import ServerSentEvent
@@ -53,7 +53,12 @@ class Call:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where the gateway and the notifier are."""
+    """Where the gateway is, and how to find a job's event stream.
+
+    `notifier`: None follows the job's `links.events` (the gateway knows where its
+    notifier is); a base URL replaces the link's origin (a client that reaches the
+    notifier under another name); an empty string means never stream, always poll.
+    """
 
     gateway: str
     notifier: str | None
@@ -67,10 +72,16 @@ class Endpoints:
     def file(self, file_id: str) -> str:
         return self.api(f"/v1/files/{quote(file_id, safe='')}")
 
-    def job_events(self, job_id: str) -> str | None:
-        if not self.notifier:
+    def job_events(self, job: Job) -> str | None:
+        """The job's SSE stream, or None to poll the gateway instead."""
+        if self.notifier == "":
             return None
-        return self.notifier.rstrip("/") + f"/v1/jobs/{quote(job_id, safe='')}/events"
+        if self.notifier is not None:
+            return self.notifier.rstrip("/") + f"/v1/jobs/{quote(job.id, safe='')}/events"
+        link = job.links.get("events")
+        # A link is resolved against the URL it came from (RFC 3986): an absolute one
+        # stays as it is.
+        return urljoin(self.gateway.rstrip("/") + "/", link) if link else None
 
     def dead_letters(self, queue: str) -> str:
         return self.api(f"/v1/admin/dead-letters/{quote(queue, safe='')}")

@@ -15,8 +15,9 @@ class ClientSettings(BaseSettings):
 
     url: str = Field(default="http://127.0.0.1:8000", description="The gateway's base URL.")
     notifier_url: str | None = Field(
-        default="http://127.0.0.1:8001",
-        description="The notifier's base URL, for SSE; empty to always poll instead.",
+        default=None,
+        description="The notifier's base URL, for SSE, when it is not where the jobs' "
+        "`links.events` say (unset: follow the links); empty to always poll instead.",
     )
     api_key: str | None = Field(default=None, description="API key (a tenant's bearer token).")
     admin_key: str | None = Field(
@@ -24,8 +25,8 @@ class ClientSettings(BaseSettings):
     )
     timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout in seconds.")
 
-    @field_validator("notifier_url", "api_key", "admin_key")
+    @field_validator("api_key", "admin_key")
     @classmethod
     def _empty_is_absent(cls, value: str | None) -> str | None:
-        # `OFFLOAD_NOTIFIER_URL=` (empty) means "none", as an unset variable would.
+        # `OFFLOAD_API_KEY=` (empty) means "none", as an unset variable would.
         return value or None

@@ -94,10 +94,16 @@ SUBMISSION_MODELS: dict[str, type[_Submission]] = {
 
 
 class JobLinks(Contract):
-    """Where to read more about the job."""
+    """Where to read more about the job.
+
+    `self` and `result` are paths on the gateway, relative to the URL the job was
+    read from; `events` is absolute, since the notifier serves it on its own origin.
+    """
 
     self: str = Field(description="This job: `GET` to read it, `DELETE` to cancel it.")
-    events: str = Field(description="The job's events as Server-Sent Events (the notifier).")
+    events: str = Field(
+        description="The job's events as Server-Sent Events: an absolute URL on the notifier."
+    )
     result: str | None = Field(
         default=None, description="The result's file, when the job produced one."
     )

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from offload_gateway import metrics
 from offload_gateway.adapters.broker import BrokerLink
@@ -19,7 +19,8 @@ from offload_gateway.adapters.redis_ports import (
 from offload_gateway.admin import install_operations
 from offload_gateway.body_limit import BodyLimit
 from offload_gateway.deps import GatewayDeps
-from offload_gateway.problems import add_problem_schemas, install_problem_handlers
+from offload_gateway.openapi import build_openapi
+from offload_gateway.problems import install_problem_handlers
 from offload_gateway.routes import files, health, jobs, secrets
 from offload_gateway.settings import GatewaySettings
 from offload_gateway.submission import JobSubmitter
@@ -110,13 +111,18 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
             await deps.redis.aclose()
             log.info("gateway stopped")
 
-    app = FastAPI(
+    # /docs from assets in the package, not a CDN: it works offline and behind strict
+    # firewalls. No validator badge (it loads from validator.swagger.io), and no /redoc
+    # (its page still loads a logo from Redocly's CDN).
+    app = FastAPIOffline(
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
         title="Offload",
         version="0.1.0",
         summary="Heavy work out of your web app: submit jobs, poll them, move files.",
         description="Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 "
-        "problem details (`application/problem+json`). Job events stream from the notifier "
-        "at `/v1/jobs/{id}/events`.",
+        "problem details (`application/problem+json`). A job's events stream from the notifier, "
+        "at the absolute URL in its `links.events`.",
         lifespan=lifespan,
     )
     app.state.deps = deps
@@ -129,16 +135,7 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                summary=app.summary,
-                description=app.description,
-                routes=app.routes,
-            )
-            add_problem_schemas(schema)
-            jobs.add_submission_schema(schema)
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

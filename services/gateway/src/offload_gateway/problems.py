@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from offload_contracts.api import PROBLEM_MEDIA_TYPE, FieldProblem, Problem
+from offload_runtime.echo import clipped, quoted
 from offload_runtime.logging import get_logger
 
 log = get_logger("offload.gateway")
@@ -56,7 +57,7 @@ def problem_response(
         title=title or HTTPStatus(status).phrase,
         status=status,
         detail=detail,
-        instance=instance,
+        instance=clipped(instance) if instance is not None else None,
         errors=list(errors) if errors is not None else None,
     )
     return Response(
@@ -116,9 +117,9 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     if exc.status_code == 404 and detail == HTTPStatus.NOT_FOUND.phrase:
-        detail = f"no such resource: {request.url.path}"
+        detail = f"no such resource: {quoted(request.url.path)}"
     elif exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
+        detail = f"{request.method} is not allowed on {quoted(request.url.path)}"
     return problem_response(
         exc.status_code, detail, instance=request.url.path, headers=exc.headers or {}
     )

@@ -1,5 +1,7 @@
 """Gateway settings: the runtime's `OFFLOAD_*` variables plus the gateway's own."""
 
+from urllib.parse import urlsplit
+
 from pydantic import Field, field_validator
 
 from offload_runtime.settings import HttpServerSettings, RuntimeSettings, parse_duration_ms
@@ -49,6 +51,33 @@ class GatewaySettings(RuntimeSettings, HttpServerSettings):
     idempotency_ttl_s: int = Field(
         default=24 * 3600, ge=1, description="How long an `Idempotency-Key` is remembered."
     )
+    notifier_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="The notifier's port: the default `notifier_public_url` points at it.",
+    )
+    notifier_public_url: str | None = Field(
+        default=None,
+        description="Where clients reach the notifier (scheme, host, port, any path prefix); "
+        "every job's `links.events` starts with it. Default `http://127.0.0.1:<notifier_port>`, "
+        "right when clients run on the same machine (`make run`).",
+    )
+
+    @field_validator("notifier_public_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def notifier_base_url(self) -> str:
+        """The start of every `links.events`: the notifier as clients reach it."""
+        return self.notifier_public_url or f"http://127.0.0.1:{self.notifier_port}"
 
     @field_validator("queue_depth_refresh", "sweep_after", "sweep_interval")
     @classmethod

@@ -1,14 +1,19 @@
-"""Streaming `multipart/form-data`: the file part's bytes as they arrive, never the whole body.
+"""An upload as it streams in: the file part of a `multipart/form-data` body, and its type.
 
 Starlette's form parser spools every file to a temporary file before the route
 sees it; an upload would then be written twice and could not be refused at the
 size limit while it streams. This parser hands the `file` part's chunks on as
 the body arrives, so `FileStore.save_stream` hashes and writes them once.
+
+When the client does not say what the file is, its type is read from its first
+bytes (`with_type`), so an image sent with `curl --data-binary` is stored, and
+served back, as the image it is.
 """
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import filetype
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -137,3 +142,40 @@ async def file_part(body: AsyncIterator[bytes], boundary: str, *, field: str = "
         filename=filename.decode("utf-8", "replace") if filename else None,
         chunks=chunks(),
     )
+
+
+UNSTATED_TYPES = frozenset({"application/octet-stream", "application/x-www-form-urlencoded"})
+"""Labels that say nothing about a file: the generic one, and the one curl puts on
+`--data-binary` when told nothing else."""
+UNKNOWN_TYPE = "application/octet-stream"
+SIGNATURE_BYTES = 8192
+"""What `filetype` reads of a file: every signature it knows lies within it."""
+
+
+async def with_type(
+    chunks: AsyncIterator[bytes], declared: str | None
+) -> tuple[str, AsyncIterator[bytes]]:
+    """The upload's type and its bytes, unchanged: as declared, else read from its first bytes.
+
+    Only known signatures count (images, video, audio, archives, documents); bytes
+    without one stay `application/octet-stream`.
+    """
+    if declared is not None and declared not in UNSTATED_TYPES:
+        return declared, chunks
+    stream = aiter(chunks)
+    head: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        head.append(chunk)
+        size += len(chunk)
+        if size >= SIGNATURE_BYTES:
+            break
+    kind = filetype.guess(b"".join(head)[:SIGNATURE_BYTES]) if size else None
+
+    async def replayed() -> AsyncIterator[bytes]:
+        for chunk in head:
+            yield chunk
+        async for chunk in stream:
+            yield chunk
+
+    return (kind.mime if kind is not None else UNKNOWN_TYPE), replayed()

@@ -11,7 +11,19 @@ def job_path(job_id: str) -> str:
     return f"/v1/jobs/{job_id}"
 
 
-def job_view(record: JobRecord) -> JobView:
+def job_links(job_id: str, notifier_url: str, result: str | None = None) -> JobLinks:
+    """`self` and `result` are gateway paths; `events` is absolute, on the notifier.
+
+    A relative `events` would resolve against the gateway, which does not serve it.
+    The gateway does not redirect there either: a redirect to another origin drops
+    the `Authorization` header (curl, httpx, browsers), and proxying would keep every
+    SSE connection open on the gateway, which must stay free for quick answers.
+    """
+    path = job_path(job_id)
+    return JobLinks(self=path, events=f"{notifier_url}{path}/events", result=result)
+
+
+def job_view(record: JobRecord, notifier_url: str) -> JobView:
     return JobView(
         id=record.id,
         type=record.type,
@@ -25,12 +37,7 @@ def job_view(record: JobRecord) -> JobView:
         started_at=record.started_at,
         finished_at=record.finished_at,
         next_attempt_at=record.next_attempt_at,
-        links=JobLinks(
-            self=job_path(record.id),
-            # SSE is served by the notifier, under the same path scheme.
-            events=f"{job_path(record.id)}/events",
-            result=_result_link(record.status, record.result),
-        ),
+        links=job_links(record.id, notifier_url, _result_link(record.status, record.result)),
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from faststream.rabbit import RabbitBroker
 from redis.exceptions import RedisError
 
@@ -213,7 +214,10 @@ def build_app(
                 await redis.aclose()
             log.info("notifier stopped")
 
-    app = FastAPI(
+    # /docs from assets in the package, not a CDN (see the gateway).
+    app = FastAPIOffline(
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
         title="Offload notifier",
         version="0.1.0",
         description="Job events as Server-Sent Events; signed webhooks; dead-letter alerts.",

@@ -28,6 +28,7 @@ from offload_notifier.streams import (
     tenant_frames,
 )
 from offload_runtime.auth import KeyRing, bearer_token
+from offload_runtime.echo import clipped, quoted
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import get_logger
 from offload_runtime.stream_ids import canonical
@@ -57,7 +58,7 @@ def problem_response(request: Request, problem: Problem, **extra: Any) -> JSONRe
         "title": problem.title,
         "status": problem.status,
         "detail": problem.detail,
-        "instance": request.url.path,
+        "instance": clipped(request.url.path),
         **extra,
     }
     return JSONResponse(
@@ -246,7 +247,7 @@ def build_router(deps: RouteDeps) -> APIRouter:
 
     async def owned_job(job_id: str, tenant: Annotated[str, Depends(tenant)]) -> str:
         if not _JOB_ID.match(job_id) or await deps.tenant_of_job(job_id) != tenant:
-            raise Problem(404, "Not Found", f"no job {job_id!r}")
+            raise Problem(404, "Not Found", f"no job {quoted(job_id)}")
         return job_id
 
     @router.get(

@@ -3,8 +3,9 @@
 A job's stream: its history first, then live events, each with its Redis
 stream id as the SSE `id:`; `Last-Event-ID` resumes strictly after that id,
 with no gap and no duplicate. When the id is older than the stream's first
-entry (the capped stream was trimmed since), the client first gets a
-`resync` event with the job's current state and then the events after it.
+entry (the capped stream was trimmed since), or not one this stream gave out,
+the client first gets a `resync` event with the job's current state and then
+the events after it.
 The stream ends after the job's terminal event. A tenant's stream is the same
 without history (it starts live) and without an end.
 
@@ -154,15 +155,18 @@ class JobSnapshots(Protocol):
     async def snapshot(self, job_id: str) -> JobSnapshot | None: ...
 
 
-def _resumable(last_event_id: str, bounds: StreamBounds) -> bool:
-    """Whether every entry after `last_event_id` is still in the stream."""
+def _not_resumable(last_event_id: str, bounds: StreamBounds) -> str | None:
+    """Why the stream cannot resume after `last_event_id`; None when every entry after it
+    is still there."""
     if bounds.first is None or bounds.last is None:
-        return False
+        return "this stream holds no events to resume from"
     wanted = stream_id(last_event_id)
     if wanted > stream_id(bounds.last):
-        return False  # not an id this stream has given out
+        return "your Last-Event-ID is later than this stream's last event, so not one it sent"
     # Older than the first entry of a trimmed stream: what came between may be gone.
-    return not bounds.trimmed or wanted >= stream_id(bounds.first)
+    if bounds.trimmed and wanted < stream_id(bounds.first):
+        return "events since your Last-Event-ID were trimmed"
+    return None
 
 
 async def job_frames(
@@ -178,7 +182,7 @@ async def job_frames(
     after = START
     if last_event_id is not None:
         bounds = await source.bounds(key)
-        if _resumable(last_event_id, bounds):
+        if _not_resumable(last_event_id, bounds) is None:
             after = last_event_id
             if last_event_id == bounds.last:
                 # Caught up: if that was the job's end, there is nothing more to wait for.
@@ -220,10 +224,11 @@ async def tenant_frames(
     bounds = await source.bounds(key)
     after = bounds.last or START
     if last_event_id is not None:
-        if _resumable(last_event_id, bounds):
+        refusal = _not_resumable(last_event_id, bounds)
+        if refusal is None:
             after = last_event_id
         else:
-            reason = "events since your Last-Event-ID were trimmed: re-read your jobs"
+            reason = f"{refusal}: re-read your jobs"
             yield Frame(event="resync", data=json.dumps({"reason": reason}), id=after)
     yield SUBSCRIBED
     async with source.follow(key, after) as subscription:

@@ -12,6 +12,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 
 from offload_gateway.problems import ProblemError
 from offload_runtime import asyncapi
+from offload_runtime.echo import quoted
 from offload_runtime.settings import RuntimeSettings
 
 STATIC = Path(__file__).parent / "static"
@@ -35,7 +36,7 @@ def build_pages(settings: RuntimeSettings) -> APIRouter:
     async def dashboard_asset(name: str) -> Response:
         media_type = _ASSETS.get(name)
         if media_type is None:
-            raise ProblemError(404, f"no dashboard file named {name!r}")
+            raise ProblemError(404, f"no dashboard file named {quoted(name)}")
         return FileResponse(STATIC / name, media_type=media_type, headers=_NO_CACHE)
 
     @router.get("/asyncapi")
@@ -54,7 +55,8 @@ def build_pages(settings: RuntimeSettings) -> APIRouter:
         name = service.removesuffix(".json")
         if name not in asyncapi.SERVICES:
             raise ProblemError(
-                404, f"no AsyncAPI document for {name!r} (known: {', '.join(asyncapi.SERVICES)})"
+                404,
+                f"no AsyncAPI document for {quoted(name)} (known: {', '.join(asyncapi.SERVICES)})",
             )
         if name not in documents:
             documents[name] = asyncapi.document_json(name, settings)

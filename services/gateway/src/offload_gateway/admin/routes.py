@@ -39,6 +39,7 @@ from offload_gateway.deps import GatewayDeps
 from offload_gateway.problems import ProblemError, problem_responses
 from offload_runtime import metrics
 from offload_runtime.broker import publish_confirmed
+from offload_runtime.echo import quoted
 from offload_runtime.inflight import read_unacked
 from offload_runtime.logging import get_logger
 from offload_runtime.queues import UNACKED_NOTE, QueueMissing, QueueOps, QueueRef, service_queues
@@ -159,7 +160,7 @@ def build_router(ops: Operations) -> APIRouter:
     def dead_queue(queue: str) -> str:
         if queue not in ops.dead_queues:
             known = ", ".join(sorted(ops.dead_queues))
-            raise ProblemError(404, f"no dead-letter queue named {queue!r} (known: {known})")
+            raise ProblemError(404, f"no dead-letter queue named {quoted(queue)} (known: {known})")
         return queue
 
     async def rate_limit(actor: str) -> None:
@@ -474,7 +475,7 @@ def build_router(ops: Operations) -> APIRouter:
     async def job_detail(job_id: str, _actor: Actor) -> AdminJobDetail:
         record = await deps.store.get(job_id) if _valid_id(job_id) else None
         if record is None:
-            raise ProblemError(404, f"no job {job_id!r} (it may have expired)")
+            raise ProblemError(404, f"no job {quoted(job_id)} (it may have expired)")
         entries: Any = await deps.redis.xrange(deps.store.keys.job_events(job_id))
         return AdminJobDetail(
             job=_admin_job(record),

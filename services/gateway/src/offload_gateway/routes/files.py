@@ -12,13 +12,19 @@ from offload_contracts import FileRef
 from offload_gateway import metrics
 from offload_gateway.deps import Deps, Tenant
 from offload_gateway.problems import ProblemError, problem_responses
-from offload_gateway.uploads import MalformedUpload, MissingFilePart, boundary_of, file_part
+from offload_gateway.uploads import (
+    MalformedUpload,
+    MissingFilePart,
+    boundary_of,
+    file_part,
+    with_type,
+)
+from offload_runtime.echo import quoted
 from offload_runtime.storage import FileTooLarge, file_ref
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*$")
-_DEFAULT_TYPE = "application/octet-stream"
 _MULTIPART_OVERHEAD = 64 * 1024
 """Room for the form's boundaries and part headers around the file itself."""
 
@@ -35,8 +41,10 @@ _UPLOAD_BODY = {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     },
-    "description": "A form with a `file` part, or the file itself as the body (its "
-    "`Content-Type` is kept).",
+    "description": "A form with a `file` part, or the file itself as the body. Its "
+    "`Content-Type` is kept; without one, or with `application/octet-stream` (or the "
+    "`application/x-www-form-urlencoded` curl puts on `--data-binary`), the type is "
+    "detected from the file's first bytes.",
 }
 
 
@@ -71,22 +79,19 @@ async def upload_file(request: Request, deps: Deps, tenant: Tenant) -> Response:
     limit = deps.settings.max_upload_bytes
     header = request.headers.get("content-type", "")
     is_form = header.split(";", 1)[0].strip().lower() == "multipart/form-data"
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit + (_MULTIPART_OVERHEAD if is_form else 0):
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit + (_MULTIPART_OVERHEAD if is_form else 0):
         raise ProblemError(413, f"the file is larger than the limit of {limit} bytes")
     chunks: AsyncIterator[bytes]
     try:
         if is_form:
             part = await file_part(request.stream(), boundary_of(header))
-            content_type = _media_type(part.content_type) or _DEFAULT_TYPE
-            chunks = part.chunks
+            declared, chunks = _media_type(part.content_type), part.chunks
         else:
             if header and _media_type(header) is None:
-                raise ProblemError(415, f"Content-Type {header!r} is not a media type")
-            if _media_type(header) in ("application/x-www-form-urlencoded",):
-                raise ProblemError(415, "send the file as multipart/form-data or as the raw body")
-            content_type = _media_type(header) or _DEFAULT_TYPE
-            chunks = request.stream()
+                raise ProblemError(415, f"Content-Type {quoted(header)} is not a media type")
+            declared, chunks = _media_type(header), request.stream()
+        content_type, chunks = await with_type(chunks, declared)
         stored = await deps.files.save_stream(tenant, chunks, content_type, max_bytes=limit)
     except FileTooLarge as exc:
         raise ProblemError(413, f"the file is larger than the limit of {exc.limit} bytes") from exc
@@ -124,11 +129,11 @@ async def download_file(file_id: str, request: Request, deps: Deps, tenant: Tena
     """The file's bytes, streamed from storage, with `Range` support."""
     stored = await deps.files.get(tenant, file_id)
     if stored is None:
-        raise ProblemError(404, f"no file {file_id!r}")
+        raise ProblemError(404, f"no file {quoted(file_id)}")
     try:
         stat = await asyncio.to_thread(os.stat, stored.path)
     except FileNotFoundError:
-        raise ProblemError(404, f"no file {file_id!r}") from None
+        raise ProblemError(404, f"no file {quoted(file_id)}") from None
     etag = f'"{stored.sha256}"'
     if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
         return Response(status_code=304, headers={"ETag": etag})

@@ -2,14 +2,14 @@
 
 import asyncio
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request
 from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from offload_contracts import JobStatus, JobType, TraceContext
-from offload_contracts.api import FieldProblem, JobLinks, JobPage, JobSubmission, JobView
+from offload_contracts.api import FieldProblem, JobPage, JobSubmission, JobView
 from offload_gateway import metrics
 from offload_gateway.deps import Deps, Tenant, TenantAuth, current_tenant, deps_of
 from offload_gateway.problems import ProblemError, field_problems, problem_responses
@@ -21,7 +21,8 @@ from offload_gateway.submission import (
     SubmitJob,
     SubmitRefused,
 )
-from offload_gateway.views import job_path, job_view
+from offload_gateway.views import job_links, job_path, job_view
+from offload_runtime.echo import quoted
 from offload_runtime.store import InvalidCursor, JobRecord, new_id, utcnow
 from offload_runtime.url_guard import UnsafeURL, check_url
 
@@ -107,12 +108,31 @@ async def _read_submission(request: Request) -> JobSubmission:
             raise ProblemError(
                 400, "the request body is not valid JSON", title="Malformed JSON"
             ) from None
-        problems = field_problems({**e, "loc": ("body", *e["loc"])} for e in errors)
+        problems = field_problems(_job_type_named(e) for e in errors)
         summary = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems[:3])
         raise ProblemError(
             422, f"the request is invalid: {summary}", title="Invalid request", errors=problems
         ) from None
     return submission
+
+
+def _job_type_named(error: Any) -> dict[str, Any]:
+    """A body error at its place in the request; a bad `type` said in words.
+
+    The submission is a union tagged by `type`, and pydantic reports an unknown or a
+    missing tag against the whole body (an empty `loc`), in terms of its discriminator.
+    """
+    if error["loc"]:
+        return {**error, "loc": ("body", *error["loc"])}
+    known = ", ".join(get_args(JobType))
+    if error["type"] == "union_tag_invalid":
+        tag = quoted(str(error.get("ctx", {}).get("tag", "")))
+        msg = f"unknown job type {tag}; known types: {known}"
+        return {"loc": ("body", "type"), "msg": msg, "type": "unknown_job_type"}
+    if error["type"] == "union_tag_not_found":
+        msg = f"the job type is missing; known types: {known}"
+        return {"loc": ("body", "type"), "msg": msg, "type": "missing"}
+    return {**error, "loc": ("body",)}
 
 
 def _invalid(loc: list[str | int], msg: str, kind: str) -> ProblemError:
@@ -135,7 +155,7 @@ def add_submission_schema(openapi: dict[str, Any]) -> None:
 def _own_job(record: JobRecord | None, tenant: str, job_id: str) -> JobRecord:
     # Another tenant's job is reported exactly like a missing one (404, not 403).
     if record is None or record.tenant != tenant:
-        raise ProblemError(404, f"no job {job_id!r}")
+        raise ProblemError(404, f"no job {quoted(job_id)}")
     return record
 
 
@@ -227,7 +247,11 @@ async def submit_job(request: Request) -> Response:
     if submitted.request is None:
         metrics.SUBMISSIONS.labels(submission.type, "replayed").inc()
         record = _own_job(await deps.store.get(submitted.job_id), tenant, submitted.job_id)
-        return _json(job_view(record), 200, {"Location": location, "Idempotent-Replayed": "true"})
+        return _json(
+            job_view(record, deps.settings.notifier_base_url),
+            200,
+            {"Location": location, "Idempotent-Replayed": "true"},
+        )
     metrics.SUBMISSIONS.labels(submission.type, "accepted").inc()
     view = JobView(
         id=submitted.job_id,
@@ -236,7 +260,7 @@ async def submit_job(request: Request) -> Response:
         attempt=0,
         max_attempts=submitted.request.max_attempts,
         created_at=command.now,
-        links=JobLinks(self=location, events=f"{location}/events"),
+        links=job_links(submitted.job_id, deps.settings.notifier_base_url),
     )
     return _json(view, 202, {"Location": location})
 
@@ -274,7 +298,7 @@ def _field(loc: list[str | int], msg: str, kind: str) -> FieldProblem:
 async def get_job(job_id: str, deps: Deps, tenant: Tenant) -> Response:
     """The job's status, progress, result or error, and links."""
     record = _own_job(await deps.store.get(job_id), tenant, job_id)
-    return _json(job_view(record))
+    return _json(job_view(record, deps.settings.notifier_base_url))
 
 
 @router.get(
@@ -308,7 +332,9 @@ async def list_jobs(
             title="Invalid request",
             errors=[_field(["query", "cursor"], str(exc), "invalid_cursor")],
         ) from exc
-    return _json(JobPage(items=[job_view(job) for job in page.jobs], next_cursor=page.next_cursor))
+    notifier_url = deps.settings.notifier_base_url
+    items = [job_view(job, notifier_url) for job in page.jobs]
+    return _json(JobPage(items=items, next_cursor=page.next_cursor))
 
 
 @router.delete(
@@ -326,7 +352,8 @@ async def cancel_job(job_id: str, deps: Deps, tenant: Tenant) -> Response:
     outcome = await deps.store.cancel(record)
     if not outcome.applied:
         raise ProblemError(
-            409, f"job {job_id!r} is already {outcome.previous_status}; it cannot be cancelled"
+            409,
+            f"job {quoted(job_id)} is already {outcome.previous_status}; it cannot be cancelled",
         )
     record = _own_job(await deps.store.get(job_id), tenant, job_id)
-    return _json(job_view(record))
+    return _json(job_view(record, deps.settings.notifier_base_url))
