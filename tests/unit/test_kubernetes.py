@@ -578,6 +578,10 @@ def test_storage_is_one_read_write_many_claim_at_offload_storage_dir(docs: list[
                 claims.add((name, volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]))
     assert {name for name, _ in claims} == set(STORAGE_USERS)
     (claim,) = {claim for _, claim in claims}
+    for name in STORAGE_USERS:
+        # Without it every start walks the whole share to chown it.
+        pod = pod_spec(by_kind(docs, "Deployment")[name])
+        assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch", name
     assert by_kind(docs, "PersistentVolumeClaim")[claim]["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
