@@ -6,8 +6,6 @@ and then read the way `docker compose` reads it. `make compose-check` also runs
 Debian's `docker-compose config -q` where that is installed.
 """
 
-import importlib
-import inspect
 import json
 import re
 import tomllib
@@ -17,9 +15,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from pydantic_settings import BaseSettings
 
 from offload_contracts.topology import WORKER_SERVICES
+from tests.support.settings import service_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = ROOT.parent / "shared" / "compose-spec.json"
@@ -167,22 +165,10 @@ def test_services_reach_rabbitmq_and_redis_by_their_compose_names(
         assert env[f"OFFLOAD_{name.upper()}_HOST"] == "0.0.0.0"  # reachable from outside
 
 
-def _settings_variables() -> set[str]:
-    """Every OFFLOAD_* variable some service's settings read."""
-    names: set[str] = set()
-    for service in OFFLOAD_SERVICES:
-        module = importlib.import_module(f"offload_{service}.settings")
-        for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, BaseSettings) and cls is not BaseSettings:
-                prefix = str(cls.model_config.get("env_prefix", ""))
-                names |= {f"{prefix}{field}".upper() for field in cls.model_fields}
-    return names
-
-
 def test_every_offload_variable_in_the_file_is_read_by_some_service(
     services: dict[str, Any],
 ) -> None:
-    known = _settings_variables()
+    known = set().union(*(service_variables(service) for service in OFFLOAD_SERVICES))
     assert "OFFLOAD_RABBITMQ_URL" in known and "OFFLOAD_LLM_BASE_URL" in known
     used = {
         variable
