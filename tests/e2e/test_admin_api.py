@@ -158,6 +158,37 @@ async def test_queues_show_depth_consumers_and_dead_letters(
     assert "offload_event_loop_lag_seconds_count" in scraped
 
 
+async def test_a_work_queue_with_messages_and_no_consumer_shows_stalled(
+    gateway: RunningGateway, worker: Worker, admin: httpx.AsyncClient
+) -> None:
+    # No video worker runs here: its job waits with nothing to run it.
+    async with gateway.client("acme") as http:
+        answer = await http.post(
+            "/v1/jobs",
+            json={
+                "type": "video.generate",
+                "input": {"prompt": "a stall", "duration_s": 2, "resolution": "480p"},
+            },
+        )
+    assert answer.status_code == 202, answer.text
+
+    async def video_jobs() -> dict[str, Any]:
+        view = (await admin.get("/v1/admin/queues")).json()
+        return {q["name"]: q for q in view["queues"]}
+
+    deadline = time.monotonic() + 10
+    while not (queues := await video_jobs())["video.jobs"]["ready"]:
+        assert time.monotonic() < deadline, queues["video.jobs"]
+        await asyncio.sleep(0.1)
+    assert queues["video.jobs"]["consumers"] == 0 and queues["video.jobs"]["stalled"] is True
+    assert queues["ai.jobs"]["consumers"] == 1 and queues["ai.jobs"]["stalled"] is False
+    assert queues["video.dead"]["stalled"] is False  # only work queues stall
+    async with gateway.client(None) as http:
+        scraped = (await http.get("/metrics")).text
+    assert 'offload_queue_stalled{queue="video.jobs",service="video"} 1.0' in scraped
+    assert 'offload_queue_stalled{queue="ai.jobs",service="ai"} 0.0' in scraped
+
+
 async def test_queues_show_the_deliveries_a_worker_holds_unacked(
     gateway: RunningGateway, worker: Worker, stub: StubAi, admin: httpx.AsyncClient
 ) -> None:

@@ -4,6 +4,7 @@ Every request the receiver gets is verified with `standardwebhooks`, the
 reference implementation of the Standard Webhooks signature.
 """
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -338,3 +339,36 @@ async def test_an_undecodable_delivery_message_is_parked_not_retried(
     assert alert.json["reason"] == "invalid_message"
     [dead] = await _take_all(space.infra, topology.dead_queue(space.service))
     assert dead.body == b'{"not": "a delivery"}'
+
+
+async def test_a_work_queue_with_messages_and_no_consumer_raises_one_alert(
+    space: NotifierSpace, receiver: tuple[Receiver, str]
+) -> None:
+    hooks, base = receiver
+    worker = f"{space.service}w"
+    connection = await aio_pika.connect(space.infra.rabbitmq_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            topology.work_queue(worker), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await channel.default_exchange.publish(
+            aio_pika.Message(b'{"id": "job-8"}'), routing_key=topology.work_queue(worker)
+        )
+        async with running_notifier(
+            space,
+            alert_services=f"{worker},{space.service}",
+            ops_webhook_url=f"{base}/ops",
+            stall_alert_after_s=0.3,
+            stall_check_interval_s=0.05,
+        ):
+            [alert] = await hooks.wait_for("ops", 1)
+            # Later checks find the same stall: it is not alerted again.
+            await asyncio.sleep(0.5)
+            assert len(hooks.at("ops")) == 1
+    finally:
+        await connection.close()
+
+    assert alert.json["type"] == "queue_stalled"
+    assert alert.json["queue"] == topology.work_queue(worker)
+    assert alert.json["ready"] == 1

@@ -31,6 +31,11 @@ class QueueView(Contract):
     exists: bool = Field(description="False when the queue is not declared on the broker.")
     ready: int | None = Field(description="Messages ready for delivery.")
     consumers: int | None = Field(description="Consumers attached.")
+    stalled: bool = Field(
+        default=False,
+        description="A work queue with messages ready and no consumer: nothing will run them "
+        "until a worker consumes again.",
+    )
     unacked: int | None = Field(
         default=None,
         description="Deliveries handed to consumers and not yet acknowledged, as the "

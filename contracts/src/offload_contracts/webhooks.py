@@ -58,9 +58,24 @@ class DeadLetterAlert(Contract):
     at: datetime = Field(description="When the alert was raised (UTC).")
 
 
+class QueueStalledAlert(Contract):
+    """What the notifier POSTs to the operations webhook when a work queue has messages
+    ready and no consumer for `OFFLOAD_STALL_ALERT_AFTER_S`: nothing will run them."""
+
+    type: Literal["queue_stalled"] = Field(default="queue_stalled", description="Alert kind.")
+    queue: str = Field(description="The work queue, e.g. `video.jobs`.")
+    ready: int = Field(description="Messages ready at the last check.")
+    since: datetime = Field(description="When the queue was first seen stalled (UTC).")
+    at: datetime = Field(description="When the alert was raised (UTC).")
+
+
+OpsAlert = DeadLetterAlert | QueueStalledAlert
+"""Everything the operations webhook receives; `type` tells them apart."""
+
 WEBHOOK_MODELS: dict[str, type[Contract]] = {
     "WebhookDelivery": WebhookDelivery,
     "WebhookPayload": WebhookPayload,
     "DeadLetterAlert": DeadLetterAlert,
+    "QueueStalledAlert": QueueStalledAlert,
 }
 """Every webhook message, for schema snapshots."""

@@ -1,4 +1,5 @@
-"""Dead-letter alerts (DESIGN §6): a message reached a `*.dead` queue, so someone should know.
+"""Operations alerts (DESIGN §6): a message reached a `*.dead` queue, or a work queue
+has messages and no consumer, so someone should know.
 
 Each alert is a structured log line, a counter, and (when configured) a POST
 to the operations webhook. The dead letter itself stays in its queue for
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from offload_contracts import topology
-from offload_contracts.webhooks import DeadLetterAlert
+from offload_contracts.webhooks import DeadLetterAlert, OpsAlert, QueueStalledAlert
 from offload_notifier import metrics
 from offload_runtime.logging import get_logger
 
@@ -19,7 +20,7 @@ log = get_logger("offload.notifier.alerts")
 
 
 class OpsWebhook(Protocol):
-    async def send(self, alert: DeadLetterAlert) -> None:
+    async def send(self, alert: OpsAlert) -> None:
         """POST the alert; raise when the operations webhook did not take it."""
         ...
 
@@ -60,6 +61,23 @@ async def raise_alert(alert: DeadLetterAlert, *, ops: OpsWebhook | None) -> None
         message_id=alert.message_id,
         attempt=alert.attempt,
     )
+    await _tell_ops(alert, ops)
+
+
+async def raise_stall_alert(alert: QueueStalledAlert, *, ops: OpsWebhook | None) -> None:
+    """Log, count, and tell the operations webhook that nothing consumes a work queue."""
+    metrics.QUEUE_STALL_ALERTS.labels(alert.queue).inc()
+    log.error(
+        "work queue stalled: messages ready and no consumer",
+        alert="queue_stalled",
+        queue=alert.queue,
+        ready=alert.ready,
+        since=alert.since.isoformat(),
+    )
+    await _tell_ops(alert, ops)
+
+
+async def _tell_ops(alert: OpsAlert, ops: OpsWebhook | None) -> None:
     if ops is None:
         return
     try:

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -27,18 +28,21 @@ from offload_notifier.adapters.rabbit import RabbitPublisher, declare_notifier_t
 from offload_notifier.adapters.redis_store import RedisDeliveryLog, RedisJobs, RedisTenantStreams
 from offload_notifier.adapters.redis_streams import RedisStreamHub
 from offload_notifier.adapters.tracing import DeliverySpans
+from offload_notifier.alerts import raise_stall_alert
 from offload_notifier.relay import Relay
 from offload_notifier.routes import RouteDeps, build_router, install_problem_handlers
 from offload_notifier.settings import NotifierSettings
+from offload_notifier.stalls import StallTracker, StallWatch
 from offload_notifier.streams import StreamSlots
 from offload_notifier.webhooks import Deliverer
 from offload_runtime import telemetry
-from offload_runtime.broker import make_broker
+from offload_runtime.broker import make_broker, queue_counts
 from offload_runtime.inflight import InFlightReporter
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler
 from offload_runtime.redis import connect_redis
+from offload_runtime.store import utcnow
 from offload_runtime.webhook_secrets import WebhookSecrets
 
 log = get_logger("offload.notifier")
@@ -150,6 +154,14 @@ def build_app(
         deliverer=deliverer,
         ops=ops,
     )
+    stalls = StallWatch(
+        queues=[(topology.work_queue(name), name) for name in settings.alerting_services],
+        counts=lambda queue: queue_counts(broker, queue),
+        tracker=StallTracker(alert_after=timedelta(seconds=settings.stall_alert_after_s)),
+        raise_alert=lambda alert: raise_stall_alert(alert, ops=ops),
+        clock=utcnow,
+        interval_s=settings.stall_check_interval_s,
+    )
     hub = RedisStreamHub(
         redis,
         wake_key=keys.notifier_wake(settings.notifier_consumer),
@@ -192,6 +204,7 @@ def build_app(
         await broker.start()
         hub.start()
         relay.start()
+        stalls.start()
         loop_lag.start()
         in_flight.start()
         log.info(
@@ -203,6 +216,7 @@ def build_app(
             yield
         finally:
             await loop_lag.stop()
+            await stalls.stop()
             await relay.stop()
             await broker.stop()
             await in_flight.stop()

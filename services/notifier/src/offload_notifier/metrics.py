@@ -29,7 +29,12 @@ DEAD_LETTER_ALERTS = Counter(
 )
 OPS_WEBHOOK_FAILURES = Counter(
     "offload_ops_webhook_failures_total",
-    "Dead-letter alerts the operations webhook did not accept.",
+    "Alerts the operations webhook did not accept.",
+)
+QUEUE_STALL_ALERTS = Counter(
+    "offload_queue_stall_alerts_total",
+    "Work queues found with messages ready and no consumer for the alert delay, by queue.",
+    ["queue"],
 )
 SSE_REFUSED = Counter(
     "offload_sse_refused_total",

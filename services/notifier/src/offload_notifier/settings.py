@@ -113,7 +113,17 @@ class NotifierSettings(RuntimeSettings, HttpServerSettings):
         default=24 * 3600, gt=0, description="Longest receiver `Retry-After` honoured."
     )
     ops_webhook_url: str | None = Field(
-        default=None, description="Operations webhook: POSTed a JSON alert for every dead letter."
+        default=None,
+        description="Operations webhook: POSTed a JSON alert for every dead letter and every "
+        "stalled work queue.",
+    )
+    stall_alert_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Alert when a work queue has had messages ready and no consumer this long.",
+    )
+    stall_check_interval_s: float = Field(
+        default=10.0, gt=0, description="How often work queues are checked for stalls."
     )
     ops_webhook_secret: str | None = Field(
         default=None,

@@ -92,6 +92,9 @@ class Operations:
             ref = stat.queue
             # Without consumers nothing is in flight; with them, what they report.
             unacked = reported.get(ref.name) if stat.consumers else (0 if stat.exists else None)
+            stalled = ref.kind == "work" and bool(stat.ready) and not stat.consumers
+            if ref.kind == "work":
+                metrics.QUEUE_STALLED.labels(ref.name, ref.service).set(1 if stalled else 0)
             if stat.exists:
                 metrics.QUEUE_MESSAGES.labels(ref.name, ref.service, ref.kind).set(stat.ready or 0)
                 metrics.QUEUE_CONSUMERS.labels(ref.name, ref.service, ref.kind).set(
@@ -108,6 +111,7 @@ class Operations:
                     exists=stat.exists,
                     ready=stat.ready,
                     consumers=stat.consumers,
+                    stalled=stalled,
                     unacked=unacked,
                 )
             )

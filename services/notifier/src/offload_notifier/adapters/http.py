@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 import httpx
 from opentelemetry.sdk.trace import TracerProvider
 
-from offload_contracts.webhooks import DeadLetterAlert
+from offload_contracts.webhooks import OpsAlert
 from offload_notifier.webhooks import USER_AGENT, Answer, TransportError
 from offload_runtime import telemetry
 from offload_runtime.url_guard import check_url, guarded_transport
@@ -94,7 +94,7 @@ class HttpOpsWebhook:
         self._secret = secret
         self._clock = clock
 
-    async def send(self, alert: DeadLetterAlert) -> None:
+    async def send(self, alert: OpsAlert) -> None:
         body = alert.model_dump_json(exclude_none=True).encode()
         message_id = f"alert_{uuid.uuid4().hex}"
         timestamp = int(self._clock())
