@@ -268,6 +268,11 @@ async def resubscribe(subscriber: RabbitSubscriber) -> None:
     queue = subscriber._queue_obj
     if queue is None:
         raise RuntimeError("the subscriber has not started")
+    # A channel being restored consumes again with the tags it knows: wait for
+    # that first, or the restore and this could each leave a consumer behind.
+    if isinstance(queue.channel, AbstractRobustChannel):
+        async with asyncio.timeout(5):
+            await queue.channel.ready()
     tag = subscriber._consumer_tag
     if tag is not None:
         # RabbitMQ answers cancel-ok for a tag it no longer knows; aio-pika
