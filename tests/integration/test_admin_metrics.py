@@ -4,20 +4,12 @@ import asyncio
 import time
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from offload_contracts import JobStatus
 from offload_runtime.metrics import EVENT_LOOP_LAG, LoopLagSampler
 from tests.support.harness import Harness
+from tests.support.scrape import metric_samples
 from tests.support.testjob import Recorder
-
-
-def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 async def test_a_worker_serves_its_metrics_on_the_configured_port(harness: Harness) -> None:
@@ -26,7 +18,7 @@ async def test_a_worker_serves_its_metrics_on_the_configured_port(harness: Harne
     assert worker.metrics_server is not None
     url = f"http://127.0.0.1:{worker.metrics_server.port}/metrics"
     async with httpx.AsyncClient() as http:
-        before = _samples((await http.get(url)).text)
+        before = metric_samples((await http.get(url)).text)
         done = await harness.submit()
         retried = await harness.submit(transient_failures=1)
         failed = await harness.submit(permanent=True)
@@ -34,7 +26,7 @@ async def test_a_worker_serves_its_metrics_on_the_configured_port(harness: Harne
             await harness.wait_status(job.id, {JobStatus.COMPLETED, JobStatus.FAILED})
         answer = await http.get(url)
     assert answer.status_code == 200
-    after = _samples(answer.text)
+    after = metric_samples(answer.text)
 
     def grew(name: str, **labels: str) -> float:
         key = (name, frozenset(labels.items()))
