@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import httpx
+from prometheus_client import REGISTRY
 
 from offload_contracts import JobStatus
 from offload_runtime.metrics import EVENT_LOOP_LAG, LoopLagSampler
@@ -69,3 +70,26 @@ async def test_the_loop_lag_sampler_sees_a_blocked_loop() -> None:
     # One sample saw the block (other samplers of this process add little in 0.3 s).
     assert _lag_sum() - before >= 0.15
     assert sampler.last_lag_s < 0.15  # the last sample came after the block
+
+
+def _worst_since_last_scrape() -> float:
+    """What a scrape of `/metrics` reads (and, by reading, starts a new window)."""
+    return REGISTRY.get_sample_value("offload_event_loop_lag_max_seconds") or 0.0
+
+
+async def test_a_short_stall_between_two_samples_is_the_worst_lag_of_the_next_scrape() -> None:
+    sampler = LoopLagSampler()  # as every service runs it: half-second windows
+    sampler.start()
+    try:
+        await asyncio.sleep(0.1)
+        _worst_since_last_scrape()
+        await asyncio.sleep(0.1)
+        time.sleep(0.04)  # noqa: ASYNC251  (a 40 ms stall, well inside a half-second window)
+        await asyncio.sleep(0.1)
+        worst = _worst_since_last_scrape()
+        again = _worst_since_last_scrape()
+    finally:
+        await sampler.stop()
+    # Seen within a tick (5 ms), though no half-second sample fell inside it.
+    assert worst >= 0.035, f"worst lag since the last scrape: {worst * 1000:.1f} ms"
+    assert again == 0.0  # each scrape reports the worst since the one before

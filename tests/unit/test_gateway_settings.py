@@ -7,7 +7,7 @@ from offload_gateway.settings import GatewaySettings
 
 
 def test_the_sweeps_longest_wait_may_not_be_shorter_than_its_first() -> None:
-    with pytest.raises(ValidationError, match="sweep_backoff_max .* must be at least sweep_after"):
+    with pytest.raises(ValidationError, match=r"sweep_backoff_max .* must be at least sweep_after"):
         GatewaySettings(sweep_after="10m", sweep_backoff_max="1m")
 
     settings = GatewaySettings(sweep_after="10m", sweep_backoff_max="10m")
