@@ -9,8 +9,9 @@ concurrency N takes them all, so N LLM streams are open at once.
 
 Event-loop lag is measured inside the worker, two ways:
 - the runtime's own sampler (`offload_event_loop_lag_seconds`, one sample every
-  0.5 s), scraped from the worker's `/metrics` every 100 ms, so every sample is
-  seen on its own (the sum's increase between two scrapes);
+  0.5 s: the worst lag of that half-second), scraped from the worker's `/metrics`
+  every 100 ms, so every sample is seen on its own (the sum's increase between
+  two scrapes);
 - a bench probe in the same process, every `--sample-ms` ms, finer grained:
   the worker runs as `python -m bench.ai_scale --worker`, which is
   `python -m offload_ai` plus that sampler and a count of the jobs running.

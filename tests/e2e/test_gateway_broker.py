@@ -19,7 +19,10 @@ from tests.support.gateway import (
     take_request,
 )
 from tests.support.infra import Infra
+from tests.support.scrape import metric_value
 from tests.support.serving import free_port
+
+REPUBLISHED = "offload_gateway_sweep_republished_total"
 
 
 def via_port(url: str, port: int) -> str:
@@ -197,6 +200,7 @@ def lost_request(tenant: str = "acme") -> AiGenerateRequest:
 
 async def test_the_sweep_republishes_a_job_whose_publish_was_lost(infra: Infra) -> None:
     async with running_gateway(infra, sweep_after="300ms") as gw, gw.client() as http:
+        before = metric_value((await http.get("/metrics")).text, REPUBLISHED)
         request = lost_request()
         # What a gateway that died between recording and publishing leaves behind.
         assert (await gw.deps.store.create(request)).applied
@@ -212,8 +216,7 @@ async def test_the_sweep_republishes_a_job_whose_publish_was_lost(infra: Infra) 
         # Its deadline moved on, so it is not published again at every pass.
         score = await gw.deps.redis.zscore(gw.keys.unstarted, request.id)
         assert score is not None and score > request.created_at.timestamp() * 1000
-        metrics = (await http.get("/metrics")).text
-        assert "offload_gateway_sweep_republished_total 1.0" in metrics
+        assert metric_value((await http.get("/metrics")).text, REPUBLISHED) == before + 1
 
 
 async def test_the_sweep_skips_started_jobs_and_waits_for_the_lock(infra: Infra) -> None:

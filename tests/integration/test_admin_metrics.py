@@ -4,20 +4,13 @@ import asyncio
 import time
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import REGISTRY
 
 from offload_contracts import JobStatus
 from offload_runtime.metrics import EVENT_LOOP_LAG, LoopLagSampler
 from tests.support.harness import Harness
+from tests.support.scrape import metric_samples
 from tests.support.testjob import Recorder
-
-
-def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 async def test_a_worker_serves_its_metrics_on_the_configured_port(harness: Harness) -> None:
@@ -26,7 +19,7 @@ async def test_a_worker_serves_its_metrics_on_the_configured_port(harness: Harne
     assert worker.metrics_server is not None
     url = f"http://127.0.0.1:{worker.metrics_server.port}/metrics"
     async with httpx.AsyncClient() as http:
-        before = _samples((await http.get(url)).text)
+        before = metric_samples((await http.get(url)).text)
         done = await harness.submit()
         retried = await harness.submit(transient_failures=1)
         failed = await harness.submit(permanent=True)
@@ -34,7 +27,7 @@ async def test_a_worker_serves_its_metrics_on_the_configured_port(harness: Harne
             await harness.wait_status(job.id, {JobStatus.COMPLETED, JobStatus.FAILED})
         answer = await http.get(url)
     assert answer.status_code == 200
-    after = _samples(answer.text)
+    after = metric_samples(answer.text)
 
     def grew(name: str, **labels: str) -> float:
         key = (name, frozenset(labels.items()))
@@ -77,3 +70,26 @@ async def test_the_loop_lag_sampler_sees_a_blocked_loop() -> None:
     # One sample saw the block (other samplers of this process add little in 0.3 s).
     assert _lag_sum() - before >= 0.15
     assert sampler.last_lag_s < 0.15  # the last sample came after the block
+
+
+def _worst_since_last_scrape() -> float:
+    """What a scrape of `/metrics` reads (and, by reading, starts a new window)."""
+    return REGISTRY.get_sample_value("offload_event_loop_lag_max_seconds") or 0.0
+
+
+async def test_a_short_stall_between_two_samples_is_the_worst_lag_of_the_next_scrape() -> None:
+    sampler = LoopLagSampler()  # as every service runs it: half-second windows
+    sampler.start()
+    try:
+        await asyncio.sleep(0.1)
+        _worst_since_last_scrape()
+        await asyncio.sleep(0.1)
+        time.sleep(0.04)  # noqa: ASYNC251  (a 40 ms stall, well inside a half-second window)
+        await asyncio.sleep(0.1)
+        worst = _worst_since_last_scrape()
+        again = _worst_since_last_scrape()
+    finally:
+        await sampler.stop()
+    # Seen within a tick (5 ms), though no half-second sample fell inside it.
+    assert worst >= 0.035, f"worst lag since the last scrape: {worst * 1000:.1f} ms"
+    assert again == 0.0  # each scrape reports the worst since the one before

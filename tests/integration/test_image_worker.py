@@ -2,14 +2,14 @@
 and the event loop staying live while large photos are processed (issue 4).
 
 Each test runs the real `image` service (its real queue names) in this run's
-vhost, with its own Redis prefix and storage directory.
+vhost, with its own Redis prefix and storage directory: in this process, or,
+for the event-loop measurement, in its own process as production runs it.
 """
 
 import asyncio
 import io
 import os
 import signal
-import statistics
 import struct
 import sys
 import time
@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -34,6 +36,10 @@ from offload_runtime.storage import FileStore, StoredFile
 from offload_runtime.store import JobRecord, JobStore, new_id
 from offload_runtime.worker import Worker
 from tests.support.infra import Infra
+from tests.support.notifier import until
+from tests.support.processes import ServiceProcess
+from tests.support.scrape import metric_samples
+from tests.support.serving import free_port
 
 TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
 TENANT = "acme"
@@ -67,6 +73,7 @@ class ImageRig:
             max_pixels=self.settings.image_max_pixels,
         )
         self.worker: Worker | None = None
+        self.process: ServiceProcess | None = None
 
     async def start(self, deps: ImageDeps | None = None) -> Worker:
         deps = deps or ImageDeps()
@@ -76,9 +83,30 @@ class ImageRig:
         await self.broker.connect()
         return self.worker
 
+    async def start_process(self, **overrides: Any) -> ServiceProcess:
+        """The worker as production runs it, `python -m offload_image`, on this rig's settings."""
+        names = (
+            "rabbitmq_url",
+            "redis_url",
+            "redis_prefix",
+            "retry_tiers",
+            "storage_dir",
+            "image_pool_size",
+            "shutdown_grace_s",
+            "webhook_allow_private",
+        )
+        settings = {name: getattr(self.settings, name) for name in names} | overrides
+        self.process = ServiceProcess("offload_image", settings={"log_level": "info", **settings})
+        process = self.process.start()
+        await until(lambda: "worker starting" in process.logs(), 60, "the image worker to start")
+        await self.broker.connect()
+        return process
+
     async def close(self) -> None:
         if self.worker is not None:
             await self.worker.app.stop()
+        if self.process is not None:
+            self.process.stop()
         await self.broker.stop()
         await self.redis.aclose()
 
@@ -410,32 +438,26 @@ class ControlTicker:
 async def test_event_loop_lag_stays_under_50ms_while_8_large_photos_are_processed(
     rig: ImageRig, large_photo: bytes
 ) -> None:
-    worker = await rig.start()
-    connection = worker.broker._connection
-    assert connection is not None
-    closes: list[Any] = []
-    connection.close_callbacks.add(lambda *args: closes.append(args))
+    # The worker in its own process, on its own (uv)loop, as production runs it: its
+    # lag is its own, not that of a test process running hundreds of tests. The
+    # runtime's sampler in it (a callback due every 5 ms) serves the worst lag since
+    # the previous scrape on its /metrics.
+    metrics_port = free_port()
+    worker = await rig.start_process(metrics_port=metrics_port)
+    scrape_url = f"http://127.0.0.1:{metrics_port}/metrics"
     photo = await rig.upload(large_photo)
-    # One job first, outside the measurement: the first submit and the first job
-    # pay one-time costs (a fresh publisher, first use of each code path) in this
-    # test's event loop, which the worker shares here; a worker in production has
-    # its own loop and runs job after job. The bound below is unchanged.
+    # One job first, outside the measurement: a new process pays one-time costs on its
+    # first job (the first use of each code path); in production a worker runs job
+    # after job. The bound below is unchanged.
     warm = await rig.submit({"op": "resize", "width": 64}, file_id=photo.id)
     assert statuses([await rig.wait(warm.id, timeout=90)]) == [JobStatus.COMPLETED]
+    amqp_port = urlsplit(rig.settings.rabbitmq_url).port or 5672
+    amqp = worker.connections_to(amqp_port)
+    assert amqp, "the worker holds no connection to RabbitMQ"
 
-    lags: list[tuple[float, float]] = []
-    running = True
-
-    async def ticker() -> None:
-        # Oversleep of a 5 ms sleep = how long the loop was busy with something else.
-        while running:
-            before = time.perf_counter()
-            await asyncio.sleep(0.005)
-            lags.append((time.perf_counter() - before - 0.005, before - began))
-
-    async with ControlTicker() as control:
+    async with httpx.AsyncClient(timeout=10) as http, ControlTicker() as control:
+        await http.get(scrape_url)  # a scrape: the window of the worst lag starts here
         began = time.perf_counter()
-        ticking = asyncio.create_task(ticker())
         jobs = [
             await rig.submit(
                 {"op": "auto_orient"},
@@ -448,25 +470,20 @@ async def test_event_loop_lag_stays_under_50ms_while_8_large_photos_are_processe
         ]
         records = [await rig.wait(job.id, timeout=90) for job in jobs]
         elapsed = time.perf_counter() - began
-        running = False
-        await ticking
+        after = metric_samples((await http.get(scrape_url)).text)  # ... and ends here
         machine = await control.worst_lag()
 
     assert statuses(records) == [JobStatus.COMPLETED] * 8, [r.error for r in records]
     assert all(
         r.result and (r.result["width"], r.result["height"]) == (3000, 2000) for r in records
     )
-    values = [lag for lag, _ in lags]
-    worst, worst_at = max(lags)
+    worst = after[("offload_event_loop_lag_max_seconds", frozenset())]
     print(
-        f"\n8 jobs of 6000×4000 in {elapsed:.2f}s; worker event-loop lag over {len(values)} "
-        f"ticks: max {worst * 1000:.1f} ms (at {worst_at:.2f}s), "
-        f"p99 {statistics.quantiles(values, n=100)[98] * 1000:.1f} ms, "
-        f"median {statistics.median(values) * 1000:.2f} ms; "
-        f"an idle loop in another process: max {machine * 1000:.1f} ms"
+        f"\n8 jobs of 6000×4000 in {elapsed:.2f}s; the worker's event-loop lag: "
+        f"max {worst * 1000:.1f} ms; an idle loop in another process: max {machine * 1000:.1f} ms"
     )
     # Under 50 ms of lag of the worker's own making: on a machine shared with
     # other work, an idle process's worst oversleep is the scheduler's, not ours.
     assert worst < 0.050 + machine, f"event loop lagged {worst * 1000:.1f} ms"
-    assert closes == [] and connection.connected.is_set()
-    assert await worker.broker.ping(timeout=1)
+    # Its AMQP connection stayed up throughout: the same socket, never reopened.
+    assert worker.connections_to(amqp_port) == amqp

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+_ESTABLISHED = "01"
+"""The TCP state in /proc/net/tcp."""
 
 
 class ServiceProcess:
@@ -57,6 +59,31 @@ class ServiceProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def connections_to(self, port: int) -> set[int]:
+        """Its established TCP connections to `port` on any host, as socket inodes.
+
+        The same set later means the same connections: none was dropped and
+        opened again meanwhile.
+        """
+        assert self.process is not None
+        own: set[int] = set()
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                own.add(int(target[len("socket:[") : -1]))
+        found = set()
+        for table in ("tcp", "tcp6"):
+            for line in Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rpartition(":")[2], 16)
+                inode = int(fields[9])
+                if fields[3] == _ESTABLISHED and remote_port == port and inode in own:
+                    found.add(inode)
+        return found
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

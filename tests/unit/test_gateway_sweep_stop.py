@@ -17,12 +17,15 @@ class _Index:
         # As a Redis call does when its connection is torn down by the cancel.
         raise ConnectionError("connection closed while cancelling")
 
-    async def due(self, before_ms: int, limit: int) -> list[str]:
+    async def due(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
         self.in_pass.set()
         await asyncio.sleep(3600)  # the cancel lands here
         return []
 
-    async def postpone(self, job_id: str, at_ms: int) -> None: ...
+    async def postpone(
+        self, job_id: str, score: int, published_ms: int, first_wait_ms: int, max_wait_ms: int
+    ) -> int | None:
+        return None
 
     async def forget(self, job_id: str) -> None: ...
 
@@ -40,7 +43,9 @@ class _Publisher:
 
 async def test_a_cancel_that_breaks_the_unlock_still_stops_the_sweep() -> None:
     index = _Index()
-    sweeper = Sweeper(index, _Jobs(), _Publisher(), after_s=1, interval_s=0.01, token="t")
+    sweeper = Sweeper(
+        index, _Jobs(), _Publisher(), after_s=1, backoff_max_s=1, interval_s=0.01, token="t"
+    )
     task = asyncio.create_task(sweeper.run())
     await index.in_pass.wait()
 

@@ -67,10 +67,11 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
         unavailable_retry_after=settings.unavailable_retry_after_s,
     )
     sweeper = Sweeper(
-        index=RedisUnstartedIndex(client, keys),
+        index=RedisUnstartedIndex(store),
         jobs=ledger,
         publisher=broker,
         after_s=settings.sweep_after_s,
+        backoff_max_s=settings.sweep_backoff_max_s,
         interval_s=settings.sweep_interval_s,
         token=new_id(),
     )

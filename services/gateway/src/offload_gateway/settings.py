@@ -2,7 +2,7 @@
 
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from offload_runtime.settings import HttpServerSettings, RuntimeSettings, parse_duration_ms
 
@@ -47,6 +47,11 @@ class GatewaySettings(RuntimeSettings, HttpServerSettings):
         default="5m",
         description="A job still waiting this long after acceptance is published again.",
     )
+    sweep_backoff_max: str = Field(
+        default="1h",
+        description="Longest wait between two republications of a job still waiting: the "
+        "wait doubles from `sweep_after` up to this (at least `sweep_after`).",
+    )
     sweep_interval: str = Field(default="10s", description="How often the sweep runs.")
     idempotency_ttl_s: int = Field(
         default=24 * 3600, ge=1, description="How long an `Idempotency-Key` is remembered."
@@ -79,15 +84,28 @@ class GatewaySettings(RuntimeSettings, HttpServerSettings):
         """The start of every `links.events`: the notifier as clients reach it."""
         return self.notifier_public_url or f"http://127.0.0.1:{self.notifier_port}"
 
-    @field_validator("queue_depth_refresh", "sweep_after", "sweep_interval")
+    @field_validator("queue_depth_refresh", "sweep_after", "sweep_backoff_max", "sweep_interval")
     @classmethod
     def _duration_parses(cls, value: str) -> str:
         parse_duration_ms(value)
         return value
 
+    @model_validator(mode="after")
+    def _backoff_reaches_the_first_wait(self) -> "GatewaySettings":
+        if self.sweep_backoff_max_s < self.sweep_after_s:
+            raise ValueError(
+                f"sweep_backoff_max ({self.sweep_backoff_max}) must be at least "
+                f"sweep_after ({self.sweep_after}): the wait between republications only grows"
+            )
+        return self
+
     @property
     def sweep_after_s(self) -> float:
         return parse_duration_ms(self.sweep_after) / 1000
+
+    @property
+    def sweep_backoff_max_s(self) -> float:
+        return parse_duration_ms(self.sweep_backoff_max) / 1000
 
     @property
     def sweep_interval_s(self) -> float:

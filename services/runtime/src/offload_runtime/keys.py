@@ -13,7 +13,11 @@ class RedisKeys:
     prefix: str = ""
 
     def job(self, job_id: str) -> str:
-        """Hash: the job's state (the fields of `GET /v1/jobs/{id}`, plus tenant and input)."""
+        """Hash: the job's state (the fields of `GET /v1/jobs/{id}`, plus tenant and input).
+
+        Also `run` (the run that owns it) and `republished` (how often the sweep
+        published it again while it waited).
+        """
         return f"{self.prefix}job:{{{job_id}}}"
 
     def job_events(self, job_id: str) -> str:
@@ -39,9 +43,12 @@ class RedisKeys:
 
     @property
     def unstarted(self) -> str:
-        """Sorted set: jobs accepted but not yet started, by acceptance time (ms).
+        """Sorted set: jobs accepted but not yet started, scored in ms.
 
-        The gateway's sweep republishes those that stay here past a deadline.
+        The gateway's sweep republishes a job once its score is `sweep_after`
+        old: its acceptance time at first, then moved on after each
+        republication so that the waits between them double
+        (`JobStore.postpone_unstarted`).
         """
         return f"{self.prefix}jobs:unstarted"
 

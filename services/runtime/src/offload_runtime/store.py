@@ -71,6 +71,21 @@ if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
 return {1, status, attempt, cur[3] or ''}
 """
 
+POSTPONE_UNSTARTED_LUA = r"""
+-- KEYS: 1 unstarted zset, 2 job hash
+-- ARGV: 1 job id   2 the job's score as the sweep read it   3 republished at (ms)
+--       4 first wait (ms)   5 longest wait (ms)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return false end
+if redis.call('HGET', KEYS[2], 'status') ~= 'waiting' then return false end
+local n = (tonumber(redis.call('HGET', KEYS[2], 'republished')) or 0) + 1
+redis.call('HSET', KEYS[2], 'republished', n)
+local first = tonumber(ARGV[4])
+local wait = math.min(first * 2 ^ n, tonumber(ARGV[5]))
+redis.call('ZADD', KEYS[1], 'XX', string.format('%d', tonumber(ARGV[3]) + wait - first), ARGV[1])
+return wait
+"""
+
 log = get_logger("offload.store")
 
 
@@ -160,7 +175,7 @@ class TransitionResult:
 
 
 class JobStore:
-    """Job state and events in Redis. Every write is one `TRANSITION_LUA` call."""
+    """Job state and events in Redis. Every transition is one `TRANSITION_LUA` call."""
 
     def __init__(
         self,
@@ -182,6 +197,7 @@ class JobStore:
         self._events_maxlen = events_maxlen
         self._outage_wait_s = outage_wait_s
         self._transition = ScriptBatcher(client, TRANSITION_LUA)
+        self._postpone_unstarted = client.register_script(POSTPONE_UNSTARTED_LUA)
 
     # ------------------------------------------------------------------ reads
 
@@ -474,8 +490,27 @@ class JobStore:
                 "progress": "",
                 "started_at": "",
                 "finished_at": "",
+                "republished": "",  # the sweep's backoff starts over
             },
         )
+
+    async def postpone_unstarted(
+        self, job_id: str, score: int, published_ms: int, first_wait_ms: int, max_wait_ms: int
+    ) -> int | None:
+        """Count one more republication of a `waiting` job and move its sweep deadline on.
+
+        A job in `unstarted` is due for republishing once its score is
+        `first_wait_ms` old: at first its score is its acceptance time; after
+        its n-th republication (counted in the job's `republished` field) it
+        is due `first_wait_ms` × 2ⁿ after `published_ms`, at most `max_wait_ms`.
+        Returns that wait. None, and nothing counted, when the job no longer
+        holds `score` in the set (it started, or another sweeper moved it on).
+        """
+        wait = await self._postpone_unstarted(
+            keys=[self.keys.unstarted, self.keys.job(job_id)],
+            args=[job_id, score, published_ms, first_wait_ms, max_wait_ms],
+        )
+        return None if wait is None else int(wait)
 
     # ------------------------------------------------------------------ checkpoints
 

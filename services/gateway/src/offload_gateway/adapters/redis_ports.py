@@ -115,10 +115,11 @@ class RedisRateLimiter:
 class RedisUnstartedIndex:
     """The `unstarted` sorted set the job store keeps, and the sweep's lock."""
 
-    def __init__(self, client: "aioredis.Redis", keys: RedisKeys) -> None:
-        self._client = client
-        self._keys = keys
-        self._unlock = client.register_script(_UNLOCK_LUA)
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._client = store.client
+        self._keys = store.keys
+        self._unlock = store.client.register_script(_UNLOCK_LUA)
 
     async def try_lock(self, token: str, ttl_s: float) -> bool:
         return bool(
@@ -128,15 +129,18 @@ class RedisUnstartedIndex:
     async def unlock(self, token: str) -> None:
         await self._unlock(keys=[self._keys.sweep_lock], args=[token])
 
-    async def due(self, before_ms: int, limit: int) -> list[str]:
-        ids = await self._client.zrangebyscore(
-            self._keys.unstarted, "-inf", before_ms, start=0, num=limit
+    async def due(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
+        entries: list[tuple[str, float]] = await self._client.zrangebyscore(  # type: ignore[assignment]
+            self._keys.unstarted, "-inf", before_ms, start=0, num=limit, withscores=True
         )
-        return [str(job_id) for job_id in ids]
+        return [(str(job_id), int(score)) for job_id, score in entries]
 
-    async def postpone(self, job_id: str, at_ms: int) -> None:
-        # XX: a job that started meanwhile left the set and must not come back.
-        await self._client.zadd(self._keys.unstarted, {job_id: at_ms}, xx=True)
+    async def postpone(
+        self, job_id: str, score: int, published_ms: int, first_wait_ms: int, max_wait_ms: int
+    ) -> int | None:
+        return await self._store.postpone_unstarted(
+            job_id, score, published_ms, first_wait_ms, max_wait_ms
+        )
 
     async def forget(self, job_id: str) -> None:
         await self._client.zrem(self._keys.unstarted, job_id)
