@@ -3,6 +3,8 @@
 import importlib
 import inspect
 import pkgutil
+import re
+import subprocess
 from pathlib import Path
 
 from pydantic_settings import BaseSettings
@@ -41,3 +43,19 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     assert "OFFLOAD_RABBITMQ_URL" in variables and "OFFLOAD_API_KEY" in variables
     missing = sorted(variable for variable in variables if f"`{variable}`" not in readme)
     assert not missing, f"add these to the README's Configuration section: {missing}"
+
+
+def test_no_tracked_text_file_holds_merge_conflict_markers() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.md", "*.py", "*.toml", "*.yaml", "*.yml", "Makefile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    marked = [
+        name
+        for name in tracked
+        if re.search(r"^(<{7}|>{7}) ", (ROOT / name).read_text(errors="replace"), re.MULTILINE)
+    ]
+    assert marked == []
