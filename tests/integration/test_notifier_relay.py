@@ -213,7 +213,8 @@ async def test_the_relay_recovers_when_the_outbox_and_its_group_vanish(
         await space.store.client.delete(space.keys.outbox)
         second = await space.jobs.create()
         await until(lambda: _tenant_count(space, 2), what="events after the loss")
-        assert notifier.parts.relay.healthy
+        # The relay writes the tenant's stream before it marks its batch done.
+        await until(lambda: notifier.parts.relay.healthy, what="the relay healthy again")
 
     relayed = [e["job_id"] for e in await _tenant_events(space)]
     assert relayed == [first.id, second.id]
