@@ -130,7 +130,7 @@ async def running_stack(
     stack = Stack(settings, gateway_url, store, http)
     try:
         stack.start("sandbox", "offload_sandbox")
-        ai_port = free_port()
+        ai_port = settings.get("metrics_port") or free_port()
         stack.start("ai", "offload_ai", metrics_port=ai_port)
         stack.start_gateway()
         await stack.wait_ready(f"http://127.0.0.1:{sandbox_port}")
