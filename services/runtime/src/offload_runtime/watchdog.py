@@ -80,8 +80,6 @@ class ConsumerWatchdog:
         self._stopping = asyncio.Event()
         self.live = False
         """Whether the last check found the subscription consuming."""
-        self.resubscribed = 0
-        """Re-subscriptions so far (each one logged and counted in the metrics)."""
 
     def start(self) -> None:
         self._stopping = asyncio.Event()
@@ -136,7 +134,6 @@ class ConsumerWatchdog:
             reason = "no_consumer" if consumers == 0 else "starved"
             log.warning("consumer lost; subscribing again", queue=self._queue, problem=problem)
             metrics.CONSUMER_RESUBSCRIBES.labels(self._queue, reason).inc()
-            self.resubscribed += 1
             await resubscribe(self._subscriber)
         return problem
 
