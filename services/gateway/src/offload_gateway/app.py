@@ -1,8 +1,7 @@
 """Wiring of the gateway: settings → adapters → use cases → FastAPI app. No logic here."""
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -27,6 +26,7 @@ from offload_gateway.submission import JobSubmitter
 from offload_gateway.sweep import Sweeper
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
+from offload_runtime.loops import BackgroundLoop
 from offload_runtime.redis import connect_redis
 from offload_runtime.storage import FileStore
 from offload_runtime.store import JobStore, new_id
@@ -97,17 +97,17 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging("gateway", level=settings.log_level, fmt=settings.log_format)
         deps.broker.start()
-        sweep = asyncio.create_task(
-            deps.sweeper.run(lambda count: metrics.SWEEP_REPUBLISHED.inc(count))
-        )
+
+        async def sweep_once() -> None:
+            metrics.SWEEP_REPUBLISHED.inc(await deps.sweeper.sweep_once())
+
+        sweep = BackgroundLoop("unstarted-job sweep", sweep_once, settings.sweep_interval_s)
+        sweep.start()
         log.info("gateway started", rate_limit_per_s=settings.rate_limit_per_s)
         try:
             yield
         finally:
-            sweep.cancel()
-            with suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(5):
-                    await sweep
+            await sweep.stop()
             await deps.broker.stop()
             await deps.redis.aclose()
             log.info("gateway stopped")

@@ -17,7 +17,6 @@ gateway process, go on from it.
 With several gateway replicas a short lock lets one of them sweep at a time.
 """
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -112,28 +111,6 @@ class Sweeper:
         finally:
             await self.index.unlock(self.token)
         return republished
-
-    async def run(self, on_republished: "RepublishCounter | None" = None) -> None:
-        """Sweep every `interval_s` until cancelled; errors are logged, never fatal."""
-        while True:
-            try:
-                count = await self.sweep_once()
-                if count and on_republished is not None:
-                    on_republished(count)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A cancel that lands while the pass releases its lock can come out
-                # as another error (the Redis call it interrupted fails): honour it.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from None
-                log.warning("sweep pass failed; next pass will retry", exc_info=True)
-            await asyncio.sleep(self.interval_s)
-
-
-class RepublishCounter(Protocol):
-    def __call__(self, count: int) -> None: ...
 
 
 def request_type(request: JobRequestBase) -> str:

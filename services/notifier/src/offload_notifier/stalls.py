@@ -7,8 +7,6 @@ letters, checks every alerting service's work queue and raises one alert per
 stall that lasts `alert_after_s`, and says when it ends.
 """
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,10 +14,9 @@ from datetime import datetime, timedelta
 from offload_contracts.webhooks import QueueStalledAlert
 from offload_runtime import metrics
 from offload_runtime.logging import get_logger
+from offload_runtime.loops import BackgroundLoop
 
 log = get_logger("offload.notifier.stalls")
-
-STOP_WAIT_S = 2.0
 
 QueueCounts = Callable[[str], Awaitable[tuple[int, int]]]
 """A queue's (ready messages, consumers), as the broker counts them."""
@@ -68,24 +65,13 @@ class StallWatch:
         self._tracker = tracker
         self._raise_alert = raise_alert
         self._clock = clock
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = BackgroundLoop("stalled queues", self.check, interval_s)
 
     def start(self) -> None:
-        self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(self._watch(), name="stalled queues")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._stopping.set()
-        done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
-        if not done:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
+        await self._loop.stop()
 
     async def check(self) -> None:
         """Read every queue once (a queue that cannot be read is skipped until next time)."""
@@ -101,10 +87,3 @@ class StallWatch:
             alert = self._tracker.observe(queue, ready, consumers, self._clock())
             if alert is not None:
                 await self._raise_alert(alert)
-
-    async def _watch(self) -> None:
-        while not self._stopping.is_set():
-            await self.check()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    await self._stopping.wait()

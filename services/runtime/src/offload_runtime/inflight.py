@@ -19,7 +19,6 @@ The runner reports for work queues, the notifier for `notifier.jobs`.
 """
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ import redis.asyncio as aioredis
 
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import get_logger
+from offload_runtime.loops import BackgroundLoop, finish
 
 REPORT_INTERVAL_S = 1.0
 STALE_AFTER_S = 5.0
@@ -54,45 +54,26 @@ class InFlightReporter:
         self._count = count
         self._interval_s = interval_s
         self._replica = uuid.uuid4().hex[:12]
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = BackgroundLoop(f"in-flight reports {queue}", self._report, interval_s)
 
     def start(self) -> None:
-        self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(self._report_forever(), name="in-flight reports")
+        self._loop.start()
 
     async def stop(self) -> None:
-        """Stop reporting and withdraw this replica's figure (best effort, bounded).
-
-        The loop is asked to stop, not cancelled: redis-py can lose a cancel that
-        lands while a connection is being set up, and the stop would then wait for
-        ever (as the notifier's stream hub found).
-        """
-        if self._task is None:
+        """Stop reporting and withdraw this replica's figure (best effort, bounded)."""
+        if not self._loop.running:
             return
-        self._stopping.set()
-        done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
-        if not done:
-            self._task.cancel()
-        withdraw: asyncio.Task[None] = asyncio.create_task(self._withdraw())
-        await asyncio.wait({withdraw}, timeout=STOP_WAIT_S)
-        if withdraw.done() and not withdraw.cancelled():
-            withdraw.exception()  # retrieved: a failed withdrawal only ages out
-        else:
-            withdraw.cancel()
+        await self._loop.stop()
+        await finish(asyncio.create_task(self._withdraw()), STOP_WAIT_S)
 
     async def _withdraw(self) -> None:
         await self._client.hdel(self._key, self._replica)
 
-    async def _report_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self._client.hset(self._key, self._replica, _report(self._count()))
-            except Exception as exc:  # Redis away: the next report will do
-                log.debug("in-flight report failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    await self._stopping.wait()
+    async def _report(self) -> None:
+        try:
+            await self._client.hset(self._key, self._replica, _report(self._count()))
+        except Exception as exc:  # Redis away: the next report will do
+            log.debug("in-flight report failed", error=repr(exc))
 
 
 async def read_unacked(

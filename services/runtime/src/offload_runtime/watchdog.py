@@ -21,7 +21,6 @@ False and the worker's `/readyz` says not ready.
 """
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,8 +31,7 @@ from faststream.rabbit.subscriber import RabbitSubscriber
 from offload_runtime import metrics
 from offload_runtime.broker import queue_counts, resubscribe
 from offload_runtime.logging import get_logger
-
-STOP_WAIT_S = 2.0
+from offload_runtime.loops import BackgroundLoop
 
 log = get_logger("offload.watchdog")
 
@@ -76,39 +74,26 @@ class ConsumerWatchdog:
         self._dead_since: float | None = None
         self._last_deliveries = 0
         self._starved_once = False
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._given_up = False
+        self._loop = BackgroundLoop(f"consumer watchdog {queue}", self._watch_once, interval_s)
         self.live = False
         """Whether the last check found the subscription consuming."""
 
     def start(self) -> None:
-        self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(self._watch(), name=f"consumer watchdog {self._queue}")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop watching (asked, then cancelled if a check does not end in time)."""
-        if self._task is None:
-            return
-        self._stopping.set()
-        done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
-        if not done:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
+        await self._loop.stop()
 
-    async def _watch(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                async with asyncio.timeout(max(self._interval_s, 5.0)):
-                    problem = await self.check()
-            except Exception as exc:  # the broker did not answer: not live, try again
-                problem = f"check failed: {exc!r}"
-                log.warning("consumer check failed", queue=self._queue, error=repr(exc))
-            self._record(problem)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    await self._stopping.wait()
+    async def _watch_once(self) -> None:
+        try:
+            async with asyncio.timeout(max(self._interval_s, 5.0)):
+                problem = await self.check()
+        except Exception as exc:  # the broker did not answer: not live, try again
+            problem = f"check failed: {exc!r}"
+            log.warning("consumer check failed", queue=self._queue, error=repr(exc))
+        self._record(problem)
 
     async def check(self) -> str | None:
         """One check, acting on what it finds; the problem found, or None when live."""
@@ -148,8 +133,8 @@ class ConsumerWatchdog:
             return
         if self._dead_since is None:
             self._dead_since = now
-        elif now - self._dead_since >= self._give_up_after_s:
-            self._stopping.set()
+        elif now - self._dead_since >= self._give_up_after_s and not self._given_up:
+            self._given_up = True
             self._give_up(
                 f"{self._queue}: not consuming for {now - self._dead_since:.1f} s ({problem})"
             )

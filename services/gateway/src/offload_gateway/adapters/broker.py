@@ -20,6 +20,7 @@ from faststream.rabbit import RabbitBroker
 from offload_contracts import JobRequestBase, topology
 from offload_runtime.broker import declare_service_topology, make_broker, publish_confirmed
 from offload_runtime.logging import get_logger
+from offload_runtime.loops import finish
 from offload_runtime.settings import RetryTier
 
 log = get_logger("offload.gateway.broker")
@@ -63,15 +64,12 @@ class BrokerLink:
     async def stop(self) -> None:
         # Stopping the connecting task and closing can each wait on a channel
         # whose RPC was cancelled mid-flight (aiormq); a gateway that is stopping
-        # must not hang on either, so one deadline covers both.
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                if self._task is not None:
-                    self._task.cancel()
-                    await asyncio.gather(self._task, return_exceptions=True)
-                await self.broker.stop()
-        except TimeoutError:
-            log.warning("broker connection did not close in time; abandoning it")
+        # must not hang on either, so each wait is bounded (`finish` never awaits
+        # a cancelled task without a deadline).
+        if self._task is not None:
+            self._task.cancel()
+            await finish(self._task, STOP_TIMEOUT_S / 2)
+        await finish(asyncio.create_task(self.broker.stop()), STOP_TIMEOUT_S / 2)
 
     @property
     def connected(self) -> bool:

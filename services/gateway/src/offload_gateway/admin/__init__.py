@@ -49,14 +49,12 @@ def install_operations(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         lag.start()
-        refresher = asyncio.create_task(ops.refresh_forever(), name="admin-queue-stats")
+        refresher = ops.gauge_refresher()
+        refresher.start()
         try:
             yield
         finally:
-            refresher.cancel()
-            # Bounded: it reads Redis, and redis-py can lose a cancel that lands while
-            # a connection is being set up (see offload_runtime.inflight).
-            await asyncio.wait({refresher}, timeout=5)
+            await refresher.stop()
             await lag.stop()
             # Bounded: a broker that stopped answering must not hold the shutdown.
             with suppress(TimeoutError):

@@ -42,6 +42,7 @@ from offload_runtime.broker import publish_confirmed
 from offload_runtime.echo import quoted
 from offload_runtime.inflight import read_unacked
 from offload_runtime.logging import get_logger
+from offload_runtime.loops import BackgroundLoop
 from offload_runtime.queues import UNACKED_NOTE, QueueMissing, QueueOps, QueueRef, service_queues
 from offload_runtime.store import JobRecord, utcnow
 from offload_runtime.stream_ids import canonical
@@ -120,16 +121,11 @@ class Operations:
             queues=views, dead_letters=dead, unacked_note=UNACKED_NOTE, read_at=utcnow()
         )
 
-    async def refresh_forever(self) -> None:
-        """Keep the `offload_queue_*` gauges fresh between scrapes."""
-        while True:
-            try:
-                await self.refresh_gauges()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("reading queue stats failed", error=repr(exc))
-            await asyncio.sleep(self.settings.queue_refresh_s)
+    def gauge_refresher(self) -> BackgroundLoop:
+        """Keeps the `offload_queue_*` gauges fresh between scrapes."""
+        return BackgroundLoop(
+            "admin queue stats", self.refresh_gauges, self.settings.queue_refresh_s
+        )
 
 
 def build_router(ops: Operations) -> APIRouter:
