@@ -6,7 +6,7 @@ PYTHON ?= python3
 # uv from PATH, else the one `pip install uv` puts beside this Python.
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(PYTHON) -m uv)
 
-.PHONY: install lint typecheck test browser docs run demo compose-check bench clean
+.PHONY: install lint typecheck test browser docs unasync run demo compose-check bench clean
 
 install: ## create .venv from the lock file (installs uv with pip when missing)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -16,6 +16,10 @@ lint: install ## ruff and mypy
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
 	$(UV) run --locked mypy contracts/src services/*/src client/src deploy
+	$(UV) run --locked python client/unasync.py --check
+
+unasync: install ## write the blocking client (client.py) from the asyncio one (async_client.py)
+	$(UV) run --locked python client/unasync.py
 
 test: lint browser ## lint, then the whole suite against the real RabbitMQ and Redis
 	$(UV) run --locked pytest

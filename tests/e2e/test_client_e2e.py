@@ -42,13 +42,14 @@ from offload_image.app import build_app as build_image
 from offload_image.settings import ImageSettings
 from offload_notifier.app import build_app as build_notifier
 from offload_notifier.settings import NotifierSettings
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import RunningGateway
 from tests.support.infra import Infra
+from tests.support.ops import ADMIN_KEY
 from tests.support.sandbox import running_sandbox
 from tests.support.serving import free_port, serve
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_KEY = "dev-admin-key"  # the gateway's default OFFLOAD_ADMIN_KEYS
 
 
 @dataclass
@@ -76,7 +77,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-async def stack(infra: Infra) -> AsyncIterator[Stack]:
+def notifier_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def gateway_overrides(notifier_port: int) -> dict[str, Any]:
+    # Each job's `links.events` points at this module's notifier.
+    return {"notifier_public_url": f"http://127.0.0.1:{notifier_port}"}
+
+
+@pytest.fixture(scope="module")
+async def stack(infra: Infra, gateway: RunningGateway, notifier_port: int) -> AsyncIterator[Stack]:
     async with AsyncExitStack() as stack:
         # ~60 tokens at 40/s: an ai job runs for about 1.5 s, long enough to be seen
         # progressing and to be cancelled while active.
@@ -84,10 +96,6 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
             running_sandbox(
                 sandbox_llm_ttft_ms=50, sandbox_llm_tokens_per_s=40, sandbox_llm_answer_tokens=60
             )
-        )
-        notifier_port = free_port()
-        gateway = await stack.enter_async_context(
-            running_gateway(infra, notifier_public_url=f"http://127.0.0.1:{notifier_port}")
         )
         settings = gateway.settings
         notifier = build_notifier(
@@ -408,10 +416,12 @@ async def test_cli_lists_and_replays_a_dead_letter(stack: Stack) -> None:
         assert code == 0, err
         assert "replayed 1 from ai.dead" in out and job.id in out
         # It ran again (the sandbox rejects it again) and is parked again.
-        deadline = asyncio.get_running_loop().time() + 30
-        while await dead_letter_of(client, "ai", job.id) is None:
-            assert asyncio.get_running_loop().time() < deadline, "the replayed job never ran"
-            await asyncio.sleep(0.2)
+        await wait_until(
+            lambda: dead_letter_of(client, "ai", job.id),
+            timeout=30,
+            what="the replayed job parked again",
+            interval=0.2,
+        )
         assert (await client.get(job.id)).status is JobStatus.FAILED
 
     # Without an admin key the tenant's key is sent, and refused.

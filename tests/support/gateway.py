@@ -36,6 +36,7 @@ from offload_gateway.deps import GatewayDeps
 from offload_gateway.settings import GatewaySettings
 from offload_runtime.keys import RedisKeys
 from tests.support.infra import Infra
+from tests.support.waiting import wait_until
 
 TENANTS = ("acme", "globex")
 SHUTDOWN_TIMEOUT_S = 30
@@ -72,15 +73,14 @@ class RunningGateway:
 
     async def wait_ready(self, timeout: float = 15) -> None:
         """Wait until `/readyz` says ready (the broker link connects in the background)."""
-        deadline = asyncio.get_running_loop().time() + timeout
         async with self.client(None) as http:
-            while True:
-                answer = await http.get("/readyz")
-                if answer.status_code == 200:
-                    return
-                if asyncio.get_running_loop().time() > deadline:
-                    raise AssertionError(f"gateway never became ready: {answer.text}")
-                await asyncio.sleep(0.05)
+            await wait_until(
+                lambda: http.get("/readyz"),
+                lambda answer: answer.status_code == 200,
+                timeout=timeout,
+                what="the gateway ready",
+                describe=lambda answer: answer.text,
+            )
 
 
 def gateway_settings(infra: Infra, **overrides: Any) -> tuple[GatewaySettings, dict[str, str]]:
@@ -226,12 +226,16 @@ async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[st
 
 async def poll_job(http: httpx.AsyncClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
     """GET the job until it is finished, as a client without SSE would."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def get() -> dict[str, Any]:
         answer = await http.get(f"/v1/jobs/{job_id}")
         assert answer.status_code == 200, answer.text
         job: dict[str, Any] = answer.json()
-        if job["status"] in TERMINAL_STATUSES:
-            return job
-        assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
-        await asyncio.sleep(0.05)
+        return job
+
+    return await wait_until(
+        get,
+        lambda job: job["status"] in TERMINAL_STATUSES,
+        timeout=timeout,
+        what=f"job {job_id} finished",
+    )

@@ -3,49 +3,31 @@
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from offload_contracts import JobEvent, JobStatus, topology
-from offload_runtime.broker import declare_service_topology, make_broker, publish_confirmed
-from offload_runtime.keys import RedisKeys
-from offload_runtime.redis import connect_redis
+from offload_contracts import JobEvent, topology
+from offload_runtime.broker import declare_service_topology, publish_confirmed
 from offload_runtime.runner import JobHandler
 from offload_runtime.settings import WorkerSettings
-from offload_runtime.store import JobRecord, JobStore, new_id
+from offload_runtime.store import new_id
 from offload_runtime.worker import Worker, build_worker
 from tests.support.infra import Infra
 from tests.support.processes import ServiceProcess
+from tests.support.rig import JobRig
+from tests.support.rig import job_events as job_events  # imported from here by some tests
 from tests.support.testjob import ProbeInput, ProbeRequest
 from tests.support.topologies import delete_queues, service_queue_names
 
 
-async def wait_for_status(
-    store: JobStore, job_id: str, statuses: Iterable[JobStatus], timeout: float
-) -> JobRecord:
-    """Poll the store until the job is in one of `statuses`; fail with what was last seen."""
-    wanted = set(statuses)
-    deadline = time.monotonic() + timeout
-    record = None
-    while time.monotonic() < deadline:
-        record = await store.get(job_id)
-        if record is not None and record.status in wanted:
-            return record
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"job {job_id} never reached {wanted}; last seen: {record}")
+class Harness(JobRig):
+    """The probe job type (`tests.support.testjob`) on a service of its own."""
 
+    wait_timeout = 10
 
-async def job_events(store: JobStore, job_id: str) -> list[JobEvent]:
-    """The job's events, in order, from its stream."""
-    entries = await store.client.xrange(store.keys.job_events(job_id))
-    return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
-
-
-class Harness:
     def __init__(self, infra: Infra, **settings_overrides: Any) -> None:
         self.infra = infra
         self.service = f"t{uuid.uuid4().hex[:10]}"
@@ -60,17 +42,19 @@ class Harness:
         }
         values.update(settings_overrides)
         self.settings = WorkerSettings(**values)
-        self.keys = RedisKeys(self.settings.redis_prefix)
-        self.store = JobStore(
-            connect_redis(self.settings.redis_url), self.keys, retention_s=3600, events_maxlen=100
+        super().__init__(
+            rabbitmq_url=self.settings.rabbitmq_url,
+            redis_url=self.settings.redis_url,
+            redis_prefix=self.settings.redis_prefix,
+            name=f"{self.service}-test",
+            events_maxlen=100,
         )
-        self.broker = make_broker(self.settings.rabbitmq_url, service=f"{self.service}-test")
         self.workers: list[Worker] = []
         self.processes: list[ServiceProcess] = []
         self._settings_used = [self.settings]  # their retry tiers name the queues to delete
 
     async def open(self) -> None:
-        await self.broker.connect()
+        await super().open()
         await declare_service_topology(
             self.broker,
             self.service,
@@ -83,8 +67,7 @@ class Harness:
             process.stop()
         for worker in self.workers:
             await worker.app.stop()
-        await self.broker.stop()
-        await self.store.client.aclose()
+        await super().close()
         tiers = {tier for settings in self._settings_used for tier in settings.tiers}
         await delete_queues(self.settings.rabbitmq_url, service_queue_names(self.service, tiers))
 
@@ -112,10 +95,7 @@ class Harness:
     async def submit(self, max_attempts: int = 3, **spec: Any) -> ProbeRequest:
         """What the gateway does: record `waiting`, then publish with a confirm."""
         request = self.request(max_attempts=max_attempts, **spec)
-        created = await self.store.create(request)
-        assert created.applied
-        await self.publish(request.model_dump_json().encode())
-        return request
+        return await self.submit_request(request, routing_key=f"{self.service}.job")
 
     async def submit_many(self, count: int, **spec: Any) -> list[str]:
         """Submit `count` jobs concurrently; their ids in submission order."""
@@ -123,19 +103,12 @@ class Harness:
         return [job.id for job in jobs]
 
     async def publish(self, body: bytes) -> None:
+        """Publish raw bytes to the service's work queue, as a broken producer might."""
         await publish_confirmed(
             self.broker, body, exchange=topology.JOBS_EXCHANGE, routing_key=f"{self.service}.job"
         )
 
     # ------------------------------------------------------------------ observing
-
-    async def wait_status(
-        self, job_id: str, statuses: Iterable[JobStatus], timeout: float = 10
-    ) -> JobRecord:
-        return await wait_for_status(self.store, job_id, statuses, timeout)
-
-    async def events(self, job_id: str) -> list[JobEvent]:
-        return await job_events(self.store, job_id)
 
     async def outbox_events(self, job_id: str) -> list[JobEvent]:
         entries = await self.store.client.xrange(self.keys.outbox)
@@ -178,22 +151,6 @@ class Harness:
         process = ServiceProcess("tests.support.probe_worker", self.service, settings=settings)
         self.processes.append(process)
         return process
-
-    async def wait_all(
-        self, job_ids: Iterable[str], statuses: Iterable[JobStatus], timeout: float = 30
-    ) -> list[JobRecord]:
-        """Wait until every job is in one of `statuses`."""
-        wanted = set(statuses)
-        ids = list(job_ids)
-        deadline = time.monotonic() + timeout
-        while True:
-            records = [await self.store.get(job_id) for job_id in ids]
-            if all(r is not None and r.status in wanted for r in records):
-                return [r for r in records if r is not None]
-            if time.monotonic() > deadline:
-                behind = [(r.id, r.status) for r in records if r and r.status not in wanted]
-                raise AssertionError(f"{len(behind)} jobs not in {wanted}: {behind[:10]}")
-            await asyncio.sleep(0.05)
 
     async def queue_depth(self, name: str) -> int:
         connection = await aio_pika.connect(self.settings.rabbitmq_url)

@@ -10,37 +10,32 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from offload_contracts import POLICIES, JobEvent, JobStatus, topology
+from offload_contracts import POLICIES, topology
 from offload_contracts.jobs import REQUEST_MODELS, JobRequestBase
-from offload_runtime.broker import make_broker, publish_confirmed
-from offload_runtime.keys import RedisKeys
-from offload_runtime.redis import connect_redis
-from offload_runtime.store import JobRecord, JobStore, new_id
-from tests.support.harness import job_events, wait_for_status
+from offload_runtime.store import new_id
 from tests.support.infra import Infra
+from tests.support.rig import JobRig
 
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
-
-class ServiceDriver:
+class ServiceDriver(JobRig):
     """Submit jobs of one service's types and watch them, as the gateway and a client would."""
 
     def __init__(self, infra: Infra, service: str) -> None:
         self.infra = infra
         self.service = service
         self.redis_prefix = f"{infra.redis_prefix}{service}-{uuid.uuid4().hex[:8]}:"
-        self.keys = RedisKeys(self.redis_prefix)
-        self.store = JobStore(
-            connect_redis(infra.redis_url), self.keys, retention_s=3600, events_maxlen=1000
+        super().__init__(
+            rabbitmq_url=infra.rabbitmq_url,
+            redis_url=infra.redis_url,
+            redis_prefix=self.redis_prefix,
+            name=f"{service}-test-driver",
         )
-        self.broker = make_broker(infra.rabbitmq_url, service=f"{service}-test-driver")
 
     def worker_settings(self, **overrides: Any) -> dict[str, Any]:
         """Settings values for the service under test: this run's broker and prefix, ms tiers."""
@@ -54,13 +49,6 @@ class ServiceDriver:
             **overrides,
         }
 
-    async def open(self) -> None:
-        await self.broker.connect()
-
-    async def close(self) -> None:
-        await self.broker.stop()
-        await self.store.client.aclose()
-
     async def submit(self, job_type: str, max_attempts: int | None = None, **spec: Any) -> Any:
         """Record the job `waiting`, then publish its request with a confirm."""
         model: type[JobRequestBase] = REQUEST_MODELS[job_type]
@@ -73,23 +61,7 @@ class ServiceDriver:
                 "input": spec,
             }
         )
-        created = await self.store.create(request)
-        assert created.applied
-        await publish_confirmed(
-            self.broker,
-            request.model_dump_json().encode(),
-            exchange=topology.JOBS_EXCHANGE,
-            routing_key=job_type,
-        )
-        return request
-
-    async def wait_status(
-        self, job_id: str, statuses: Iterable[JobStatus] = TERMINAL, timeout: float = 15
-    ) -> JobRecord:
-        return await wait_for_status(self.store, job_id, statuses, timeout)
-
-    async def events(self, job_id: str) -> list[JobEvent]:
-        return await job_events(self.store, job_id)
+        return await self.submit_request(request, routing_key=job_type)
 
     async def take_dead(self, job_id: str, timeout: float = 10) -> AbstractIncomingMessage:
         """The service's dead letter for `job_id`; others found on the way are dropped.

@@ -6,34 +6,26 @@ is skipped by the store (its job does not exist under this prefix) and acked.
 """
 
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from offload_contracts import (
-    JobEvent,
-    JobStatus,
-    VideoGenerateInput,
-    VideoGenerateRequest,
-    topology,
-)
-from offload_runtime.broker import make_broker, publish_confirmed
-from offload_runtime.keys import RedisKeys
-from offload_runtime.redis import connect_redis
+from offload_contracts import VideoGenerateInput, VideoGenerateRequest
 from offload_runtime.storage import FileStore
-from offload_runtime.store import JobRecord, JobStore, new_id
+from offload_runtime.store import new_id
 from offload_runtime.worker import Worker
 from offload_video.app import VideoDeps, build_app
 from offload_video.settings import VideoSettings
-from tests.support.harness import job_events, wait_for_status
 from tests.support.infra import Infra
+from tests.support.rig import JobRig
 
 
-class VideoRig:
+class VideoRig(JobRig):
     """Submit `video.generate` jobs to a real video worker and watch what happens."""
+
+    wait_timeout = 20
 
     def __init__(self, infra: Infra, sandbox_url: str, storage_dir: Path, **overrides: Any) -> None:
         self.infra = infra
@@ -53,12 +45,13 @@ class VideoRig:
         }
         values.update(overrides)
         self.settings = VideoSettings(**values)
-        self.keys = RedisKeys(self.settings.redis_prefix)
-        self.store = JobStore(
-            connect_redis(infra.redis_url), self.keys, retention_s=3600, events_maxlen=1000
+        super().__init__(
+            rabbitmq_url=infra.rabbitmq_url,
+            redis_url=infra.redis_url,
+            redis_prefix=self.settings.redis_prefix,
+            name="video-test",
         )
         self.files = FileStore(storage_dir, self.store.client, self.keys)
-        self.broker = make_broker(infra.rabbitmq_url, service="video-test")
         self.http = httpx.AsyncClient(base_url=sandbox_url, timeout=10)
         self.worker: Worker | None = None
 
@@ -66,15 +59,14 @@ class VideoRig:
         """Start the worker (declaring the video topology) and the submitting broker."""
         self.worker = build_app(self.settings, deps)
         await self.worker.app.start()
-        await self.broker.connect()
+        await self.open()
         return self.worker
 
     async def close(self) -> None:
         if self.worker is not None:
             await self.worker.app.stop()
-        await self.broker.stop()
         await self.http.aclose()
-        await self.store.client.aclose()
+        await super().close()
 
     @property
     def partial_dir(self) -> Path:
@@ -101,22 +93,7 @@ class VideoRig:
                 model=model,
             ),
         )
-        assert (await self.store.create(request)).applied
-        await publish_confirmed(
-            self.broker,
-            request.model_dump_json().encode(),
-            exchange=topology.JOBS_EXCHANGE,
-            routing_key="video.generate",
-        )
-        return request
-
-    async def wait_status(
-        self, job_id: str, statuses: Iterable[JobStatus], timeout: float = 20
-    ) -> JobRecord:
-        return await wait_for_status(self.store, job_id, statuses, timeout)
-
-    async def events(self, job_id: str) -> list[JobEvent]:
-        return await job_events(self.store, job_id)
+        return await self.submit_request(request, routing_key="video.generate")
 
     async def renders(self, job_id: str) -> list[dict[str, Any]]:
         """The sandbox's counters for the renders submitted for this job."""

@@ -1,9 +1,12 @@
-"""`AsyncOffload`: the asyncio client, for FastAPI views, workers and scripts."""
+"""`AsyncOffload`: the asyncio client, for FastAPI views, workers and scripts.
+
+`client.py` is generated from this file by `make unasync`: edit only this one.
+"""
 
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -15,10 +18,8 @@ from pydantic import BaseModel
 from offload import protocol
 from offload.errors import ApiError, ChecksumMismatch, ConnectionFailed, OffloadError
 from offload.models import DeadLetterPage, FileInfo, Job, JobPage, ReplayReport
-from offload.protocol import Call, Endpoints, JobTracker, UploadSource, WebhookSpec
+from offload.protocol import AsyncOnUpdate, Call, Endpoints, JobTracker, UploadSource, WebhookSpec
 from offload.settings import ClientSettings
-
-OnUpdate = Callable[[Job], Awaitable[None] | None]
 
 
 class AsyncOffload:
@@ -27,7 +28,7 @@ class AsyncOffload:
     ```python
     async with AsyncOffload() as offload:  # OFFLOAD_URL, OFFLOAD_API_KEY, ...
         job = await offload.submit("ai.generate", {"prompt": "Write a haiku"})
-        done = await offload.wait(job.id, timeout=120)
+        done = await offload.wait(job.id, timeout_s=120)
     ```
 
     Arguments left out come from `ClientSettings` (environment variables).
@@ -207,7 +208,7 @@ class AsyncOffload:
         job_id: str,
         *,
         timeout_s: float | None = None,
-        on_update: OnUpdate | None = None,
+        on_update: AsyncOnUpdate | None = None,
         poll_interval_s: float = 1.0,
     ) -> Job:
         """Wait for the job to finish and return it (completed, failed or cancelled).
@@ -217,10 +218,7 @@ class AsyncOffload:
         last: Job | None = None
         async for job in self.watch(job_id, timeout_s=timeout_s, poll_interval_s=poll_interval_s):
             last = job
-            if on_update is not None:
-                outcome = on_update(job)
-                if outcome is not None:
-                    await outcome
+            await protocol.anotify(on_update, job)
         assert last is not None  # watch() always yields the job at least once
         return last
 
@@ -235,12 +233,11 @@ class AsyncOffload:
     ) -> FileInfo:
         """Store a file (streamed from disk when given a path); use its `id` in job inputs."""
         upload = protocol.prepare_upload(source, filename=filename, content_type=content_type)
+        url = self.endpoints.api("/v1/files")
         try:
-            url = self.endpoints.api("/v1/files")
-            try:
-                response = await self._http.post(url, files=upload.files(), headers=self._auth())
-            except httpx.TransportError as exc:
-                raise ConnectionFailed(f"POST {url}: {exc or type(exc).__name__}") from exc
+            response = await self._http.post(url, files=upload.files(), headers=self._auth())
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"POST {url}: {exc or type(exc).__name__}") from exc
         finally:
             upload.close()
         return FileInfo.model_validate(protocol.read_json(response))

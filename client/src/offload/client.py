@@ -1,9 +1,12 @@
-"""`Offload`: the blocking client, for Django views, scripts and the CLI."""
+"""`Offload`: the blocking client, for Django views, the CLI and scripts.
+
+Generated from `async_client.py` by `make unasync`: edit that file, not this one.
+"""
 
 import hashlib
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -15,7 +18,7 @@ from pydantic import BaseModel
 from offload import protocol
 from offload.errors import ApiError, ChecksumMismatch, ConnectionFailed, OffloadError
 from offload.models import DeadLetterPage, FileInfo, Job, JobPage, ReplayReport
-from offload.protocol import Call, Endpoints, JobTracker, UploadSource, WebhookSpec
+from offload.protocol import Call, Endpoints, JobTracker, OnUpdate, UploadSource, WebhookSpec
 from offload.settings import ClientSettings
 
 
@@ -28,9 +31,8 @@ class Offload:
         done = offload.wait(job.id, timeout_s=120)
     ```
 
-    The same methods as `AsyncOffload`, without `await`. Arguments left out come
-    from `ClientSettings` (environment variables); `transport` replaces the
-    network (tests pass an `httpx.MockTransport`).
+    Arguments left out come from `ClientSettings` (environment variables).
+    `transport` replaces the network (tests pass an `httpx.MockTransport`).
     """
 
     def __init__(
@@ -138,7 +140,8 @@ class Offload:
         cursor: str | None = None
         while True:
             page = self.list(status=status, type=type, limit=page_size, cursor=cursor)
-            yield from page.items
+            for job in page.items:
+                yield job
             if not page.next_cursor or not page.items:
                 return
             cursor = page.next_cursor
@@ -205,7 +208,7 @@ class Offload:
         job_id: str,
         *,
         timeout_s: float | None = None,
-        on_update: Callable[[Job], None] | None = None,
+        on_update: OnUpdate | None = None,
         poll_interval_s: float = 1.0,
     ) -> Job:
         """Wait for the job to finish and return it (completed, failed or cancelled).
@@ -215,8 +218,7 @@ class Offload:
         last: Job | None = None
         for job in self.watch(job_id, timeout_s=timeout_s, poll_interval_s=poll_interval_s):
             last = job
-            if on_update is not None:
-                on_update(job)
+            protocol.notify(on_update, job)
         assert last is not None  # watch() always yields the job at least once
         return last
 
@@ -279,9 +281,8 @@ class Offload:
 
     def webhook_secret(self) -> dict[str, Any]:
         """The tenant's webhook signing secret(s) (`whsec_…`)."""
-        return dict(
-            protocol.read_json(self._send(Call("GET", self.endpoints.api("/v1/webhook-secret"))))
-        )
+        response = self._send(Call("GET", self.endpoints.api("/v1/webhook-secret")))
+        return dict(protocol.read_json(response))
 
     def rotate_webhook_secret(self) -> dict[str, Any]:
         """Start signing with a new secret; the old one keeps signing during the rotation."""

@@ -2,7 +2,8 @@
 
 Nothing here sends anything: each function says what to send (a `Call`) or
 reads what came back, so the sync and the async client differ only in
-`await`, and both shape requests and raise errors in exactly the same way.
+`await` (the sync one is generated from the async one by `client/unasync.py`),
+and both shape requests and raise errors in exactly the same way.
 """
 
 import email.utils
@@ -10,7 +11,7 @@ import json
 import mimetypes
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,30 @@ UploadSource = str | Path | bytes | IO[bytes]
 
 WebhookSpec = str | Webhook | Mapping[str, Any]
 """A webhook: its URL, or `{"url", "events"?}`."""
+
+OnUpdate = Callable[[Job], None]
+"""What `Offload.wait(on_update=...)` calls with the job each time it changes."""
+
+AsyncOnUpdate = Callable[[Job], Awaitable[None] | None]
+"""`AsyncOffload.wait`'s hook: a plain function, or a coroutine function it awaits."""
+
+
+def notify(on_update: OnUpdate | None, job: Job) -> None:
+    """Hand the job to the caller's hook, if there is one."""
+    if on_update is not None:
+        on_update(job)
+
+
+async def anotify(on_update: AsyncOnUpdate | None, job: Job) -> None:
+    """`notify` for the asyncio client: await what the hook returns, if anything.
+
+    Two functions rather than one `if` in `wait()`, so that the blocking client,
+    generated from the async one, reads `protocol.notify(...)` there.
+    """
+    if on_update is not None:
+        outcome = on_update(job)
+        if outcome is not None:
+            await outcome
 
 
 @dataclass(frozen=True)
