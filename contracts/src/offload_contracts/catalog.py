@@ -57,7 +57,11 @@ def import_spec(path: str) -> JobSpec[Any, Any]:
     module_name, _, attribute = path.strip().partition(":")
     if not module_name or not attribute:
         raise ValueError(f"a job spec is named `module:ATTRIBUTE`, not {path!r}")
-    spec = getattr(import_module(module_name), attribute, None)
+    try:
+        module = import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import the job spec {path!r}: {exc}") from exc
+    spec = getattr(module, attribute, None)
     if not isinstance(spec, JobSpec):
         raise ValueError(f"{path!r} is not a JobSpec")
     return spec
