@@ -324,7 +324,12 @@ InputT = TypeVar("InputT", bound=Contract)
 ResultT = TypeVar("ResultT", bound=Contract)
 
 
-class JobRequestBase(Contract, Generic[InputT]):
+PayloadT = TypeVar("PayloadT")
+"""Unbound on purpose: the bare envelope (`JobRequestBase` itself) takes any `input`, so
+a message of a type this process does not know can still have its envelope checked."""
+
+
+class JobRequestBase(Contract, Generic[PayloadT]):
     """Fields every job request carries, whatever its type.
 
     Each job type's request model (`JobSpec.request`) narrows `type` to its name
@@ -338,7 +343,7 @@ class JobRequestBase(Contract, Generic[InputT]):
     created_at: datetime = Field(description="When the gateway accepted the job.")
     trace: TraceContext = Field(default_factory=TraceContext, description="Trace context.")
     type: str
-    input: InputT
+    input: PayloadT
 
 
 # --------------------------------------------------------------------------- policy
