@@ -43,6 +43,7 @@ def submission_examples(catalog: JobCatalog) -> dict[str, Any]:
 
 
 _JSON = "application/json"
+_TYPE_FILTER = "Only jobs of this type."
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 WEBHOOK_RESOLVE_TIMEOUT_S = 5.0
 _REFUSALS: dict[type[SubmitRefused], tuple[int, str]] = {
@@ -131,13 +132,10 @@ def add_submission_schema(openapi: dict[str, Any], catalog: JobCatalog) -> None:
     for parameter in jobs["get"]["parameters"]:
         if parameter["name"] == "type":
             parameter["schema"] = {
-                "anyOf": [{"enum": list(catalog.types), "type": "string"}, {"type": "null"}],
+                "anyOf": [catalog.type_adapter.json_schema(), {"type": "null"}],
                 "description": _TYPE_FILTER,
                 "title": "Type",
             }
-
-
-_TYPE_FILTER = "Only jobs of this type."
 
 
 def _known_type(catalog: JobCatalog, job_type: str) -> None:
