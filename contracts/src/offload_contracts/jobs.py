@@ -412,6 +412,8 @@ def model_name(job_type: str) -> str:
 
 # --------------------------------------------------------------------------- the built-in types
 
+# The four specs share one shape on purpose: each is data, the one declaration of
+# its type, and a reader compares them field by field.
 
 AI_GENERATE: JobSpec[AiGenerateInput, AiGenerateResult] = JobSpec(
     type="ai.generate",
