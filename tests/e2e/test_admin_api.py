@@ -15,7 +15,7 @@ import aio_pika
 import httpx
 import pytest
 
-from offload_contracts import topology
+from offload_contracts import BUILTIN_SPECS, topology
 from offload_runtime.worker import Worker
 from tests.support.gateway import RunningGateway, assert_problem, running_gateway
 from tests.support.infra import Infra
@@ -450,7 +450,7 @@ async def test_asyncapi_documents_and_dashboard_are_served(gateway: RunningGatew
         gateway_doc = (await http.get("/asyncapi/gateway")).json()
         assert gateway_doc["asyncapi"] == "3.0.0"
         assert set(gateway_doc["channels"]) == {
-            f"jobs:{job_type}:publish" for job_type in topology.SERVICE_OF_TYPE
+            f"jobs:{spec.type}:publish" for spec in BUILTIN_SPECS
         }
         image_doc = (await http.get("/asyncapi/image")).json()
         assert "image.jobs:consume" in image_doc["channels"]

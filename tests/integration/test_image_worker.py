@@ -7,6 +7,7 @@ for the event-loop measurement, in its own process as production runs it.
 """
 
 import asyncio
+import dataclasses
 import io
 import os
 import signal
@@ -77,7 +78,7 @@ class ImageRig:
 
     async def start(self, deps: ImageDeps | None = None) -> Worker:
         deps = deps or ImageDeps()
-        deps.pool = deps.pool or self.pool
+        deps = dataclasses.replace(deps, pool=deps.pool or self.pool)
         self.worker = build_app(self.settings, deps)
         await self.worker.app.start()
         await self.broker.connect()

@@ -1,25 +1,22 @@
 """Payloads of the public HTTP API (DESIGN §2): what clients send and what they get back.
 
 A submission is `{"type", "input", "webhook"?}`, discriminated by `type`, and
-reuses the job types' input models, so the gateway refuses a bad input with a
-422 before anything is recorded or queued. Errors are RFC 9457 problem details.
+derived from each job type's spec (`jobs.JobSpec`): it reuses the type's input
+model, so the gateway refuses a bad input with a 422 before anything is
+recorded or queued. Errors are RFC 9457 problem details.
 """
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from functools import cache
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from offload_contracts.base import Contract
 from offload_contracts.errors import JobError
 from offload_contracts.events import EventKind, Progress
-from offload_contracts.jobs import (
-    AiGenerateInput,
-    ImageProcessInput,
-    JobStatus,
-    ResearchRunInput,
-    VideoGenerateInput,
-)
+from offload_contracts.jobs import BUILTIN_SPECS, JobSpec, JobStatus, model_name
 
 # --------------------------------------------------------------------------- submissions
 
@@ -43,52 +40,49 @@ class WebhookSpec(Contract):
     )
 
 
-class _Submission(Contract):
+class SubmissionBase(Contract):
+    """What every `POST /v1/jobs` body carries besides its `type` and `input`."""
+
     webhook: WebhookSpec | None = Field(
         default=None, description="Deliver this job's events to a URL as signed webhooks."
     )
+    type: str
+    input: Contract
 
 
-class AiGenerateSubmission(_Submission):
-    """Submit an `ai.generate` job: one LLM completion."""
-
-    type: Literal["ai.generate"]
-    input: AiGenerateInput
-
-
-class ResearchRunSubmission(_Submission):
-    """Submit a `research.run` job: plan, sub-answers, synthesis."""
-
-    type: Literal["research.run"]
-    input: ResearchRunInput
-
-
-class VideoGenerateSubmission(_Submission):
-    """Submit a `video.generate` job: render with the provider, then store the file."""
-
-    type: Literal["video.generate"]
-    input: VideoGenerateInput
+@cache
+def submission_model(spec: JobSpec[Any, Any]) -> type[SubmissionBase]:
+    """The body of `POST /v1/jobs` for one job type: `type`, its `input`, and `webhook`."""
+    article = "an" if spec.type[0] in "aeiou" else "a"
+    literal: Any = Literal[spec.type]
+    model: type[SubmissionBase] = create_model(
+        f"{model_name(spec.type)}Submission",
+        __base__=SubmissionBase,
+        __module__=spec.input.__module__,
+        __doc__=f"Submit {article} `{spec.type}` job: {spec.summary}.",
+        type=(literal, ...),
+        input=(spec.input, ...),
+    )
+    return model
 
 
-class ImageProcessSubmission(_Submission):
-    """Submit an `image.process` job: a Pillow pipeline over an uploaded file or a URL."""
+def submission_union(specs: Iterable[JobSpec[Any, Any]]) -> Any:
+    """The body of `POST /v1/jobs` for these job types, chosen by `type`."""
+    models = tuple(submission_model(spec) for spec in specs)
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
 
-    type: Literal["image.process"]
-    input: ImageProcessInput
 
-
-JobSubmission = Annotated[
-    AiGenerateSubmission | ResearchRunSubmission | VideoGenerateSubmission | ImageProcessSubmission,
-    Field(discriminator="type"),
-]
-"""The body of `POST /v1/jobs`: one of the four types, chosen by `type`."""
-
-SUBMISSION_MODELS: dict[str, type[_Submission]] = {
-    "ai.generate": AiGenerateSubmission,
-    "research.run": ResearchRunSubmission,
-    "video.generate": VideoGenerateSubmission,
-    "image.process": ImageProcessSubmission,
+SUBMISSION_MODELS: dict[str, type[SubmissionBase]] = {
+    spec.type: submission_model(spec) for spec in BUILTIN_SPECS
 }
+JobSubmission = submission_union(BUILTIN_SPECS)
+"""The body of `POST /v1/jobs` for the built-in types, chosen by `type`."""
+
+# The built-in submission models by name, for code and tests that construct them.
+AiGenerateSubmission = SUBMISSION_MODELS["ai.generate"]
+ResearchRunSubmission = SUBMISSION_MODELS["research.run"]
+VideoGenerateSubmission = SUBMISSION_MODELS["video.generate"]
+ImageProcessSubmission = SUBMISSION_MODELS["image.process"]
 
 # --------------------------------------------------------------------------- jobs
 

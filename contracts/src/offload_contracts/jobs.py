@@ -1,16 +1,22 @@
-"""Job types: their inputs, results, the request envelope and per-type policy.
+"""Job types: their inputs, results, the request envelope, policy, and one spec per type.
 
-A job travels as a `JobRequest`: the envelope fields shared by every type, plus
-`type` and `input`, discriminated by `type`. The gateway validates a client's
+A job type is declared once, as a `JobSpec` (its name, owning service, input
+and result models, policy and an example); the request message, the gateway's
+submission model, the documents and the topology derive from it. A job
+travels as a request: the envelope fields shared by every type, plus `type`
+and `input`, discriminated by `type`. The gateway validates a client's
 `{"type", "input"}` against the same models, so a bad input is refused with a
 422 before anything is queued.
 """
 
+import builtins
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import Field, TypeAdapter, model_validator
+from pydantic import Field, TypeAdapter, create_model, model_validator
 
 from offload_contracts.base import Contract
 
@@ -314,8 +320,21 @@ class TraceContext(Contract):
     tracestate: str | None = Field(default=None, max_length=512, description="W3C tracestate.")
 
 
-class JobRequestBase(Contract):
-    """Fields every job request carries, whatever its type."""
+InputT = TypeVar("InputT", bound=Contract)
+ResultT = TypeVar("ResultT", bound=Contract)
+
+
+PayloadT = TypeVar("PayloadT")
+"""Unbound on purpose: the bare envelope (`JobRequestBase` itself) takes any `input`, so
+a message of a type this process does not know can still have its envelope checked."""
+
+
+class JobRequestBase(Contract, Generic[PayloadT]):
+    """Fields every job request carries, whatever its type.
+
+    Each job type's request model (`JobSpec.request`) narrows `type` to its name
+    and `input` to its input model.
+    """
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Job id.")
     tenant: str = Field(min_length=1, max_length=128, description="Owning tenant.")
@@ -323,64 +342,8 @@ class JobRequestBase(Contract):
     max_attempts: int = Field(ge=1, description="Attempts allowed before the job fails for good.")
     created_at: datetime = Field(description="When the gateway accepted the job.")
     trace: TraceContext = Field(default_factory=TraceContext, description="Trace context.")
-
-
-class AiGenerateRequest(JobRequestBase):
-    """Request for `ai.generate`."""
-
-    type: Literal["ai.generate"] = "ai.generate"
-    input: AiGenerateInput
-
-
-class ResearchRunRequest(JobRequestBase):
-    """Request for `research.run`."""
-
-    type: Literal["research.run"] = "research.run"
-    input: ResearchRunInput
-
-
-class VideoGenerateRequest(JobRequestBase):
-    """Request for `video.generate`."""
-
-    type: Literal["video.generate"] = "video.generate"
-    input: VideoGenerateInput
-
-
-class ImageProcessRequest(JobRequestBase):
-    """Request for `image.process`."""
-
-    type: Literal["image.process"] = "image.process"
-    input: ImageProcessInput
-
-
-JobRequest = Annotated[
-    AiGenerateRequest | ResearchRunRequest | VideoGenerateRequest | ImageProcessRequest,
-    Field(discriminator="type"),
-]
-"""The message on the `jobs` exchange: one of the four types, chosen by `type`."""
-
-JOB_REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)
-
-JobType = Literal["ai.generate", "research.run", "video.generate", "image.process"]
-
-INPUT_MODELS: dict[str, type[Contract]] = {
-    "ai.generate": AiGenerateInput,
-    "research.run": ResearchRunInput,
-    "video.generate": VideoGenerateInput,
-    "image.process": ImageProcessInput,
-}
-RESULT_MODELS: dict[str, type[Contract]] = {
-    "ai.generate": AiGenerateResult,
-    "research.run": ResearchRunResult,
-    "video.generate": VideoGenerateResult,
-    "image.process": ImageProcessResult,
-}
-REQUEST_MODELS: dict[str, type[JobRequestBase]] = {
-    "ai.generate": AiGenerateRequest,
-    "research.run": ResearchRunRequest,
-    "video.generate": VideoGenerateRequest,
-    "image.process": ImageProcessRequest,
-}
+    type: str
+    input: PayloadT
 
 
 # --------------------------------------------------------------------------- policy
@@ -393,12 +356,151 @@ class JobPolicy(Contract):
     timeout_s: float = Field(gt=0, description="Per-attempt time limit; a timeout is transient.")
 
 
-POLICIES: dict[str, JobPolicy] = {
-    "ai.generate": JobPolicy(max_attempts=3, timeout_s=120),
-    "research.run": JobPolicy(max_attempts=3, timeout_s=600),
-    "video.generate": JobPolicy(max_attempts=5, timeout_s=900),
-    "image.process": JobPolicy(max_attempts=3, timeout_s=60),
-}
-"""Default per-type policy (DESIGN §2).
+# --------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True, eq=False)
+class JobSpec(Generic[InputT, ResultT]):
+    """A job type, declared once: everything else about it derives from this.
+
+    The request message (`request`), the gateway's submission model and its
+    OpenAPI example, the AsyncAPI documents, the topology (which service's queue
+    takes the type) and the worker's policy all read it. Retry delays are not
+    per type: they are the retry queues of the deployment (`OFFLOAD_RETRY_TIERS`).
+    """
+
+    type: str
+    """The job type, e.g. `image.process`: the routing key on the `jobs` exchange."""
+    service: str
+    """The service that consumes it: its queue is `<service>.jobs`, bound to `<service>.#`."""
+    input: builtins.type[InputT]
+    result: builtins.type[ResultT]
+    policy: JobPolicy
+    summary: str
+    """What a job of this type does, in a few words (docstrings, OpenAPI)."""
+    example: dict[str, Any]
+    """An example body of `POST /v1/jobs` (`type`, `input`, optionally `webhook`)."""
+    example_summary: str = ""
+    """The example's one-line title in the OpenAPI document (`summary` when empty)."""
+    request: builtins.type[JobRequestBase[InputT]] = field(init=False, repr=False)
+    """The message on the `jobs` exchange: the envelope with this `type` and `input`."""
+
+    def __post_init__(self) -> None:
+        if not self.type.startswith(f"{self.service}."):
+            raise ValueError(
+                f"job type {self.type!r} must start with its service's name ({self.service}.): "
+                f"the queue `{self.service}.jobs` is bound to `{self.service}.#`"
+            )
+        if self.example.get("type") != self.type:
+            raise ValueError(f"the example of {self.type!r} must have type {self.type!r}")
+        literal: Any = Literal[self.type]
+        request: builtins.type[JobRequestBase[InputT]] = create_model(
+            f"{model_name(self.type)}Request",
+            __base__=JobRequestBase,
+            __module__=self.input.__module__,
+            __doc__=f"Request for `{self.type}`.",
+            type=(literal, self.type),
+            input=(self.input, ...),
+        )
+        object.__setattr__(self, "request", request)
+
+
+def model_name(job_type: str) -> str:
+    """`image.process` → `ImageProcess`: the stem of the type's generated model names."""
+    return "".join(part.capitalize() for part in re.split(r"[._-]", job_type) if part)
+
+
+# --------------------------------------------------------------------------- the built-in types
+
+# The four specs share one shape on purpose: each is data, the one declaration of
+# its type, and a reader compares them field by field.
+
+AI_GENERATE: JobSpec[AiGenerateInput, AiGenerateResult] = JobSpec(
+    type="ai.generate",
+    service="ai",
+    input=AiGenerateInput,
+    result=AiGenerateResult,
+    policy=JobPolicy(max_attempts=3, timeout_s=120),
+    summary="one LLM completion",
+    example={
+        "type": "ai.generate",
+        "input": {"prompt": "Write a haiku about queues.", "max_tokens": 64},
+    },
+)
+RESEARCH_RUN: JobSpec[ResearchRunInput, ResearchRunResult] = JobSpec(
+    type="research.run",
+    service="research",
+    input=ResearchRunInput,
+    result=ResearchRunResult,
+    policy=JobPolicy(max_attempts=3, timeout_s=600),
+    summary="plan, sub-answers, synthesis",
+    example={
+        "type": "research.run",
+        "input": {"question": "How do quorum queues replicate?", "steps": 3},
+    },
+    example_summary="a chained research report",
+)
+VIDEO_GENERATE: JobSpec[VideoGenerateInput, VideoGenerateResult] = JobSpec(
+    type="video.generate",
+    service="video",
+    input=VideoGenerateInput,
+    result=VideoGenerateResult,
+    policy=JobPolicy(max_attempts=5, timeout_s=900),
+    summary="render with the provider, then store the file",
+    example={
+        "type": "video.generate",
+        "input": {"prompt": "A paper boat on a river", "duration_s": 5, "resolution": "720p"},
+        "webhook": {"url": "https://example.com/hooks/offload", "events": ["completed"]},
+    },
+    example_summary="a rendered video, with a webhook",
+)
+IMAGE_PROCESS: JobSpec[ImageProcessInput, ImageProcessResult] = JobSpec(
+    type="image.process",
+    service="image",
+    input=ImageProcessInput,
+    result=ImageProcessResult,
+    policy=JobPolicy(max_attempts=3, timeout_s=60),
+    summary="a Pillow pipeline over an uploaded file or a URL",
+    example={
+        "type": "image.process",
+        "input": {
+            "source": {"file_id": "3f2a9c0d4b1e4f6a8c7d5e3b2a1f0e9d"},
+            "operations": [
+                {"op": "resize", "width": 1280},
+                {"op": "convert", "format": "webp"},
+                {"op": "thumbnails", "sizes": [{"width": 200, "height": 200}]},
+            ],
+        },
+    },
+    example_summary="resize an uploaded image to WebP, with thumbnails",
+)
+
+BUILTIN_SPECS: tuple[JobSpec[Any, Any], ...] = (
+    AI_GENERATE,
+    RESEARCH_RUN,
+    VIDEO_GENERATE,
+    IMAGE_PROCESS,
+)
+"""Offload's own job types (DESIGN §2); a deployment adds its own (`catalog.JobCatalog`).
 
 Every timeout stays below RabbitMQ's 30 min consumer timeout."""
+
+# The built-in request models by name, for code and tests that construct them.
+AiGenerateRequest = AI_GENERATE.request
+ResearchRunRequest = RESEARCH_RUN.request
+VideoGenerateRequest = VIDEO_GENERATE.request
+ImageProcessRequest = IMAGE_PROCESS.request
+
+SPECS: dict[str, JobSpec[Any, Any]] = {spec.type: spec for spec in BUILTIN_SPECS}
+INPUT_MODELS: dict[str, type[Contract]] = {t: spec.input for t, spec in SPECS.items()}
+RESULT_MODELS: dict[str, type[Contract]] = {t: spec.result for t, spec in SPECS.items()}
+REQUEST_MODELS: dict[str, type[JobRequestBase[Any]]] = {
+    t: spec.request for t, spec in SPECS.items()
+}
+POLICIES: dict[str, JobPolicy] = {t: spec.policy for t, spec in SPECS.items()}
+
+_request_union: Any = Union[tuple(REQUEST_MODELS.values())]  # noqa: UP007
+JobRequest = Annotated[_request_union, Field(discriminator="type")]
+"""The message on the `jobs` exchange for a built-in type, chosen by `type`."""
+
+JOB_REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobRequest)

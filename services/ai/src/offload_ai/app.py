@@ -4,11 +4,12 @@ from dataclasses import dataclass
 
 from offload_ai.handlers import on_ai_generate
 from offload_ai.settings import AiSettings
+from offload_contracts import AI_GENERATE
 from offload_runtime.llm.openai_compatible import OpenAICompatibleClient
 from offload_runtime.llm.ports import ChatModel
 from offload_runtime.worker import Hook, Worker, build_worker
 
-SERVICE = "ai"
+SERVICE = AI_GENERATE.service
 
 
 @dataclass(frozen=True)

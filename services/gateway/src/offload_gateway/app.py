@@ -42,6 +42,7 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
     # One quick retry: a client waiting on an outage should get its 503 promptly.
     client = connect_redis(settings.redis_url, retries=1)
     keys = RedisKeys(settings.redis_prefix)
+    catalog = settings.catalog
     store = JobStore(
         client,
         keys,
@@ -54,8 +55,9 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
         delivery_limit=settings.delivery_limit,
         publish_timeout_s=settings.publish_timeout_s,
         depth_refresh_s=settings.queue_depth_refresh_s,
+        services=catalog.services,
     )
-    ledger = StoreLedger(store)
+    ledger = StoreLedger(store, catalog)
     submitter = JobSubmitter(
         ledger=ledger,
         publisher=broker,
@@ -65,6 +67,7 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
         queue_depth_limit=settings.queue_depth_limit,
         queue_full_retry_after=QUEUE_FULL_RETRY_AFTER_S,
         unavailable_retry_after=settings.unavailable_retry_after_s,
+        catalog=catalog,
     )
     sweeper = Sweeper(
         index=RedisUnstartedIndex(store),
@@ -85,6 +88,7 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
         submitter=submitter,
         sweeper=sweeper,
         key_ring=settings.key_ring,
+        catalog=catalog,
     )
 
 

@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
+from offload_contracts.catalog import JobCatalog
 from offload_gateway.adapters.broker import BrokerLink
 from offload_gateway.problems import ProblemError
 from offload_gateway.settings import GatewaySettings
@@ -31,6 +32,8 @@ class GatewayDeps:
     submitter: JobSubmitter
     sweeper: Sweeper
     key_ring: KeyRing
+    catalog: JobCatalog
+    """The job types this gateway accepts (`OFFLOAD_JOB_SPECS` adds to Offload's own)."""
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency

@@ -19,7 +19,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         routes=app.routes,
     )
     add_problem_schemas(document)
-    jobs.add_submission_schema(document)
+    jobs.add_submission_schema(document, app.state.deps.catalog)
     _streams_as_openapi_31(document)
     return document
 

@@ -4,6 +4,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from offload_contracts.catalog import JobCatalog
 from offload_runtime.settings import HttpServerSettings, RuntimeSettings, parse_duration_ms
 
 
@@ -14,6 +15,11 @@ class GatewaySettings(RuntimeSettings, HttpServerSettings):
         default="127.0.0.1", description="Address to listen on (`0.0.0.0` in a container)."
     )
     gateway_port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
+    job_specs: str = Field(
+        default="",
+        description="Job types of your own, beside Offload's: comma-separated `module:ATTRIBUTE` "
+        "paths to `JobSpec`s, importable by the gateway (docs/add-a-workload.md).",
+    )
     max_upload_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` accepts."
     )
@@ -78,6 +84,18 @@ class GatewaySettings(RuntimeSettings, HttpServerSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("job_specs")
+    @classmethod
+    def _specs_load(cls, value: str) -> str:
+        # A typo fails at start-up, not at the first submission.
+        JobCatalog.load([path for path in value.split(",") if path.strip()])
+        return value
+
+    @property
+    def catalog(self) -> JobCatalog:
+        """Offload's job types and the ones `job_specs` names (imported on each call)."""
+        return JobCatalog.load([path for path in self.job_specs.split(",") if path.strip()])
 
     @property
     def notifier_base_url(self) -> str:

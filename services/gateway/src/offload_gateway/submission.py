@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from offload_contracts import POLICIES, REQUEST_MODELS, JobError, JobRequestBase, TraceContext
-from offload_contracts.api import JobSubmission
-from offload_contracts.topology import service_of
+from offload_contracts import JobError, JobRequestBase, TraceContext
+from offload_contracts.api import SubmissionBase
+from offload_contracts.catalog import BUILTIN_CATALOG, JobCatalog
 from offload_runtime.logging import get_logger
 
 log = get_logger("offload.gateway.submission")
@@ -131,7 +131,7 @@ class SubmitJob:
     """A tenant asks for a job."""
 
     tenant: str
-    submission: JobSubmission
+    submission: SubmissionBase
     job_id: str
     now: datetime
     idempotency_key: str | None = None
@@ -155,6 +155,8 @@ class JobSubmitter:
     queue_depth_limit: int
     queue_full_retry_after: int
     unavailable_retry_after: int
+    catalog: JobCatalog = BUILTIN_CATALOG
+    """The job types this gateway accepts: their services and policies."""
 
     async def submit(self, command: SubmitJob) -> Submitted:
         if not self.publisher.connected:
@@ -169,7 +171,7 @@ class JobSubmitter:
                 return replay
         try:
             await self._admit(command)
-            request = build_request(command)
+            request = build_request(command, self.catalog)
             webhook = (
                 command.submission.webhook.model_dump(mode="json", exclude_none=True)
                 if command.submission.webhook
@@ -234,7 +236,7 @@ class JobSubmitter:
                 "too many job submissions for this tenant; slow down", retry_after=wait
             )
         if self.queue_depth_limit:
-            service = service_of(command.submission.type)
+            service = self.catalog.spec(command.submission.type).service
             depth = self.publisher.queue_depth(service)
             if depth is not None and depth >= self.queue_depth_limit:
                 raise QueueFull(
@@ -244,14 +246,15 @@ class JobSubmitter:
                 )
 
 
-def build_request(command: SubmitJob) -> JobRequestBase:
+def build_request(command: SubmitJob, catalog: JobCatalog = BUILTIN_CATALOG) -> JobRequestBase:
     """The message the workers receive for this submission."""
-    job_type = command.submission.type
-    return REQUEST_MODELS[job_type](
+    spec = catalog.spec(command.submission.type)
+    return spec.request(
         id=command.job_id,
         tenant=command.tenant,
-        max_attempts=POLICIES[job_type].max_attempts,
+        type=spec.type,
+        max_attempts=spec.policy.max_attempts,
         created_at=command.now,
         trace=command.trace or TraceContext(),
-        input=command.submission.input,  # type: ignore[call-arg]
+        input=command.submission.input,
     )

@@ -114,5 +114,5 @@ class Sweeper:
 
 
 def request_type(request: JobRequestBase) -> str:
-    job_type: str = request.type  # type: ignore[attr-defined]
+    job_type: str = request.type
     return job_type

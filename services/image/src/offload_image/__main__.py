@@ -3,5 +3,10 @@
 from offload_image.app import build_app
 from offload_runtime.worker import run_worker
 
-if __name__ == "__main__":
+
+def main() -> None:
     run_worker(build_app())
+
+
+if __name__ == "__main__":
+    main()

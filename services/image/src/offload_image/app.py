@@ -4,11 +4,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from offload_contracts import topology
+from offload_contracts import IMAGE_PROCESS
 from offload_image.adapters.outputs import StoredOutputs
 from offload_image.adapters.pool import PipelinePool
 from offload_image.adapters.sources import ImageSources
-from offload_image.handlers import image_process_handler
+from offload_image.handlers import on_image_process
 from offload_image.processing import ImageProcessor
 from offload_image.settings import ImageSettings
 from offload_runtime.keys import RedisKeys
@@ -17,10 +17,10 @@ from offload_runtime.storage import FileStore
 from offload_runtime.url_guard import guarded_transport
 from offload_runtime.worker import Worker, build_worker
 
-SERVICE = topology.SERVICE_OF_TYPE["image.process"]
+SERVICE = IMAGE_PROCESS.service
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageDeps:
     """Adapters to use instead of the ones built from settings (tests pass some in).
 
@@ -36,7 +36,7 @@ class ImageDeps:
 def source_client(settings: ImageSettings) -> httpx.AsyncClient:
     """The HTTP client for source URLs: it connects only to addresses the SSRF guard accepts."""
     return httpx.AsyncClient(
-        transport=guarded_transport(allow_private=settings.webhook_allow_private),
+        transport=guarded_transport(allow_private=settings.source_allow_private),
         timeout=httpx.Timeout(
             settings.image_download_read_timeout_s,
             connect=settings.image_download_connect_timeout_s,
@@ -50,11 +50,9 @@ def build_app(settings: ImageSettings | None = None, deps: ImageDeps | None = No
     """Build the image worker. No I/O happens until `worker.app` starts."""
     settings = settings or ImageSettings()
     deps = deps or ImageDeps()
-    files_redis = None
-    files = deps.files
-    if files is None:
-        files_redis = connect_redis(settings.redis_url)
-        files = FileStore(settings.storage_dir, files_redis, RedisKeys(settings.redis_prefix))
+    # One Redis client for the job store and the file store.
+    redis = connect_redis(settings.redis_url)
+    files = deps.files or FileStore(settings.storage_dir, redis, RedisKeys(settings.redis_prefix))
     http = deps.http or source_client(settings)
     pool = deps.pool or PipelinePool(
         size=settings.image_pool_size,
@@ -68,7 +66,7 @@ def build_app(settings: ImageSettings | None = None, deps: ImageDeps | None = No
             files,
             http,
             max_bytes=settings.image_max_source_bytes,
-            allow_private=settings.webhook_allow_private,
+            allow_private=settings.source_allow_private,
             max_redirects=settings.image_max_redirects,
             total_timeout_s=settings.image_download_total_timeout_s,
         ),
@@ -79,13 +77,12 @@ def build_app(settings: ImageSettings | None = None, deps: ImageDeps | None = No
     async def stop() -> None:
         await pool.close()
         await http.aclose()
-        if files_redis is not None:
-            await files_redis.aclose()
 
     return build_worker(
         service=SERVICE,
         settings=settings,
-        handlers=[image_process_handler(processor)],
+        handlers=[on_image_process(processor)],
         on_start=[pool.start],
         on_stop=[stop],
+        redis=redis,
     )

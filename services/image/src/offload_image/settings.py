@@ -52,9 +52,22 @@ class ImageSettings(WorkerSettings):
     image_download_total_timeout_s: float = Field(
         default=30, gt=0, description="Whole download of a source URL, redirects included."
     )
+    image_source_allow_private: bool | None = Field(
+        default=None,
+        description="Allow source URLs on loopback or private addresses; link-local and cloud "
+        "metadata addresses stay refused. Unset: follows `webhook_allow_private`, the switch "
+        "image shared with the notifier before it had its own.",
+    )
     image_max_redirects: int = Field(
         default=3, ge=0, description="Redirects followed for a source URL, each hop re-checked."
     )
+
+    @property
+    def source_allow_private(self) -> bool:
+        """Whether source URLs may point at loopback or private addresses."""
+        if self.image_source_allow_private is None:
+            return self.webhook_allow_private
+        return self.image_source_allow_private
 
     @model_validator(mode="before")
     @classmethod

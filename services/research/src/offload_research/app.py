@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from offload_contracts import RESEARCH_RUN
 from offload_research.handlers import on_research_run
 from offload_research.research import ResearchLimits
 from offload_research.settings import ResearchSettings
@@ -9,7 +10,7 @@ from offload_runtime.llm.openai_compatible import OpenAICompatibleClient
 from offload_runtime.llm.ports import ChatModel
 from offload_runtime.worker import Hook, Worker, build_worker
 
-SERVICE = "research"
+SERVICE = RESEARCH_RUN.service
 
 
 @dataclass(frozen=True)

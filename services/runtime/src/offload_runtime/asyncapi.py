@@ -22,7 +22,8 @@ from faststream.rabbit import RabbitBroker
 from faststream.specification import AsyncAPI
 from pydantic import Field
 
-from offload_contracts import REQUEST_MODELS, JobEvent, topology
+from offload_contracts import JobEvent, topology
+from offload_contracts.catalog import BUILTIN_CATALOG, JobCatalog
 from offload_runtime.broker import (
     dead_exchange,
     events_exchange,
@@ -36,13 +37,9 @@ VERSION = "0.1.0"
 SERVICES = ("gateway", *topology.WORKER_SERVICES, topology.NOTIFIER_SERVICE)
 
 
-def _request_type(service: str) -> Any:
+def _request_type(service: str, catalog: JobCatalog) -> Any:
     """The request model(s) `service` consumes: one model, or a union discriminated by `type`."""
-    models = tuple(
-        model
-        for job_type, model in REQUEST_MODELS.items()
-        if topology.service_of(job_type) == service
-    )
+    models = tuple(spec.request for spec in catalog.of_service(service))
     if len(models) == 1:
         return models[0]
     union: Any = models[0]
@@ -51,9 +48,10 @@ def _request_type(service: str) -> Any:
     return Annotated[union, Field(discriminator="type")]
 
 
-def _worker_broker(service: str, settings: RuntimeSettings) -> RabbitBroker:
+def _worker_broker(service: str, settings: RuntimeSettings, catalog: JobCatalog) -> RabbitBroker:
     broker = RabbitBroker(apply_types=True)
-    request_type = _request_type(service)
+    request_type = _request_type(service, catalog)
+    types = ", ".join(_types_of(service, catalog))
     tiers = settings.tiers
 
     async def run_job(request: Any) -> None:
@@ -64,7 +62,7 @@ def _worker_broker(service: str, settings: RuntimeSettings) -> RabbitBroker:
         work_queue(service, delivery_limit=settings.delivery_limit),
         jobs_exchange(),
         title=f"{topology.work_queue(service)}:consume",
-        description=f"Jobs of type {', '.join(_types_of(service))}, routed from the `jobs` "
+        description=f"Jobs of type {types}, routed from the `jobs` "
         f"exchange by `{topology.work_binding(service)}`. Quorum queue; at most "
         f"`x-delivery-limit` redeliveries, then parked in `{topology.dead_queue(service)}`.",
     )(run_job)
@@ -89,9 +87,9 @@ def _worker_broker(service: str, settings: RuntimeSettings) -> RabbitBroker:
     return broker
 
 
-def _gateway_broker() -> RabbitBroker:
+def _gateway_broker(catalog: JobCatalog) -> RabbitBroker:
     broker = RabbitBroker(apply_types=True)
-    for job_type, model in REQUEST_MODELS.items():
+    for job_type, spec in catalog.specs.items():
         broker.publisher(
             exchange=jobs_exchange(),
             routing_key=job_type,
@@ -99,7 +97,7 @@ def _gateway_broker() -> RabbitBroker:
             description=f"An accepted `{job_type}` job (attempt 1), published with a confirm "
             "after the job is recorded `waiting`. Operators' replays of dead letters publish "
             "the same message.",
-            schema=model,
+            schema=spec.request,
         )
     return broker
 
@@ -118,21 +116,23 @@ def _notifier_broker() -> RabbitBroker:
     return broker
 
 
-def _types_of(service: str) -> list[str]:
-    return [t for t in REQUEST_MODELS if topology.service_of(t) == service]
+def _types_of(service: str, catalog: JobCatalog) -> list[str]:
+    return [spec.type for spec in catalog.of_service(service)]
 
 
-def document(service: str, settings: RuntimeSettings | None = None) -> AsyncAPI:
+def document(
+    service: str, settings: RuntimeSettings | None = None, catalog: JobCatalog = BUILTIN_CATALOG
+) -> AsyncAPI:
     """The AsyncAPI application of one service (`gateway`, a worker, or `notifier`)."""
     settings = settings or RuntimeSettings()
     if service == "gateway":
-        broker = _gateway_broker()
+        broker = _gateway_broker(catalog)
         description = "Publishes accepted jobs to the `jobs` topic exchange."
     elif service == topology.NOTIFIER_SERVICE:
         broker = _notifier_broker()
         description = "Relays job events to the `jobs.events` topic exchange."
-    elif service in topology.WORKER_SERVICES:
-        broker = _worker_broker(service, settings)
+    elif service in catalog.services:
+        broker = _worker_broker(service, settings, catalog)
         description = (
             f"Consumes `{topology.work_queue(service)}`, retries through "
             f"`{service}.retry.<tier>`, parks failed jobs in `{topology.dead_queue(service)}`."

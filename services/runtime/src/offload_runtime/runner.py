@@ -280,7 +280,7 @@ class JobRunner:
         except ValidationError as exc:
             await self._park_invalid(message, exc)
             return
-        job_type: str = request.type  # type: ignore[attr-defined]
+        job_type: str = request.type
         with job_context(
             job_id=request.id, job_type=job_type, attempt=request.attempt, tenant=request.tenant
         ):
@@ -477,7 +477,7 @@ def _error_of(exc: BaseException) -> JobError:
 
 
 def _type(request: JobRequestBase) -> str:
-    job_type: str = request.type  # type: ignore[attr-defined]
+    job_type: str = request.type
     return job_type
 
 

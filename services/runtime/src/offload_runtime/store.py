@@ -297,8 +297,8 @@ class JobStore:
         under it can only be this call's own, re-sent after its reply was lost
         (redis-py retries on connection errors): that counts as created.
         """
-        input_json = request.input.model_dump_json()  # type: ignore[attr-defined]
-        job_type: str = request.type  # type: ignore[attr-defined]
+        input_json = request.input.model_dump_json()
+        job_type: str = request.type
         fields = {
             "id": request.id,
             "tenant": request.tenant,
@@ -612,5 +612,5 @@ def _cursor(score: float, job_id: str) -> str:
 
 
 def _type(request: JobRequestBase) -> str:
-    job_type: str = request.type  # type: ignore[attr-defined]
+    job_type: str = request.type
     return job_type

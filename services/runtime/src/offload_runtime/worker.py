@@ -1,8 +1,8 @@
 """One wiring for every worker service: broker, store, topology, runner, lifecycle.
 
-A worker's `app.py` calls `build_worker_app(...)` with its handlers; this
-module owns the rest, so every service starts, declares, consumes and stops
-the same way.
+A worker's `app.py` calls `build_worker(...)` with its handlers, each made by
+`job_handler(spec, run)` from its job type's spec; this module owns the rest,
+so every service starts, declares, consumes and stops the same way.
 """
 
 import asyncio
@@ -11,12 +11,13 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 from faststream import FastStream
 from faststream.rabbit import RabbitBroker
 
-from offload_contracts import topology
+from offload_contracts import Contract, JobRequestBase, JobSpec, topology
 from offload_runtime import telemetry
 from offload_runtime.broker import CONNECTION_LOST, declare_service_topology, make_broker
 from offload_runtime.inflight import InFlightReporter
@@ -24,12 +25,13 @@ from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler, MetricsServer
 from offload_runtime.redis import connect_redis
-from offload_runtime.runner import JobHandler, JobRunner
+from offload_runtime.runner import CancelCleanup, JobFunction, JobHandler, JobRunner
 from offload_runtime.settings import WorkerSettings
 from offload_runtime.store import JobStore
 from offload_runtime.watchdog import ConsumerWatchdog, Feed
 
 Hook = Callable[[], Awaitable[None]]
+InputT = TypeVar("InputT", bound=Contract)
 
 log = get_logger("offload.worker")
 
@@ -57,6 +59,16 @@ class Worker:
         self.app.exit()
 
 
+def job_handler(
+    spec: JobSpec[InputT, Any],
+    run: JobFunction[JobRequestBase[InputT]],
+    *,
+    on_cancelled: CancelCleanup[JobRequestBase[InputT]] | None = None,
+) -> JobHandler[JobRequestBase[InputT]]:
+    """The handler of `spec`'s job type: its request model and policy, and `run`."""
+    return JobHandler(spec.request, run, spec.policy, on_cancelled=on_cancelled)
+
+
 def build_worker(
     *,
     service: str,
@@ -64,8 +76,13 @@ def build_worker(
     handlers: Sequence[JobHandler[Any]],
     on_start: Sequence[Hook] = (),
     on_stop: Sequence[Hook] = (),
+    redis: "aioredis.Redis | None" = None,
 ) -> Worker:
-    """Wire a worker service. No I/O happens until the app starts."""
+    """Wire a worker service. No I/O happens until the app starts.
+
+    `redis` is the client of the job store, when the service already made one for
+    its own use (the file store): one connection pool per process, closed at stop.
+    """
     broker = make_broker(
         settings.rabbitmq_url,
         service=service,
@@ -86,7 +103,7 @@ def build_worker(
         )
     loop_lag = LoopLagSampler()
     store = JobStore(
-        connect_redis(settings.redis_url),
+        redis if redis is not None else connect_redis(settings.redis_url),
         RedisKeys(settings.redis_prefix),
         retention_s=settings.job_retention_s,
         events_maxlen=settings.job_events_maxlen,

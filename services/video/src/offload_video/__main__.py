@@ -1,4 +1,4 @@
-"""`python -m offload_video`: run the video worker until SIGTERM."""
+"""`python -m offload_video`: run the video worker until SIGINT/SIGTERM."""
 
 from offload_runtime.worker import run_worker
 from offload_video.app import build_app

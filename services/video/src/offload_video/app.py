@@ -3,7 +3,7 @@
 import asyncio
 from dataclasses import dataclass
 
-from offload_contracts import topology
+from offload_contracts import VIDEO_GENERATE
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import connect_redis
 from offload_runtime.storage import FileStore
@@ -11,13 +11,13 @@ from offload_runtime.worker import Hook, Worker, build_worker
 from offload_video.adapters.provider import HttpVideoProvider, build_client
 from offload_video.adapters.storage import FileVideoStorage
 from offload_video.generation import Sleep, VideoConfig, VideoGenerator, VideoProvider, VideoStorage
-from offload_video.handlers import video_handler
+from offload_video.handlers import on_video_generate
 from offload_video.settings import VideoSettings
 
-SERVICE = topology.SERVICE_OF_TYPE["video.generate"]
+SERVICE = VIDEO_GENERATE.service
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoDeps:
     """Replacements for the real adapters (tests); what is None is built from settings."""
 
@@ -32,6 +32,8 @@ def build_app(settings: VideoSettings | None = None, deps: VideoDeps | None = No
     deps = deps or VideoDeps()
     on_start: list[Hook] = []
     on_stop: list[Hook] = []
+    # One Redis client for the job store and the file store.
+    redis = connect_redis(settings.redis_url)
 
     provider = deps.provider
     if provider is None:
@@ -48,7 +50,6 @@ def build_app(settings: VideoSettings | None = None, deps: VideoDeps | None = No
 
     storage = deps.storage
     if storage is None:
-        redis = connect_redis(settings.redis_url)
         files = FileStore(settings.storage_dir, redis, RedisKeys(settings.redis_prefix))
         local = FileVideoStorage(files, chunk_bytes=settings.video_chunk_bytes)
 
@@ -56,7 +57,6 @@ def build_app(settings: VideoSettings | None = None, deps: VideoDeps | None = No
             await local.sweep(settings.video_partial_max_age_s)
 
         on_start.append(sweep_partials)
-        on_stop.append(redis.aclose)
         storage = local
 
     config = VideoConfig(
@@ -70,7 +70,8 @@ def build_app(settings: VideoSettings | None = None, deps: VideoDeps | None = No
     return build_worker(
         service=SERVICE,
         settings=settings,
-        handlers=[video_handler(generator)],
+        handlers=[on_video_generate(generator)],
         on_start=on_start,
         on_stop=on_stop,
+        redis=redis,
     )

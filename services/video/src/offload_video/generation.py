@@ -28,10 +28,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from offload_contracts import FileRef, VideoGenerateRequest, VideoGenerateResult
+from offload_contracts import FileRef, JobRequestBase, VideoGenerateInput, VideoGenerateResult
 from offload_runtime.errors import PermanentError, TransientError
 from offload_runtime.logging import get_logger
 from offload_runtime.ports import JobContext
+
+VideoRequest = JobRequestBase[VideoGenerateInput]
+"""A `video.generate` job's request."""
 
 log = get_logger("offload.video")
 
@@ -198,7 +201,7 @@ class VideoGenerator:
         self.config = config
         self._sleep = sleep
 
-    async def run(self, request: VideoGenerateRequest, ctx: JobContext) -> VideoGenerateResult:
+    async def run(self, request: VideoRequest, ctx: JobContext) -> VideoGenerateResult:
         """One attempt of the job (see the module docstring)."""
         stored = await self._already_stored(request, ctx)
         if stored is not None:
@@ -228,21 +231,19 @@ class VideoGenerator:
         await ctx.save_checkpoint(CHECKPOINT_FILE, file.model_dump_json())
         return VideoGenerateResult(file=file)
 
-    async def cancelled(self, request: VideoGenerateRequest, ctx: JobContext) -> None:
+    async def cancelled(self, request: VideoRequest, ctx: JobContext) -> None:
         """The job was cancelled between attempts: stop its render, drop its partial file."""
         render_id: str | None = await ctx.load_checkpoint(CHECKPOINT_RENDER) or None
         await self._abandon(request.id, render_id)
 
-    async def _already_stored(
-        self, request: VideoGenerateRequest, ctx: JobContext
-    ) -> FileRef | None:
+    async def _already_stored(self, request: VideoRequest, ctx: JobContext) -> FileRef | None:
         saved = await ctx.load_checkpoint(CHECKPOINT_FILE)
         if not saved:
             return None
         ref = FileRef.model_validate_json(saved)
         return await self.storage.find(request.tenant, ref.id)
 
-    async def _submit(self, request: VideoGenerateRequest, ctx: JobContext) -> str:
+    async def _submit(self, request: VideoRequest, ctx: JobContext) -> str:
         spec = RenderSpec(
             prompt=request.input.prompt,
             duration_s=request.input.duration_s,
@@ -270,7 +271,7 @@ class VideoGenerator:
             delay = min(delay * self.config.poll_factor, self.config.poll_max_s)
 
     async def _download(
-        self, request: VideoGenerateRequest, render_id: str, state: RenderState, ctx: JobContext
+        self, request: VideoRequest, render_id: str, state: RenderState, ctx: JobContext
     ) -> FileRef:
         async with self.storage.open_partial(request.id) as partial:
             total, expected = state.bytes, state.sha256

@@ -1,22 +1,11 @@
-"""The video service's job handler: decode (done by the runner), call the domain, return."""
+"""The video service's job handlers: decode, call the domain, return."""
 
-from offload_contracts import POLICIES, VideoGenerateRequest, VideoGenerateResult
-from offload_runtime.ports import JobContext
+from offload_contracts import VIDEO_GENERATE
 from offload_runtime.runner import JobHandler
-from offload_video.generation import VideoGenerator
+from offload_runtime.worker import job_handler
+from offload_video.generation import VideoGenerator, VideoRequest
 
 
-def video_handler(generator: VideoGenerator) -> JobHandler[VideoGenerateRequest]:
-    """`video.generate` with its policy (5 attempts, 15 min per attempt)."""
-
-    async def on_video_requested(
-        request: VideoGenerateRequest, ctx: JobContext
-    ) -> VideoGenerateResult:
-        return await generator.run(request, ctx)
-
-    return JobHandler(
-        VideoGenerateRequest,
-        on_video_requested,
-        POLICIES["video.generate"],
-        on_cancelled=generator.cancelled,
-    )
+def on_video_generate(generator: VideoGenerator) -> JobHandler[VideoRequest]:
+    """`video.generate` → `VideoGenerator.run`; a job cancelled between attempts is cleaned up."""
+    return job_handler(VIDEO_GENERATE, generator.run, on_cancelled=generator.cancelled)

@@ -118,7 +118,7 @@ class BrokerLink:
         """Publish a job request to the `jobs` exchange and wait for the confirm."""
         if not self.connected:
             raise ConnectionError("broker not connected")
-        job_type: str = request.type  # type: ignore[attr-defined]
+        job_type: str = request.type
         body = request.model_dump_json().encode()
         async with asyncio.timeout(self._publish_timeout_s):
             while True:

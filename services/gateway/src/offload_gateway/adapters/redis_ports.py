@@ -5,7 +5,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from offload_contracts import REQUEST_MODELS, JobError, JobRequestBase, JobStatus, TraceContext
+from offload_contracts import JobError, JobRequestBase, JobStatus, TraceContext
+from offload_contracts.catalog import BUILTIN_CATALOG, JobCatalog
 from offload_runtime.keys import RedisKeys
 from offload_runtime.redis import ScriptBatcher
 from offload_runtime.store import JobStore
@@ -33,8 +34,9 @@ return n
 class StoreLedger:
     """`JobLedger`, `JobLookup` and `WaitingJobs` over the runtime's `JobStore`."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, catalog: JobCatalog = BUILTIN_CATALOG) -> None:
         self._store = store
+        self._catalog = catalog
 
     async def record_waiting(
         self, request: JobRequestBase, webhook: dict[str, Any] | None, idempotency_key: str | None
@@ -45,7 +47,7 @@ class StoreLedger:
         return created.applied
 
     async def record_not_accepted(self, request: JobRequestBase, error: JobError) -> None:
-        job_type: str = request.type  # type: ignore[attr-defined]
+        job_type: str = request.type
         await self._store.fail(request.id, request.tenant, job_type, 0, error, run_id=None)
 
     async def exists(self, job_id: str) -> bool:
@@ -55,10 +57,10 @@ class StoreLedger:
         record = await self._store.get(job_id)
         if record is None or record.status != JobStatus.WAITING:
             return None
-        model = REQUEST_MODELS.get(record.type)
-        if model is None:
+        spec = self._catalog.specs.get(record.type)
+        if spec is None:
             return None
-        return model.model_validate(
+        return spec.request.model_validate(
             {
                 "id": record.id,
                 "tenant": record.tenant,
@@ -115,8 +117,9 @@ class RedisRateLimiter:
 class RedisUnstartedIndex:
     """The `unstarted` sorted set the job store keeps, and the sweep's lock."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, catalog: JobCatalog = BUILTIN_CATALOG) -> None:
         self._store = store
+        self._catalog = catalog
         self._client = store.client
         self._keys = store.keys
         self._unlock = store.client.register_script(_UNLOCK_LUA)

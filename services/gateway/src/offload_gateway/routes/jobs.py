@@ -2,14 +2,16 @@
 
 import asyncio
 import re
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import TypeAdapter, ValidationError
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.responses import Response
 
-from offload_contracts import JobStatus, JobType, TraceContext
-from offload_contracts.api import FieldProblem, JobPage, JobSubmission, JobView
+from offload_contracts import JobStatus, TraceContext
+from offload_contracts.api import FieldProblem, JobPage, JobView, SubmissionBase
+from offload_contracts.catalog import JobCatalog
 from offload_gateway import metrics
 from offload_gateway.deps import Deps, Tenant, TenantAuth, current_tenant, deps_of
 from offload_gateway.problems import ProblemError, field_problems, problem_responses
@@ -28,47 +30,20 @@ from offload_runtime.url_guard import UnsafeURL, check_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-SUBMISSION_EXAMPLES: dict[str, Any] = {
-    "ai.generate": {
-        "summary": "ai.generate: one LLM completion",
-        "value": {
-            "type": "ai.generate",
-            "input": {"prompt": "Write a haiku about queues.", "max_tokens": 64},
-        },
-    },
-    "research.run": {
-        "summary": "research.run: a chained research report",
-        "value": {
-            "type": "research.run",
-            "input": {"question": "How do quorum queues replicate?", "steps": 3},
-        },
-    },
-    "video.generate": {
-        "summary": "video.generate: a rendered video, with a webhook",
-        "value": {
-            "type": "video.generate",
-            "input": {"prompt": "A paper boat on a river", "duration_s": 5, "resolution": "720p"},
-            "webhook": {"url": "https://example.com/hooks/offload", "events": ["completed"]},
-        },
-    },
-    "image.process": {
-        "summary": "image.process: resize an uploaded image to WebP, with thumbnails",
-        "value": {
-            "type": "image.process",
-            "input": {
-                "source": {"file_id": "3f2a9c0d4b1e4f6a8c7d5e3b2a1f0e9d"},
-                "operations": [
-                    {"op": "resize", "width": 1280},
-                    {"op": "convert", "format": "webp"},
-                    {"op": "thumbnails", "sizes": [{"width": 200, "height": 200}]},
-                ],
-            },
-        },
-    },
-}
+
+def submission_examples(catalog: JobCatalog) -> dict[str, Any]:
+    """One OpenAPI example of `POST /v1/jobs` per job type, from its spec."""
+    return {
+        spec.type: {
+            "summary": f"{spec.type}: {spec.example_summary or spec.summary}",
+            "value": spec.example,
+        }
+        for spec in catalog.specs.values()
+    }
+
 
 _JSON = "application/json"
-_SUBMISSION: TypeAdapter[JobSubmission] = TypeAdapter(JobSubmission)
+_TYPE_FILTER = "Only jobs of this type."
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 WEBHOOK_RESOLVE_TIMEOUT_S = 5.0
 _REFUSALS: dict[type[SubmitRefused], tuple[int, str]] = {
@@ -98,17 +73,17 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
-async def _read_submission(request: Request) -> JobSubmission:
+async def _read_submission(request: Request, catalog: JobCatalog) -> SubmissionBase:
     body = await request.body()
     try:
-        submission: JobSubmission = _SUBMISSION.validate_json(body)
+        submission: SubmissionBase = catalog.submission_adapter.validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if any(error["type"] == "json_invalid" for error in errors):
             raise ProblemError(
                 400, "the request body is not valid JSON", title="Malformed JSON"
             ) from None
-        problems = field_problems(_job_type_named(e) for e in errors)
+        problems = field_problems(_job_type_named(e, catalog) for e in errors)
         summary = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems[:3])
         raise ProblemError(
             422, f"the request is invalid: {summary}", title="Invalid request", errors=problems
@@ -116,7 +91,7 @@ async def _read_submission(request: Request) -> JobSubmission:
     return submission
 
 
-def _job_type_named(error: Any) -> dict[str, Any]:
+def _job_type_named(error: Any, catalog: JobCatalog) -> dict[str, Any]:
     """A body error at its place in the request; a bad `type` said in words.
 
     The submission is a union tagged by `type`, and pydantic reports an unknown or a
@@ -124,7 +99,7 @@ def _job_type_named(error: Any) -> dict[str, Any]:
     """
     if error["loc"]:
         return {**error, "loc": ("body", *error["loc"])}
-    known = ", ".join(get_args(JobType))
+    known = ", ".join(catalog.types)
     if error["type"] == "union_tag_invalid":
         tag = quoted(str(error.get("ctx", {}).get("tag", "")))
         msg = f"unknown job type {tag}; known types: {known}"
@@ -144,12 +119,33 @@ def _invalid(loc: list[str | int], msg: str, kind: str) -> ProblemError:
     )
 
 
-def add_submission_schema(openapi: dict[str, Any]) -> None:
-    """Put `JobSubmission` (the body of `POST /v1/jobs`) into the document's components."""
-    schema = _SUBMISSION.json_schema(ref_template="#/components/schemas/{model}")
+def add_submission_schema(openapi: dict[str, Any], catalog: JobCatalog) -> None:
+    """Put `JobSubmission` (the body of `POST /v1/jobs`) into the document's components,
+    with an example per job type, and the job types into the list's `type` filter."""
+    schema = catalog.submission_adapter.json_schema(ref_template="#/components/schemas/{model}")
     components = openapi.setdefault("components", {}).setdefault("schemas", {})
     components.update(schema.pop("$defs", {}))
     components["JobSubmission"] = schema
+    jobs = openapi["paths"][router.prefix]
+    body = jobs["post"]["requestBody"]["content"][_JSON]
+    body["examples"] = submission_examples(catalog)
+    for parameter in jobs["get"]["parameters"]:
+        if parameter["name"] == "type":
+            parameter["schema"] = {
+                "anyOf": [catalog.type_adapter.json_schema(), {"type": "null"}],
+                "description": _TYPE_FILTER,
+                "title": "Type",
+            }
+
+
+def _known_type(catalog: JobCatalog, job_type: str) -> None:
+    """The `type` filter names one of the gateway's job types, or the list is refused (422)."""
+    try:
+        catalog.type_adapter.validate_python(job_type)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("query", "type")} for error in exc.errors(include_url=False)]
+        ) from None
 
 
 def _own_job(record: JobRecord | None, tenant: str, job_id: str) -> JobRecord:
@@ -196,7 +192,8 @@ def _json(
             "content": {
                 _JSON: {
                     "schema": {"$ref": "#/components/schemas/JobSubmission"},
-                    "examples": SUBMISSION_EXAMPLES,
+                    # One per job type, filled in by `add_submission_schema`.
+                    "examples": {},
                 }
             },
         },
@@ -224,7 +221,7 @@ async def submit_job(request: Request) -> Response:
     tenant = current_tenant.authenticate(request)
     _require_json(request)
     idempotency_key = _idempotency_key(request)
-    submission = await _read_submission(request)
+    submission = await _read_submission(request, deps.catalog)
     if submission.webhook is not None:
         await _check_webhook_url(deps, submission.webhook.url)
     traceparent = request.headers.get("traceparent")
@@ -311,9 +308,7 @@ async def list_jobs(
     deps: Deps,
     tenant: Tenant,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
-    job_type: Annotated[
-        JobType | None, Query(alias="type", description="Only jobs of this type.")
-    ] = None,
+    job_type: Annotated[str | None, Query(alias="type", description=_TYPE_FILTER)] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     cursor: Annotated[
         str | None,
@@ -321,6 +316,8 @@ async def list_jobs(
     ] = None,
 ) -> Response:
     """The tenant's jobs, newest first, a page at a time."""
+    if job_type is not None:
+        _known_type(deps.catalog, job_type)
     try:
         page = await deps.store.list_jobs(
             tenant, limit=limit, cursor=cursor, status=status, job_type=job_type
