@@ -18,8 +18,8 @@ from offload_gateway.admin.redis_ports import (
     RedisOutbox,
     StoreJobs,
 )
-from offload_gateway.admin.routes import router
-from offload_gateway.admin.service import AdminService
+from offload_gateway.admin.routes import on_refused, router
+from offload_gateway.admin.service import AdminRefused, AdminService
 from offload_gateway.admin.settings import AdminSettings
 from offload_gateway.deps import GatewayDeps
 from offload_runtime import telemetry
@@ -70,6 +70,7 @@ def install_operations(
     """
     admin = build_admin(deps, settings, services)
     app.state.admin = admin
+    app.add_exception_handler(AdminRefused, on_refused)
     provider = telemetry.tracer_provider_for(deps.settings, "gateway")
     telemetry.instrument_fastapi(app, provider)
     telemetry.instrument_broker(deps.broker.broker, provider)

@@ -5,7 +5,7 @@ No key, or a key Offload does not know: 401. A tenant's API key: 403 (it is
 a valid identity without the right; the admin API's existence is documented,
 so hiding it behind a 404 would protect nothing).
 
-The routes parse, call `AdminService` and answer its refusals as problems.
+The routes parse and call `AdminService`; its refusals become problems in `on_refused`.
 """
 
 from collections.abc import AsyncIterator
@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.responses import Response
 
 from offload_contracts.admin import (
     AdminJobDetail,
@@ -35,8 +36,8 @@ from offload_gateway.admin.service import (
     TooManyActions,
     Unconfirmed,
 )
-from offload_gateway.deps import deps_of
-from offload_gateway.problems import ProblemError, problem_responses
+from offload_gateway.deps import deps_of, unauthorized
+from offload_gateway.problems import ProblemError, problem_response, problem_responses
 from offload_runtime.auth import bearer_token
 from offload_runtime.stream_ids import canonical
 
@@ -63,11 +64,7 @@ async def _actor(
     """The caller's actor name if it holds an admin key; 401 or 403 otherwise."""
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
-        raise ProblemError(
-            401,
-            "send an admin key as `Authorization: Bearer <key>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized("send an admin key as `Authorization: Bearer <key>`")
     key_ring = deps_of(request).key_ring
     if key_ring.is_admin(token):
         return actor_of(token)
@@ -75,16 +72,20 @@ async def _actor(
         raise ProblemError(
             403, "this API key belongs to a tenant; the admin API needs an admin key"
         )
-    raise ProblemError(401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+    raise unauthorized("the API key is not valid")
 
 
 Admin = Annotated[AdminService, Depends(_service)]
 Actor = Annotated[str, Depends(_actor)]
 
 
-def _problem(refused: AdminRefused) -> ProblemError:
-    headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after else None
-    return ProblemError(_REFUSALS[type(refused)], refused.message, headers=headers)
+async def on_refused(request: Request, exc: Exception) -> Response:
+    """`AdminService`'s refusals as problem details (installed on the app for `AdminRefused`)."""
+    assert isinstance(exc, AdminRefused)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return problem_response(
+        _REFUSALS[type(exc)], exc.message, instance=request.url.path, headers=headers
+    )
 
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -104,10 +105,7 @@ async def list_queues(admin: Admin, _actor: Actor) -> QueuesView:
     `unacked` comes from the consuming workers' reports (about a second old):
     0 for a queue without consumers, null where consumers do not report.
     """
-    try:
-        return await admin.queues()
-    except AdminRefused as refused:
-        raise _problem(refused) from refused
+    return await admin.queues()
 
 
 # ---------------------------------------------------------------------- dead letters
@@ -132,10 +130,7 @@ async def browse(
     put back in order on every call, so pages are stable; each read adds
     one to every letter's `browsed` count.
     """
-    try:
-        return await admin.browse(queue, offset=offset, limit=limit)
-    except AdminRefused as refused:
-        raise _problem(refused) from refused
+    return await admin.browse(queue, offset=offset, limit=limit)
 
 
 @router.post(
@@ -155,10 +150,7 @@ async def replay(queue: str, body: ReplayRequest, admin: Admin, actor: Actor) ->
     notifier's work queue as attempt 1, with the same event and `webhook-id`;
     the job itself is not touched.
     """
-    try:
-        return await admin.replay(queue, body, actor)
-    except AdminRefused as refused:
-        raise _problem(refused) from refused
+    return await admin.replay(queue, body, actor)
 
 
 @router.delete(
@@ -176,10 +168,7 @@ async def purge(
     ] = None,
 ) -> PurgeView:
     """Delete every message of a dead queue for good. `?confirm=<queue>` is required."""
-    try:
-        return await admin.purge(queue, confirm, actor)
-    except AdminRefused as refused:
-        raise _problem(refused) from refused
+    return await admin.purge(queue, confirm, actor)
 
 
 @router.get(
@@ -217,10 +206,7 @@ async def list_jobs(
     responses=problem_responses(401, 404),
 )
 async def job_detail(job_id: str, admin: Admin, _actor: Actor) -> AdminJobDetail:
-    try:
-        return await admin.job(job_id)
-    except AdminRefused as refused:
-        raise _problem(refused) from refused
+    return await admin.job(job_id)
 
 
 # ---------------------------------------------------------------------- live events
