@@ -48,7 +48,12 @@ from offload_runtime.store import JobRecord, utcnow
 
 log = get_logger("offload.admin")
 
+_UNREACHABLE = "the broker is unreachable; nothing was changed"
+
 # --------------------------------------------------------------------------- outcomes
+
+# Shaped like the submit path's refusals (`submission.SubmitRefused`): each route
+# answers a class with its status (`routes._REFUSALS`), the message as the detail.
 
 
 class AdminRefused(Exception):
@@ -254,7 +259,7 @@ class AdminService:
         except QueueMissing as exc:
             raise _missing(queue) from exc
         except ConnectionError as exc:
-            raise self._unavailable("the broker is unreachable; nothing was changed") from exc
+            raise self._unavailable(_UNREACHABLE) from exc
         return DeadLetterPageView(
             queue=queue,
             total=page.total,
@@ -280,7 +285,7 @@ class AdminService:
             raise Invalid('send either "job_ids": [...] or "all": true')
         await self._count_action(actor)
         if not self.republisher.connected:
-            raise self._unavailable("the broker is unreachable; nothing was changed")
+            raise self._unavailable(_UNREACHABLE)
         wanted_ids = set(request.job_ids or ())
         seen: set[str] = set()
 
@@ -357,7 +362,7 @@ class AdminService:
         except QueueMissing as exc:
             raise _missing(queue) from exc
         except ConnectionError as exc:
-            raise self._unavailable("the broker is unreachable; nothing was changed") from exc
+            raise self._unavailable(_UNREACHABLE) from exc
         metrics.DEAD_LETTERS_PURGED.labels(queue).inc(purged)
         audit_id = await self._audit(actor, "purge", queue, {"purged": purged})
         return PurgeView(queue=queue, purged=purged, audit_id=audit_id)
