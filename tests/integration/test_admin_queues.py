@@ -10,6 +10,7 @@ import aio_pika
 import pytest
 
 from offload_contracts import JobStatus, topology
+from offload_gateway.adapters.broker import plain_channel
 from offload_gateway.admin.amqp import AmqpQueues
 from offload_gateway.admin.queues import HeldMessage, QueueMissing, QueueRef, service_queues
 from offload_runtime.inflight import STALE_AFTER_S, InFlightReporter, read_unacked
@@ -24,7 +25,7 @@ async def ops(harness: Harness) -> AsyncIterator[AmqpQueues]:
     # The gateway hands its own connection's channels; a connection of the test's here.
     connection = await aio_pika.connect_robust(harness.infra.rabbitmq_url)
     async with connection:
-        yield AmqpQueues(lambda: connection.channel(publisher_confirms=False))
+        yield AmqpQueues(lambda: plain_channel(connection))
 
 
 async def park(harness: Harness, count: int, *, start: int = 0) -> list[str]:

@@ -1,7 +1,8 @@
 """Queue statistics and dead-letter mechanics over plain AMQP (no management plugin).
 
 Every call opens its own short-lived channel on the gateway's one connection
-(`BrokerLink.channel`). What AMQP 0-9-1 can tell, and what it cannot:
+(`BrokerLink.channel`, a plain channel: see `plain_channel`). What AMQP 0-9-1
+can tell, and what it cannot:
 
 - A passive `queue.declare` answers a queue's **ready** messages and its
   **consumers**. It does not count unacknowledged (in-flight) messages: that
@@ -33,7 +34,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from offload_contracts import topology
@@ -50,7 +51,7 @@ from offload_gateway.admin.queues import (
 )
 from offload_runtime.broker import publish_confirmed
 
-OpenChannel = Callable[[], Awaitable[AbstractRobustChannel]]
+OpenChannel = Callable[[], Awaitable[AbstractChannel]]
 
 
 class AmqpQueues:
@@ -206,9 +207,9 @@ class AmqpQueues:
                     await channel.close()
 
 
-async def _passive(channel: AbstractRobustChannel, queue: str) -> Any:
+async def _passive(channel: AbstractChannel, queue: str) -> Any:
     try:
-        return await channel.declare_queue(queue, passive=True, robust=False)
+        return await channel.declare_queue(queue, passive=True)
     except ChannelNotFoundEntity as exc:
         raise QueueMissing(queue) from exc
 
