@@ -95,7 +95,11 @@ class QueueStatsReader(Protocol):
 
 
 class DeadLetterQueues(Protocol):
-    """Dead queues read without being consumed, swept by a callback, purged."""
+    """Dead queues read without being consumed, swept by a callback, purged.
+
+    `amqp.AmqpQueues` implements it; the signatures (and the types they import
+    from `queues.py`) stand in both places on purpose, as a port's do.
+    """
 
     async def browse(
         self, queue: str, *, offset: int, limit: int, scan_limit: int
