@@ -7,6 +7,7 @@ it failed, and replays it, as DESIGN §2 and issue 11 ask.
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from offload_contracts import BUILTIN_SPECS, topology
 from offload_runtime.worker import Worker
 from tests.support.gateway import RunningGateway, assert_problem, running_gateway
-from tests.support.infra import Infra
+from tests.support.infra import Infra, Rabbitmqctl
 from tests.support.ops import ADMIN_KEY, StubAi, admin_client, own_vhost
 
 
@@ -216,6 +217,35 @@ async def test_queues_show_the_deliveries_a_worker_holds_unacked(
     async with gateway.client(None) as http:
         scraped = (await http.get("/metrics")).text
     assert 'offload_queue_unacked{kind="work",queue="ai.jobs",service="ai"} 0.0' in scraped
+
+
+async def test_queues_are_read_on_the_gateways_one_connection_leaving_no_channel_open(
+    ops_infra: Infra, gateway: RunningGateway, admin: httpx.AsyncClient
+) -> None:
+    def gateway_channels() -> int:
+        """The channels of the gateway's connection; there must be only that one."""
+        listed = Rabbitmqctl()(
+            "list_connections", "-p", ops_infra.vhost, "client_properties", "channels", "-q"
+        )
+        named = [
+            (match.group(1), int(line.rsplit("\t", 1)[1]))
+            for line in listed.splitlines()
+            if (match := re.search(r'"connection_name","([^"]*)"', line))
+        ]
+        gateways = [channels for name, channels in named if name.startswith("offload-gateway")]
+        assert len(gateways) == 1, named
+        return gateways[0]
+
+    before = await asyncio.to_thread(gateway_channels)
+    for _ in range(5):
+        # Nothing declares the notifier's queues here: every read meets four missing
+        # queues, and a missing queue's passive declare closes its channel.
+        answer = await admin.get("/v1/admin/queues")
+        assert answer.status_code == 200
+        assert await dead_depth(admin, "ai.dead") >= 0
+    after = await asyncio.to_thread(gateway_channels)
+    # At most the broker link's own depth read may hold a channel at that moment.
+    assert after <= before + 1, (before, after)
 
 
 # ---------------------------------------------------------------------- dead letters

@@ -1,4 +1,4 @@
-"""Queue inspection and dead-letter mechanics (`offload_runtime.queues`) on the real RabbitMQ."""
+"""Queue inspection and dead-letter mechanics (the admin API's `amqp.py`) on the real RabbitMQ."""
 
 import asyncio
 import json
@@ -10,8 +10,10 @@ import aio_pika
 import pytest
 
 from offload_contracts import JobStatus, topology
+from offload_gateway.adapters.broker import plain_channel
+from offload_gateway.admin.amqp import AmqpQueues
+from offload_gateway.admin.queues import HeldMessage, QueueMissing, QueueRef, service_queues
 from offload_runtime.inflight import STALE_AFTER_S, InFlightReporter, read_unacked
-from offload_runtime.queues import HeldMessage, QueueMissing, QueueOps, QueueRef, service_queues
 from offload_runtime.redis import connect_redis
 from offload_runtime.settings import parse_retry_tiers
 from tests.support.harness import Harness
@@ -19,10 +21,11 @@ from tests.support.testjob import Recorder
 
 
 @pytest.fixture
-async def ops(harness: Harness) -> AsyncIterator[QueueOps]:
-    queue_ops = QueueOps(harness.infra.rabbitmq_url)
-    yield queue_ops
-    await queue_ops.close()
+async def ops(harness: Harness) -> AsyncIterator[AmqpQueues]:
+    # The gateway hands its own connection's channels; a connection of the test's here.
+    connection = await aio_pika.connect_robust(harness.infra.rabbitmq_url)
+    async with connection:
+        yield AmqpQueues(lambda: plain_channel(connection))
 
 
 async def park(harness: Harness, count: int, *, start: int = 0) -> list[str]:
@@ -66,7 +69,7 @@ def test_the_topology_lists_work_retry_and_dead_queues_per_service() -> None:
 
 
 async def test_a_missing_queue_is_reported_and_the_next_ones_still_read(
-    harness: Harness, ops: QueueOps
+    harness: Harness, ops: AmqpQueues
 ) -> None:
     await park(harness, 2)
     dead = QueueRef(topology.dead_queue(harness.service), harness.service, "dead")
@@ -84,7 +87,7 @@ async def test_a_missing_queue_is_reported_and_the_next_ones_still_read(
 
 
 async def test_browsing_keeps_every_letter_and_the_order_and_consumer_counts(
-    harness: Harness, ops: QueueOps
+    harness: Harness, ops: AmqpQueues
 ) -> None:
     queue = topology.dead_queue(harness.service)
     ids = await park(harness, 7)
@@ -112,7 +115,7 @@ async def test_browsing_keeps_every_letter_and_the_order_and_consumer_counts(
 
 
 async def test_a_sweep_acks_only_what_was_decided_and_returns_the_rest(
-    harness: Harness, ops: QueueOps
+    harness: Harness, ops: AmqpQueues
 ) -> None:
     queue = topology.dead_queue(harness.service)
     ids = await park(harness, 5)
@@ -135,7 +138,7 @@ async def test_a_sweep_acks_only_what_was_decided_and_returns_the_rest(
     assert [letter.job_id for letter in left.items] == [ids[0], ids[2], ids[3], ids[4]]
 
 
-async def test_a_sweep_that_fails_midway_loses_nothing(harness: Harness, ops: QueueOps) -> None:
+async def test_a_sweep_that_fails_midway_loses_nothing(harness: Harness, ops: AmqpQueues) -> None:
     queue = topology.dead_queue(harness.service)
     await park(harness, 3)
 
@@ -148,7 +151,7 @@ async def test_a_sweep_that_fails_midway_loses_nothing(harness: Harness, ops: Qu
     assert page.total == 3 and len(page.items) == 3
 
 
-async def test_purge_empties_a_dead_queue(harness: Harness, ops: QueueOps) -> None:
+async def test_purge_empties_a_dead_queue(harness: Harness, ops: AmqpQueues) -> None:
     queue = topology.dead_queue(harness.service)
     await park(harness, 4)
     assert await ops.purge(queue) == 4

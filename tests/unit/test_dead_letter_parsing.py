@@ -7,7 +7,7 @@ import pytest
 
 from offload_contracts import EventKind, JobEvent, topology
 from offload_contracts.webhooks import WebhookDelivery
-from offload_runtime.queues import DeadLetter
+from offload_gateway.admin.queues import DeadLetter
 
 
 def delivery(
@@ -77,3 +77,14 @@ def test_a_body_that_is_neither_names_nothing() -> None:
     for body in (b"not json", b'{"not": "a delivery"}', b'{"webhook_id": "x", "event": 3}'):
         letter = DeadLetter.parse(0, body, {})
         assert letter.job_id is None and letter.webhook is None
+
+
+def test_the_http_status_header_gives_a_parked_deliverys_last_status() -> None:
+    headers = {**parked("HTTP 503 (attempts exhausted: 3 of 3)"), "x-offload-http-status": "502"}
+    letter = DeadLetter.parse(0, delivery(), headers)
+    assert letter.webhook is not None and letter.webhook.last_status == 502
+
+    # With the header, a status is never read from the error text.
+    headers = {**parked("HTTP 410 gone, said the proxy"), topology.HEADER_HTTP_STATUS: "404"}
+    letter = DeadLetter.parse(0, delivery(), headers)
+    assert letter.webhook is not None and letter.webhook.last_status == 404

@@ -38,6 +38,7 @@ HEADER_ERROR_TYPE: Final = "x-offload-error-type"
 HEADER_ATTEMPT: Final = "x-offload-attempt"
 HEADER_FAILED_AT: Final = "x-offload-failed-at"
 HEADER_SOURCE_QUEUE: Final = "x-offload-source-queue"
+HEADER_HTTP_STATUS: Final = "x-offload-http-status"
 
 
 # The notifier's queues (DESIGN §3, "webhook deliveries follow the same pattern").

@@ -63,17 +63,16 @@ class TenantAuth(HTTPBearer):
         """The same check, callable from a route that takes no dependencies."""
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
-            raise ProblemError(
-                401,
-                "send your API key as `Authorization: Bearer <key>`",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise unauthorized("send your API key as `Authorization: Bearer <key>`")
         tenant = deps_of(request).key_ring.tenant_for(token)
         if tenant is None:
-            raise ProblemError(
-                401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
-            )
+            raise unauthorized("the API key is not valid")
         return tenant
+
+
+def unauthorized(detail: str) -> ProblemError:
+    """A 401 that asks for a bearer token (the tenant's API key, or an admin key)."""
+    return ProblemError(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 current_tenant = TenantAuth(

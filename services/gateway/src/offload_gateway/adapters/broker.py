@@ -1,5 +1,8 @@
 """The gateway's link to RabbitMQ: connect (and keep trying), declare, publish, read depths.
 
+It is the gateway process's one AMQP connection: the admin API reads queues
+and dead letters on channels of its own on the same connection (`channel`).
+
 The gateway must start and answer while RabbitMQ is down: it connects in the
 background, retrying every second, and until then `connected` is false, so
 submissions get a fast 503 and `/readyz` says not ready. Once connected,
@@ -11,10 +14,12 @@ published before any worker has started is routed to its queue, not dropped.
 """
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
-from aio_pika.abc import AbstractConnection
-from aiormq.exceptions import ChannelInvalidStateError
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity
 from faststream.rabbit import RabbitBroker
 
 from offload_contracts import JobRequestBase, topology
@@ -29,6 +34,54 @@ RECONNECT_DELAY_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 CHANNEL_RESTORE_POLL_S = 0.05
 STOP_TIMEOUT_S = 10.0
+
+
+class QueueCount(NamedTuple):
+    """What a passive declare says about a queue."""
+
+    ready: int
+    consumers: int
+
+
+async def plain_channel(connection: AbstractConnection) -> AbstractChannel:
+    """A short-lived channel that is not restored, even on a robust connection.
+
+    A robust channel that the broker closes (a passive declare of a missing
+    queue: 404) reopens itself, so a call that then opens another and closes
+    only that one leaves a channel open for good: six after three reads of two
+    missing queues, checked with `rabbitmqctl list_connections channels`. On the
+    gateway's one connection they would add up until it could open no more.
+    """
+    return await aio_pika.Channel(connection, publisher_confirms=False)
+
+
+async def count_queues(
+    open_channel: Callable[[], Awaitable[AbstractChannel]], names: Sequence[str]
+) -> dict[str, QueueCount | None]:
+    """Ready and consumer counts of each queue by passive declare; None for a missing queue.
+
+    A passive declare of a missing queue closes the channel (404), so the next
+    name is read on a fresh one. One channel per call, closed at the end.
+    """
+    found: dict[str, QueueCount | None] = {}
+    channel = await open_channel()
+    try:
+        for name in names:
+            if channel.is_closed:
+                channel = await open_channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:
+                found[name] = None
+                continue
+            result = queue.declaration_result
+            found[name] = QueueCount(
+                int(result.message_count or 0), int(result.consumer_count or 0)
+            )
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return found
 
 
 class BrokerLink:
@@ -77,12 +130,23 @@ class BrokerLink:
         connection = self._connection
         return self._declared and connection is not None and connection.connected.is_set()
 
+    async def channel(self) -> AbstractChannel:
+        """A new channel (no publisher confirms) on the gateway's connection; close it after use."""
+        connection = self._connection
+        if not self.connected or connection is None:
+            raise ConnectionError("broker not connected")
+        return await plain_channel(connection)
+
+    async def queue_counts(self, names: Sequence[str]) -> dict[str, QueueCount | None]:
+        """Ready and consumer counts of these queues, read now (None: the queue is missing)."""
+        return await count_queues(self.channel, names)
+
     async def _run(self) -> None:
         connection = await self._connect()
         await self._declare()
         self._connection = connection
         log.info("broker connected; topology declared", services=list(self._services))
-        await self._refresh_depths_forever(connection)
+        await self._refresh_depths_forever()
 
     async def _connect(self) -> AbstractConnection:
         while True:
@@ -147,26 +211,19 @@ class BrokerLink:
     def depths(self) -> dict[str, int]:
         return dict(self._depths)
 
-    async def _refresh_depths_forever(self, connection: AbstractConnection) -> None:
-        """Passive-declare each work queue every `depth_refresh_s` (never per request)."""
-        channel: Any = None
+    async def _refresh_depths_forever(self) -> None:
+        """Read each work queue's depth every `depth_refresh_s` (never per request)."""
+        names = [topology.work_queue(service) for service in self._services]
         while True:
             try:
-                # A robust channel waits for a reconnect before answering: bound it.
+                # A read that meets a reconnect can wait for it: bound it.
                 async with asyncio.timeout(max(5.0, self._depth_refresh_s)):
-                    if channel is None or channel.is_closed:
-                        channel = await connection.channel(publisher_confirms=False)
-                    for service in self._services:
-                        # robust=False: a robust passive declare would return a cached
-                        # queue object, not a fresh count.
-                        queue = await channel.declare_queue(
-                            topology.work_queue(service), passive=True, robust=False
-                        )
-                        result = queue.declaration_result
-                        self._depths[service] = int(result.message_count or 0)
+                    counts = await self.queue_counts(names)
+                for service, name in zip(self._services, names, strict=True):
+                    if (count := counts[name]) is not None:
+                        self._depths[service] = count.ready
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("reading queue depths failed", error=repr(exc))
-                channel = None
             await asyncio.sleep(self._depth_refresh_s)

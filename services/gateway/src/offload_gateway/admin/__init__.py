@@ -3,22 +3,56 @@
 `install_operations(app, deps)` is the one call the gateway's wiring makes.
 """
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
 from offload_contracts import topology
+from offload_gateway.admin.amqp import AmqpQueues, BrokerRepublisher
 from offload_gateway.admin.pages import build_pages
-from offload_gateway.admin.routes import Operations, build_router
+from offload_gateway.admin.redis_ports import (
+    RedisActionLimiter,
+    RedisAuditLog,
+    RedisInFlight,
+    RedisOutbox,
+    StoreJobs,
+)
+from offload_gateway.admin.routes import on_refused, router
+from offload_gateway.admin.service import AdminRefused, AdminService
 from offload_gateway.admin.settings import AdminSettings
 from offload_gateway.deps import GatewayDeps
 from offload_runtime import telemetry
+from offload_runtime.loops import BackgroundLoop
 from offload_runtime.metrics import LoopLagSampler
-from offload_runtime.queues import QueueOps
 
 __all__ = ["AdminSettings", "install_operations"]
+
+
+def build_admin(
+    deps: GatewayDeps,
+    settings: AdminSettings | None = None,
+    services: Sequence[str] | None = None,
+) -> AdminService:
+    """The admin service over the gateway's own Redis client and broker connection."""
+    settings = settings or AdminSettings()
+    queues = AmqpQueues(deps.broker.channel)
+    keys = deps.store.keys
+    return AdminService(
+        queue_stats=queues,
+        dead_letters=queues,
+        in_flight=RedisInFlight(deps.redis, keys),
+        republisher=BrokerRepublisher(deps.broker, timeout_s=deps.settings.publish_timeout_s),
+        limiter=RedisActionLimiter(deps.redis, keys, per_minute=settings.admin_replay_per_minute),
+        audit_log=RedisAuditLog(deps.redis, keys, maxlen=settings.admin_audit_maxlen),
+        jobs=StoreJobs(deps.store),
+        outbox=RedisOutbox(deps.redis, keys),
+        settings=settings,
+        services=tuple(services or (*topology.WORKER_SERVICES, topology.NOTIFIER_SERVICE)),
+        tiers=deps.settings.tiers,
+        tenants=tuple(sorted(set(deps.key_ring.tenants_by_key.values()))),
+        unavailable_retry_after=deps.settings.unavailable_retry_after_s,
+    )
 
 
 def install_operations(
@@ -27,42 +61,38 @@ def install_operations(
     *,
     settings: AdminSettings | None = None,
     services: Sequence[str] | None = None,
-) -> Operations:
+) -> AdminService:
     """Add `/v1/admin/*`, `/dashboard`, `/asyncapi`, queue gauges, loop lag and tracing.
 
     Tracing (FastAPI server spans, trace context on published messages) is
     installed only when it is configured (`OFFLOAD_OTLP_ENDPOINT`, or a
     provider given to `telemetry.use_tracer_provider`).
     """
-    ops = Operations(
-        deps=deps,
-        settings=settings or AdminSettings(),
-        queues=QueueOps(deps.settings.rabbitmq_url, connection_name="offload-gateway-admin"),
-        services=tuple(services or (*topology.WORKER_SERVICES, topology.NOTIFIER_SERVICE)),
-    )
+    admin = build_admin(deps, settings, services)
+    app.state.admin = admin
+    app.add_exception_handler(AdminRefused, on_refused)
     provider = telemetry.tracer_provider_for(deps.settings, "gateway")
     telemetry.instrument_fastapi(app, provider)
     telemetry.instrument_broker(deps.broker.broker, provider)
 
     lag = LoopLagSampler()
+    # Keeps the `offload_queue_*` gauges fresh between scrapes.
+    gauges = BackgroundLoop(
+        "admin queue stats", admin.refresh_gauges, admin.settings.queue_refresh_s
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         lag.start()
-        refresher = ops.gauge_refresher()
-        refresher.start()
+        gauges.start()
         try:
             yield
         finally:
-            await refresher.stop()
+            await gauges.stop()
             await lag.stop()
-            # Bounded: a broker that stopped answering must not hold the shutdown.
-            with suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await ops.queues.close()
 
     operations = APIRouter(lifespan=lifespan)
-    operations.include_router(build_router(ops))
+    operations.include_router(router)
     operations.include_router(build_pages(deps.settings))
     app.include_router(operations)
-    return ops
+    return admin

@@ -6,7 +6,7 @@ The order is what makes a replay safe to repeat or interrupt:
    a compare-and-set from `failed`, which appends a `queued` event);
 2. the request is published again to the `jobs` exchange as attempt 1, and
    the broker confirms it;
-3. only then is the dead letter acked (by `QueueOps.sweep`, on "ack").
+3. only then is the dead letter acked (by `AmqpQueues.sweep`, on "ack").
 
 If the process dies after 1, the job is `waiting` at attempt 0 and the dead
 letter is still there: the next replay finds it so and publishes it (step 2)
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from offload_contracts import JOB_REQUEST_ADAPTER, REQUEST_MODELS, JobRequestBase, JobStatus
 from offload_contracts.webhooks import WebhookDelivery
-from offload_runtime.queues import HeldMessage, TakeDecision
+from offload_gateway.admin.queues import HeldMessage, TakeDecision
 from offload_runtime.store import JobRecord, TransitionResult
 
 Publish = Callable[[bytes, str, str], Awaitable[None]]
