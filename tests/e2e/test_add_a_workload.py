@@ -171,3 +171,7 @@ async def test_the_new_type_is_validated_and_documented(deployment: Deployment) 
             "type": "text.count",
             "input": {"text": "to be or not to be"},
         }
+
+        asyncapi = await http.get("/asyncapi/text")
+        assert asyncapi.status_code == 200, asyncapi.text
+        assert "text.jobs" in asyncapi.text

@@ -224,13 +224,14 @@ async def test_queues_are_read_on_the_gateways_one_connection_leaving_no_channel
 ) -> None:
     def gateway_channels() -> int:
         """The channels of the gateway's connection; there must be only that one."""
-        listed = Rabbitmqctl()(
-            "list_connections", "-p", ops_infra.vhost, "client_properties", "channels", "-q"
-        )
+        # `list_connections` lists every vhost's (it takes no `-p`): other test runs
+        # on this broker have gateways too, so keep this run's vhost only.
+        listed = Rabbitmqctl()("list_connections", "vhost", "client_properties", "channels", "-q")
         named = [
             (match.group(1), int(line.rsplit("\t", 1)[1]))
             for line in listed.splitlines()
-            if (match := re.search(r'"connection_name","([^"]*)"', line))
+            if line.split("\t", 1)[0] == ops_infra.vhost
+            and (match := re.search(r'"connection_name","([^"]*)"', line))
         ]
         gateways = [channels for name, channels in named if name.startswith("offload-gateway")]
         assert len(gateways) == 1, named

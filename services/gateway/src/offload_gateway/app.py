@@ -136,7 +136,7 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes, exempt=(files.router.prefix,))
     for module in (jobs, files, secrets, health):
         app.include_router(module.router)
-    install_operations(app, deps)  # /v1/admin/*, /dashboard, /asyncapi, tracing (issue 11)
+    install_operations(app, deps)  # /v1/admin/*, /dashboard, /asyncapi, tracing
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -148,9 +148,11 @@ def document(
     )
 
 
-def document_json(service: str, settings: RuntimeSettings | None = None) -> str:
+def document_json(
+    service: str, settings: RuntimeSettings | None = None, catalog: JobCatalog = BUILTIN_CATALOG
+) -> str:
     """The document as JSON, keys sorted: FastStream's channel order varies between runs."""
-    data = document(service, settings).to_specification().to_jsonable()
+    data = document(service, settings, catalog).to_specification().to_jsonable()
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 

@@ -48,7 +48,7 @@ def build_admin(
         jobs=StoreJobs(deps.store),
         outbox=RedisOutbox(deps.redis, keys),
         settings=settings,
-        services=tuple(services or (*topology.WORKER_SERVICES, topology.NOTIFIER_SERVICE)),
+        services=tuple(services or (*deps.catalog.services, topology.NOTIFIER_SERVICE)),
         tiers=deps.settings.tiers,
         tenants=tuple(sorted(set(deps.key_ring.tenants_by_key.values()))),
         unavailable_retry_after=deps.settings.unavailable_retry_after_s,
@@ -93,6 +93,6 @@ def install_operations(
 
     operations = APIRouter(lifespan=lifespan)
     operations.include_router(router)
-    operations.include_router(build_pages(deps.settings))
+    operations.include_router(build_pages(deps.settings, deps.catalog))
     app.include_router(operations)
     return admin

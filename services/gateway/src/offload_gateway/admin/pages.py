@@ -10,6 +10,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.responses import FileResponse, HTMLResponse, Response
 
+from offload_contracts import topology
+from offload_contracts.catalog import JobCatalog
 from offload_gateway.problems import ProblemError
 from offload_runtime import asyncapi
 from offload_runtime.echo import quoted
@@ -24,7 +26,10 @@ _ASSETS = {
 _NO_CACHE = {"Cache-Control": "no-cache"}
 
 
-def build_pages(settings: RuntimeSettings) -> APIRouter:
+def build_pages(settings: RuntimeSettings, catalog: JobCatalog) -> APIRouter:
+    """The dashboard, and the AsyncAPI documents of the gateway, the notifier and every
+    service in `catalog` (workloads added with `OFFLOAD_JOB_SPECS` included)."""
+    services = ("gateway", *catalog.services, topology.NOTIFIER_SERVICE)
     router = APIRouter(include_in_schema=False)
     documents: dict[str, str] = {}
 
@@ -42,7 +47,7 @@ def build_pages(settings: RuntimeSettings) -> APIRouter:
     @router.get("/asyncapi")
     async def asyncapi_index() -> Response:
         links = "".join(
-            f'<li><a href="/asyncapi/{service}">{service}</a></li>' for service in asyncapi.SERVICES
+            f'<li><a href="/asyncapi/{service}">{service}</a></li>' for service in services
         )
         return HTMLResponse(
             "<!doctype html><title>Offload AsyncAPI</title><h1>Offload: AsyncAPI 3.0 documents"
@@ -53,13 +58,12 @@ def build_pages(settings: RuntimeSettings) -> APIRouter:
     @router.get("/asyncapi/{service}")
     async def asyncapi_document(service: str) -> Response:
         name = service.removesuffix(".json")
-        if name not in asyncapi.SERVICES:
+        if name not in services:
             raise ProblemError(
-                404,
-                f"no AsyncAPI document for {quoted(name)} (known: {', '.join(asyncapi.SERVICES)})",
+                404, f"no AsyncAPI document for {quoted(name)} (known: {', '.join(services)})"
             )
         if name not in documents:
-            documents[name] = asyncapi.document_json(name, settings)
+            documents[name] = asyncapi.document_json(name, settings, catalog)
         return Response(documents[name], media_type="application/json")
 
     return router
