@@ -48,6 +48,9 @@ HEADER_ERROR_TYPE: Final = "x-offload-error-type"
 HEADER_ATTEMPT: Final = "x-offload-attempt"
 HEADER_FAILED_AT: Final = "x-offload-failed-at"
 HEADER_SOURCE_QUEUE: Final = "x-offload-source-queue"
+# The HTTP status of the answer that failed a parked webhook delivery (an integer as a
+# string); absent when there was no HTTP answer.
+HEADER_HTTP_STATUS: Final = "x-offload-http-status"
 
 
 # The notifier's queues (DESIGN §3, "webhook deliveries follow the same pattern").
