@@ -128,9 +128,7 @@ def build_app(
         transport=transport,
         signer=SecretsSigner(WebhookSecrets(redis, keys)),
         check_url=GuardedURLs(allow_private=settings.webhook_allow_private),
-        scheduler=publisher,
         delivery_log=deliveries,
-        tiers=settings.tiers,
         max_attempts=settings.max_webhook_attempts,
         max_retry_after_s=settings.webhook_max_retry_after_s,
         clock=deps.clock,
@@ -146,9 +144,10 @@ def build_app(
         if settings.ops_webhook_url
         else None
     )
-    held = handlers.subscribe(
+    webhooks = handlers.subscribe(
         broker,
         service=service,
+        tiers=settings.tiers,
         delivery_limit=settings.delivery_limit,
         concurrency=settings.webhook_concurrency,
         deliverer=deliverer,
@@ -171,7 +170,7 @@ def build_app(
     )
     jobs = RedisJobs(redis, keys)
     slots = StreamSlots(settings.sse_max_streams_per_tenant)
-    in_flight = InFlightReporter(redis, keys, topology.work_queue(service), lambda: held.deliveries)
+    in_flight = InFlightReporter(redis, keys, topology.work_queue(service), lambda: webhooks.held)
 
     async def readiness() -> dict[str, bool]:
         async def redis_ok() -> bool:

@@ -32,6 +32,7 @@ process that dies at any point leaves its message unacked for redelivery.
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 from faststream import AckPolicy
@@ -43,7 +44,7 @@ from offload_runtime import metrics, outage
 from offload_runtime.broker import publish_confirmed, work_queue
 from offload_runtime.errors import Deferred, JobFailure
 from offload_runtime.logging import get_logger
-from offload_runtime.retry_tiers import pick_tier
+from offload_runtime.retry_tiers import exhausted, next_tier, pick_tier
 from offload_runtime.settings import RetryTier
 from offload_runtime.store import utcnow
 from offload_runtime.work import Delivery, Failure, InvalidMessage, Work
@@ -161,22 +162,21 @@ class RetryingConsumer(Generic[ItemT]):
     async def _retry_or_fail(self, item: ItemT, message: RabbitMessage, failure: Failure) -> None:
         work = self.work
         attempt, max_attempts = work.attempts(item)
-        if failure.retryable and attempt >= max_attempts:
-            failure = Failure(
-                type=failure.type,
-                message=f"{failure.message} (attempts exhausted: {attempt} of {max_attempts})",
-                retryable=True,
-                http_status=failure.http_status,
-            )
-        if not failure.retryable or attempt >= max_attempts:
+        tier = (
+            next_tier(self.tiers, attempt, max_attempts, failure.retry_after)
+            if failure.retryable
+            else None
+        )
+        if tier is None:
+            if failure.retryable:
+                failure = replace(
+                    failure, message=exhausted(failure.message, attempt, max_attempts)
+                )
             await self._dead_letter(
                 message.body, failure, attempt=attempt, message_id=work.message_id(item)
             )
             await work.failed(item, message.body, failure)
-            await _ack(message)
-            return
-        tier = pick_tier(self.tiers, attempt, failure.retry_after)
-        if await work.retrying(item, failure, tier):
+        elif await work.retrying(item, failure, tier):
             await self._publish_retry(
                 work.next_attempt(item, tier, failure.retry_after), tier, work.message_id(item)
             )

@@ -20,7 +20,21 @@ def pick_tier(tiers: Sequence[RetryTier], attempt: int, retry_after: float | Non
         raise ValueError("no retry tiers configured")
     if retry_after is not None:
         return next((tier for tier in tiers if tier.delay_s >= retry_after), tiers[-1])
-    return tiers[min(max(attempt, 1) - 1, len(tiers) - 1)]
+    return tiers[min(attempt - 1, len(tiers) - 1)]
 
 
-__all__ = ["pick_tier"]
+def next_tier(
+    tiers: Sequence[RetryTier], attempt: int, max_attempts: int, retry_after: float | None
+) -> RetryTier | None:
+    """Where the retry after a transient failure of `attempt` waits; None when it was the last."""
+    if attempt >= max_attempts:
+        return None
+    return pick_tier(tiers, attempt, retry_after)
+
+
+def exhausted(message: str, attempt: int, max_attempts: int) -> str:
+    """The error a failure for good records once its attempts have run out."""
+    return f"{message} (attempts exhausted: {attempt} of {max_attempts})"
+
+
+__all__ = ["exhausted", "next_tier", "pick_tier"]
