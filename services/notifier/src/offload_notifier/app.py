@@ -3,6 +3,8 @@ and raises dead-letter alerts. All its state is in Redis and RabbitMQ, so any
 number of replicas can run side by side and any of them serves any job."""
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +45,7 @@ from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler
 from offload_runtime.redis import connect_redis
 from offload_runtime.store import utcnow
+from offload_runtime.watchdog import ConsumerWatchdog, Feed
 from offload_runtime.webhook_secrets import WebhookSecrets
 
 log = get_logger("offload.notifier")
@@ -153,6 +156,38 @@ def build_app(
         deliverer=deliverer,
         ops=ops,
     )
+
+    async def prepare_broker() -> None:
+        await broker.connect()
+        await declare_notifier_topology(
+            broker,
+            service,
+            settings.tiers,
+            delivery_limit=settings.delivery_limit,
+            alert_services=settings.alerting_services,
+        )
+
+    def give_up(reason: str) -> None:
+        # Ends the process as SIGTERM would, then `serve_http` exits non-zero with this code.
+        log.error("notifier giving up: not consuming webhook deliveries", reason=reason)
+        app.state.exit_code = 1
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # The same watchdog as a worker's (`offload_runtime.watchdog`), on the webhook consumer.
+    watchdog = ConsumerWatchdog(
+        broker=broker,
+        subscriber=webhooks.subscriber,
+        queue=webhooks.queue,
+        prepare=prepare_broker,
+        feed=Feed(
+            deliveries=lambda: webhooks.deliveries,
+            held=lambda: webhooks.held,
+            capacity=webhooks.concurrency,
+        ),
+        interval_s=settings.consumer_check_interval_s,
+        give_up_after_s=settings.consumer_give_up_s,
+        give_up=give_up,
+    )
     stalls = StallWatch(
         queues=[(topology.work_queue(name), name) for name in settings.alerting_services],
         counts=lambda queue: queue_counts(broker, queue),
@@ -185,6 +220,7 @@ def build_app(
             "redis": redis_up,
             "relay": relay.running and relay.healthy,
             "streams": hub.running,
+            "webhooks": watchdog.live,
         }
 
     @asynccontextmanager
@@ -192,15 +228,9 @@ def build_app(
         configure_logging(service, level=settings.log_level, fmt=settings.log_format)
         await redis.ping()
         await outbox.ensure_group()
-        await broker.connect()
-        await declare_notifier_topology(
-            broker,
-            service,
-            settings.tiers,
-            delivery_limit=settings.delivery_limit,
-            alert_services=settings.alerting_services,
-        )
+        await prepare_broker()
         await broker.start()
+        watchdog.start()
         hub.start()
         relay.start()
         stalls.start()
@@ -217,6 +247,8 @@ def build_app(
             await loop_lag.stop()
             await stalls.stop()
             await relay.stop()
+            # Before the broker stops the subscriber: a stopped consumer is not a lost one.
+            await watchdog.stop()
             await broker.stop()
             await in_flight.stop()
             await hub.stop()
@@ -252,6 +284,7 @@ def build_app(
             )
         )
     )
+    app.state.exit_code = 0
     app.state.notifier = Notifier(
         settings=settings,
         keys=keys,

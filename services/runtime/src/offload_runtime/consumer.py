@@ -81,6 +81,14 @@ class RetryingConsumer(Generic[ItemT]):
         """Deliveries this process holds: handed to it, not yet acked or nacked."""
         self.deliveries = 0
         """Deliveries handed to this process so far (a counter that only grows)."""
+        self._subscriber: RabbitSubscriber | None = None
+
+    @property
+    def subscriber(self) -> RabbitSubscriber:
+        """The subscriber `subscribe()` registered (for the consumer watchdog)."""
+        if self._subscriber is None:
+            raise RuntimeError("subscribe() first")
+        return self._subscriber
 
     @property
     def queue(self) -> str:
@@ -106,6 +114,7 @@ class RetryingConsumer(Generic[ItemT]):
             description=self._description,
         )
         subscriber(self.handle)
+        self._subscriber = subscriber
         return subscriber
 
     # ------------------------------------------------------------------ one delivery
