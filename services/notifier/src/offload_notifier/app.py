@@ -45,7 +45,7 @@ from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler
 from offload_runtime.redis import connect_redis
 from offload_runtime.store import utcnow
-from offload_runtime.watchdog import ConsumerWatchdog, Feed
+from offload_runtime.watchdog import watch_consumer
 from offload_runtime.webhook_secrets import WebhookSecrets
 
 log = get_logger("offload.notifier")
@@ -174,20 +174,7 @@ def build_app(
         os.kill(os.getpid(), signal.SIGTERM)
 
     # The same watchdog as a worker's (`offload_runtime.watchdog`), on the webhook consumer.
-    watchdog = ConsumerWatchdog(
-        broker=broker,
-        subscriber=webhooks.subscriber,
-        queue=webhooks.queue,
-        prepare=prepare_broker,
-        feed=Feed(
-            deliveries=lambda: webhooks.deliveries,
-            held=lambda: webhooks.held,
-            capacity=webhooks.concurrency,
-        ),
-        interval_s=settings.consumer_check_interval_s,
-        give_up_after_s=settings.consumer_give_up_s,
-        give_up=give_up,
-    )
+    watchdog = watch_consumer(webhooks, prepare=prepare_broker, settings=settings, give_up=give_up)
     stalls = StallWatch(
         queues=[(topology.work_queue(name), name) for name in settings.alerting_services],
         counts=lambda queue: queue_counts(broker, queue),
