@@ -207,7 +207,7 @@ def build_app(
             "redis": redis_up,
             "relay": relay.running and relay.healthy,
             "streams": hub.running,
-            "webhooks": watchdog.live,
+            "webhooks": not watchdog.lost,
         }
 
     @asynccontextmanager

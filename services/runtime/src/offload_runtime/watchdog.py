@@ -82,6 +82,16 @@ class ConsumerWatchdog:
         self.live = False
         """Whether the last check found the subscription consuming."""
 
+    @property
+    def lost(self) -> bool:
+        """Whether the last check found the subscription not consuming.
+
+        Unlike `not live`, False before the first check: for a process whose
+        readiness must not wait for the watchdog (the notifier's, which serves
+        SSE whatever its webhook consumer does).
+        """
+        return self._dead_since is not None
+
     def start(self) -> None:
         self._loop.start()
 
