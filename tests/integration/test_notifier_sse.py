@@ -325,6 +325,7 @@ async def test_health_readiness_and_metrics(
         "redis": True,
         "relay": True,
         "streams": True,
+        "webhooks": True,
     }
     assert metrics.status_code == 200
     for name in (

@@ -213,6 +213,7 @@ async def test_a_private_url_is_refused_when_not_allowed_and_parked_with_an_aler
     [dead] = await _take_all(space.infra, topology.dead_queue(space.service))
     assert json.loads(dead.body)["event"]["job_id"] == job.id
     assert dead.headers[topology.HEADER_ERROR_TYPE] == "refused"
+    assert topology.HEADER_HTTP_STATUS not in dead.headers  # no HTTP answer was ever had
 
 
 async def test_410_stops_deliveries_at_once(
@@ -276,6 +277,22 @@ async def test_exhausted_attempts_park_the_delivery_and_alert_the_operations_web
     [dead] = await _take_all(space.infra, topology.dead_queue(space.service))
     assert dead.headers[topology.HEADER_ATTEMPT] == 2
     assert dead.headers[topology.HEADER_SOURCE_QUEUE] == topology.work_queue(space.service)
+
+
+async def test_a_parked_delivery_carries_the_receivers_last_http_status(
+    space: NotifierSpace, receiver: tuple[Receiver, str]
+) -> None:
+    hooks, base = receiver
+    hooks.script("busy", [500, 503])
+    async with running_notifier(space, retry_tiers="50ms", webhook_max_attempts=2) as notifier:
+        job = await space.jobs.create(webhook={"url": f"{base}/busy"})
+        await space.jobs.start(job)
+        await space.jobs.complete(job)
+        await until(lambda: _outcome_is(notifier, job.id, "dead"), what="the delivery parked")
+
+    [dead] = await _take_all(space.infra, topology.dead_queue(space.service))
+    assert dead.headers[topology.HEADER_HTTP_STATUS] == "503"
+    assert dead.headers[topology.HEADER_ERROR] == "HTTP 503 (attempts exhausted: 2 of 2)"
 
 
 async def test_a_worker_services_dead_letter_raises_an_alert_and_stays_in_its_queue(

@@ -17,7 +17,8 @@ from offload_contracts import JobStatus
 from tests.reliability.outcomes import settle
 from tests.support.amqp_proxy import AmqpProxy, amqp_proxy
 from tests.support.harness import Harness
-from tests.support.notifier import until
+from tests.support.infra import Infra
+from tests.support.notifier import Receiver, notifier_space, running_notifier, serve, until
 from tests.support.processes import ServiceProcess
 from tests.support.serving import free_port
 
@@ -142,3 +143,37 @@ async def test_a_worker_that_cannot_consume_again_is_not_ready_then_exits_non_ze
 async def _not_ready(base_url: str) -> bool:
     async with httpx.AsyncClient(timeout=1) as client:
         return (await client.get(f"{base_url}/readyz")).status_code == 503
+
+
+@pytest.mark.parametrize("tell_clients", [False, True])
+async def test_the_notifiers_webhook_consumer_dropped_by_the_broker_is_back_within_the_bound(
+    infra: Infra, tell_clients: bool
+) -> None:
+    hooks = Receiver()
+    port = urlsplit(infra.rabbitmq_url).port or 5672
+    async with (
+        notifier_space(infra) as space,
+        serve(hooks.app) as receiver,
+        amqp_proxy(port) as proxy,
+        running_notifier(
+            space,
+            rabbitmq_url=proxy.url_for(infra.rabbitmq_url),
+            consumer_check_interval_s=CHECK_S,
+            consumer_give_up_s=GIVE_UP_S,
+        ),
+    ):
+        before = await space.jobs.create(webhook={"url": f"{receiver}/before"})
+        await space.jobs.start(before)
+        await space.jobs.complete(before)
+        await hooks.wait_for("before", 1)
+
+        # Its two consumers: webhook deliveries (watched) and dead-letter alerts.
+        assert await proxy.cancel_consumers(tell_clients=tell_clients) == 2
+        dropped_at = time.monotonic()
+        after = await space.jobs.create(webhook={"url": f"{receiver}/after"})
+        await space.jobs.start(after)
+        await space.jobs.complete(after)
+        await hooks.wait_for("after", 1, timeout=15)
+        back_after = time.monotonic() - dropped_at
+
+    assert back_after < RECOVERY_BOUND_S, f"delivering again only after {back_after:.2f} s"

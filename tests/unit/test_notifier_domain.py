@@ -22,15 +22,18 @@ from offload_notifier.streams import (
 )
 from offload_notifier.webhooks import (
     Attempt,
+    DeliveryFailed,
+    DeliveryRefused,
     Outcome,
-    Step,
-    StepKind,
+    again,
     delivery_for,
-    next_step,
     parse_retry_after,
     payload_of,
+    raise_for,
     wanted_events,
 )
+from offload_runtime.errors import JobFailure, PermanentError, TransientError
+from offload_runtime.retry_tiers import exhausted, next_tier
 from offload_runtime.settings import parse_retry_tiers
 from offload_runtime.stream_ids import stream_id
 
@@ -105,53 +108,54 @@ def _delivery(attempt: int = 1) -> WebhookDelivery:
 
 
 @pytest.mark.parametrize(
-    ("result", "kind"),
+    ("result", "raised"),
     [
-        (Attempt(Outcome.DELIVERED, status=204), StepKind.DONE),
-        (Attempt(Outcome.GONE, status=410), StepKind.DONE),
-        (Attempt(Outcome.REFUSED, error="private"), StepKind.DEAD),
-        (Attempt(Outcome.FAILED, status=500), StepKind.RETRY),
+        (Attempt(Outcome.DELIVERED, status=204), None),
+        (Attempt(Outcome.GONE, status=410), None),
+        (Attempt(Outcome.REFUSED, error="private"), PermanentError),
+        (Attempt(Outcome.FAILED, status=500), TransientError),
     ],
 )
-def test_each_outcome_leads_to_its_step(result: Attempt, kind: StepKind) -> None:
-    step = next_step(
-        _delivery(), result, tiers=TIERS, max_attempts=3, max_retry_after_s=3600, now=NOW
-    )
-    assert step.kind is kind
+def test_each_outcome_leads_to_its_step(result: Attempt, raised: type[JobFailure] | None) -> None:
+    if raised is None:
+        raise_for(result, max_retry_after_s=3600)  # done: nothing raised
+        return
+    with pytest.raises(raised):
+        raise_for(result, max_retry_after_s=3600)
 
 
-def _next(
-    delivery: WebhookDelivery,
-    result: Attempt,
-    *,
-    max_attempts: int = 5,
-    max_retry_after_s: float = 60,
-) -> Step:
-    return next_step(
-        delivery,
-        result,
-        tiers=TIERS,
-        max_attempts=max_attempts,
-        max_retry_after_s=max_retry_after_s,
-        now=NOW,
-    )
+def _failure(result: Attempt, *, max_retry_after_s: float = 60) -> DeliveryFailed:
+    with pytest.raises(DeliveryFailed) as caught:
+        raise_for(result, max_retry_after_s=max_retry_after_s)
+    return caught.value
+
+
+def test_a_refused_url_is_a_permanent_failure_of_its_own_kind() -> None:
+    with pytest.raises(DeliveryRefused) as caught:
+        raise_for(Attempt(Outcome.REFUSED, error="private"), max_retry_after_s=60)
+    assert caught.value.kind == "refused" and caught.value.message == "private"
 
 
 def test_failures_walk_the_tiers_then_go_dead_when_attempts_run_out() -> None:
-    failed = Attempt(Outcome.FAILED, status=503, error="HTTP 503")
-    first, second, last = (_next(_delivery(n), failed, max_attempts=3) for n in (1, 2, 3))
-    assert first.tier and first.tier.name == "1s" and first.delivery and first.delivery.attempt == 2
-    assert second.tier and second.tier.name == "10s"
-    assert last.kind is StepKind.DEAD and "attempts exhausted: 3 of 3" in last.error
+    failed = _failure(Attempt(Outcome.FAILED, status=503, error="HTTP 503"))
+    assert failed.http_status == 503 and failed.kind == "webhook_failed"
+    first, second, last = (next_tier(TIERS, n, 3, failed.retry_after) for n in (1, 2, 3))
+    assert first and first.name == "1s" and again(_delivery(1), first, None, now=NOW).attempt == 2
+    assert second and second.name == "10s"
+    assert last is None and "attempts exhausted: 3 of 3" in exhausted(failed.message, 3, 3)
 
 
 def test_a_retry_after_longer_than_every_tier_sets_not_before() -> None:
     busy = Attempt(Outcome.FAILED, status=429, retry_after_s=300)
-    step = _next(_delivery(), busy, max_retry_after_s=3600)
-    assert step.tier and step.tier.name == "10s"
-    assert step.delivery and step.delivery.not_before == NOW + timedelta(seconds=300)
-    capped = _next(_delivery(), busy, max_retry_after_s=60)
-    assert capped.delivery and capped.delivery.not_before == NOW + timedelta(seconds=60)
+    failed = _failure(busy, max_retry_after_s=3600)
+    tier = next_tier(TIERS, 1, 5, failed.retry_after)
+    assert tier and tier.name == "10s"
+    delivery = again(_delivery(), tier, failed.retry_after, now=NOW)
+    assert delivery.not_before == NOW + timedelta(seconds=300)
+    capped = _failure(busy, max_retry_after_s=60)
+    assert capped.retry_after == 60
+    capped_delivery = again(_delivery(), tier, capped.retry_after, now=NOW)
+    assert capped_delivery.not_before == NOW + timedelta(seconds=60)
 
 
 # --------------------------------------------------------------------------- SSE sessions
@@ -348,3 +352,18 @@ async def test_a_failed_publish_acknowledges_nothing() -> None:
     with pytest.raises(ConnectionError):
         await _relay(outbox, sinks).relay([OutboxEntry("1-0", _event().model_dump_json())])
     assert outbox.acked == []
+
+
+def test_the_webhook_domain_imports_no_broker_store_or_runner() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, offload_notifier.webhooks; "
+        "print(sorted(m for m in ('faststream', 'redis', 'offload_runtime.store', "
+        "'offload_runtime.runner', 'offload_runtime.consumer') if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"

@@ -1,6 +1,6 @@
 import pytest
 
-from offload_runtime.runner import pick_tier
+from offload_runtime.retry_tiers import pick_tier
 from offload_runtime.settings import RetryTier, parse_duration_ms, parse_retry_tiers
 
 
@@ -35,3 +35,16 @@ def test_retry_after_picks_the_first_tier_at_least_that_long() -> None:
     assert pick_tier(tiers, 1, 45).name == "2m"
     assert pick_tier(tiers, 1, 30).name == "30s"
     assert pick_tier(tiers, 1, 5000).name == "10m"
+
+
+def test_tier_choice_is_a_pure_function_of_its_own_module() -> None:
+    from offload_runtime import retry_tiers
+
+    tiers = parse_retry_tiers("1s,10s")
+    assert [retry_tiers.next_tier(tiers, n, 3, None) for n in (1, 2, 3)] == [
+        tiers[0],
+        tiers[1],
+        None,
+    ]
+    assert retry_tiers.next_tier(tiers, 1, 3, 5.0) == tiers[1]
+    assert retry_tiers.exhausted("HTTP 503", 3, 3) == "HTTP 503 (attempts exhausted: 3 of 3)"

@@ -3,6 +3,8 @@ and raises dead-letter alerts. All its state is in Redis and RabbitMQ, so any
 number of replicas can run side by side and any of them serves any job."""
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +45,7 @@ from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler
 from offload_runtime.redis import connect_redis
 from offload_runtime.store import utcnow
+from offload_runtime.watchdog import watch_consumer
 from offload_runtime.webhook_secrets import WebhookSecrets
 
 log = get_logger("offload.notifier")
@@ -128,9 +131,7 @@ def build_app(
         transport=transport,
         signer=SecretsSigner(WebhookSecrets(redis, keys)),
         check_url=GuardedURLs(allow_private=settings.webhook_allow_private),
-        scheduler=publisher,
         delivery_log=deliveries,
-        tiers=settings.tiers,
         max_attempts=settings.max_webhook_attempts,
         max_retry_after_s=settings.webhook_max_retry_after_s,
         clock=deps.clock,
@@ -146,14 +147,34 @@ def build_app(
         if settings.ops_webhook_url
         else None
     )
-    held = handlers.subscribe(
+    webhooks = handlers.subscribe(
         broker,
         service=service,
+        tiers=settings.tiers,
         delivery_limit=settings.delivery_limit,
         concurrency=settings.webhook_concurrency,
         deliverer=deliverer,
         ops=ops,
     )
+
+    async def prepare_broker() -> None:
+        await broker.connect()
+        await declare_notifier_topology(
+            broker,
+            service,
+            settings.tiers,
+            delivery_limit=settings.delivery_limit,
+            alert_services=settings.alerting_services,
+        )
+
+    def give_up(reason: str) -> None:
+        # Ends the process as SIGTERM would, then `serve_http` exits non-zero with this code.
+        log.error("notifier giving up: not consuming webhook deliveries", reason=reason)
+        app.state.exit_code = 1
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # The same watchdog as a worker's (`offload_runtime.watchdog`), on the webhook consumer.
+    watchdog = watch_consumer(webhooks, prepare=prepare_broker, settings=settings, give_up=give_up)
     stalls = StallWatch(
         queues=[(topology.work_queue(name), name) for name in settings.alerting_services],
         counts=lambda queue: queue_counts(broker, queue),
@@ -171,7 +192,7 @@ def build_app(
     )
     jobs = RedisJobs(redis, keys)
     slots = StreamSlots(settings.sse_max_streams_per_tenant)
-    in_flight = InFlightReporter(redis, keys, topology.work_queue(service), lambda: held.deliveries)
+    in_flight = InFlightReporter(redis, keys, topology.work_queue(service), lambda: webhooks.held)
 
     async def readiness() -> dict[str, bool]:
         async def redis_ok() -> bool:
@@ -186,6 +207,7 @@ def build_app(
             "redis": redis_up,
             "relay": relay.running and relay.healthy,
             "streams": hub.running,
+            "webhooks": not watchdog.lost,
         }
 
     @asynccontextmanager
@@ -193,15 +215,9 @@ def build_app(
         configure_logging(service, level=settings.log_level, fmt=settings.log_format)
         await redis.ping()
         await outbox.ensure_group()
-        await broker.connect()
-        await declare_notifier_topology(
-            broker,
-            service,
-            settings.tiers,
-            delivery_limit=settings.delivery_limit,
-            alert_services=settings.alerting_services,
-        )
+        await prepare_broker()
         await broker.start()
+        watchdog.start()
         hub.start()
         relay.start()
         stalls.start()
@@ -218,6 +234,8 @@ def build_app(
             await loop_lag.stop()
             await stalls.stop()
             await relay.stop()
+            # Before the broker stops the subscriber: a stopped consumer is not a lost one.
+            await watchdog.stop()
             await broker.stop()
             await in_flight.stop()
             await hub.stop()
@@ -253,6 +271,7 @@ def build_app(
             )
         )
     )
+    app.state.exit_code = 0
     app.state.notifier = Notifier(
         settings=settings,
         keys=keys,

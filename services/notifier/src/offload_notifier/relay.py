@@ -15,7 +15,6 @@ Delivery is therefore at least once: consumers dedupe by `event_id`.
 """
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +27,12 @@ from offload_contracts.webhooks import WebhookDelivery
 from offload_notifier import metrics
 from offload_notifier.webhooks import delivery_for
 from offload_runtime.logging import get_logger
+from offload_runtime.loops import BackgroundLoop
 
 log = get_logger("offload.notifier.relay")
+
+STOP_WAIT_S = 5.0
+"""How long a stop lets the batch in hand finish before it is cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +113,10 @@ class Relay:
         self._trim_every_s = trim_every_s
         self._retry_s = retry_after_failure_s
         self._clock = clock
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._retry_own = True
+        self._next_claim = self._next_trim = clock()
+        # Interval 0: each pass waits in its own read (or in its pause after a failure).
+        self._loop = BackgroundLoop("outbox relay", self.step, 0, stop_wait_s=STOP_WAIT_S)
         self.healthy = True
 
     # ------------------------------------------------------------------ one batch
@@ -149,60 +154,51 @@ class Relay:
     # ------------------------------------------------------------------ the loop
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+        self._loop.start()
 
-    async def stop(self, timeout_s: float = 5.0) -> None:
-        """Finish the batch in hand, then stop (a blocked read is cancelled)."""
-        self._stopping.set()
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def stop(self) -> None:
+        """Finish the batch in hand, then stop (a blocked read is given up at once)."""
+        await self._loop.stop()
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._loop.running
 
-    async def run(self) -> None:
-        """Own pending entries first (a failed batch), then stale ones, then new ones."""
-        retry_own = True
-        next_claim = next_trim = self._clock()
-        while not self._stopping.is_set():
-            try:
-                if retry_own:
-                    entries = await self._outbox.read_own_pending()
-                    retry_own = bool(entries)
-                    await self.relay(entries)
-                    continue
-                now = self._clock()
-                if now >= next_claim:
-                    next_claim = now + self._claim_every_s
-                    claimed = await self._outbox.claim_stale()
-                    if claimed:
-                        log.info("claimed stale outbox entries", count=len(claimed))
-                        await self.relay(claimed)
-                if now >= next_trim:
-                    next_trim = now + self._trim_every_s
-                    await self._outbox.trim_acknowledged()
-                entries = await self._read_new()
+    async def step(self) -> None:
+        """One pass: own pending entries first (a failed batch), then stale ones, then new ones.
+
+        A failure is counted and logged here, and the pass after it retries the
+        entries this replica holds, after `retry_after_failure_s`.
+        """
+        try:
+            if self._retry_own:
+                entries = await self._outbox.read_own_pending()
+                self._retry_own = bool(entries)
                 await self.relay(entries)
-                self.healthy = True
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.healthy = False
-                metrics.RELAY_FAILURES.inc()
-                log.warning("relay batch failed; retrying its entries", exc_info=True)
-                retry_own = True
-                await self._pause(self._retry_s)
+                return
+            now = self._clock()
+            if now >= self._next_claim:
+                self._next_claim = now + self._claim_every_s
+                claimed = await self._outbox.claim_stale()
+                if claimed:
+                    log.info("claimed stale outbox entries", count=len(claimed))
+                    await self.relay(claimed)
+            if now >= self._next_trim:
+                self._next_trim = now + self._trim_every_s
+                await self._outbox.trim_acknowledged()
+            await self.relay(await self._read_new())
+            self.healthy = True
+        except Exception:
+            self.healthy = False
+            metrics.RELAY_FAILURES.inc()
+            log.warning("relay batch failed; retrying its entries", exc_info=True)
+            self._retry_own = True
+            await self._loop.pause(self._retry_s)
 
     async def _read_new(self) -> list[OutboxEntry]:
         # A blocked read would delay shutdown by up to its block time: race it with stop.
         read = asyncio.ensure_future(self._outbox.read_new())
-        stopping = asyncio.ensure_future(self._stopping.wait())
+        stopping = asyncio.ensure_future(self._loop.until_stopped())
         done, _ = await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if read in done:
             stopping.cancel()
@@ -210,7 +206,3 @@ class Relay:
         read.cancel()
         await asyncio.gather(read, return_exceptions=True)
         return []
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)

@@ -296,7 +296,10 @@ def build_router(deps: RouteDeps) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Readiness: RabbitMQ and Redis reachable, relay running")
+    @router.get(
+        "/readyz",
+        summary="Readiness: RabbitMQ and Redis reachable, relay running, webhooks consumed",
+    )
     async def readyz() -> JSONResponse:
         try:
             checks = await asyncio.wait_for(deps.readiness(), 3)

@@ -7,7 +7,7 @@ import uuid
 from pydantic import Field
 
 from offload_contracts import topology
-from offload_runtime.settings import HttpServerSettings, RuntimeSettings
+from offload_runtime.settings import ConsumerWatchSettings, HttpServerSettings, RuntimeSettings
 
 MAX_BLOCK_MS = 4000
 """Blocking Redis reads must end before redis-py's socket timeout (5 s) cuts them off."""
@@ -19,7 +19,7 @@ def _consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class NotifierSettings(RuntimeSettings, HttpServerSettings):
+class NotifierSettings(RuntimeSettings, HttpServerSettings, ConsumerWatchSettings):
     """What the notifier reads from the environment (README: "Notifier: SSE and webhooks")."""
 
     notifier_host: str = Field(

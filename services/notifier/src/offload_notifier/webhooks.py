@@ -1,17 +1,19 @@
 """Webhook delivery, the domain part (DESIGN §6, Standard Webhooks).
 
-Which events a job's webhook gets, the body and headers of one attempt, what
-a receiver's answer means, and what happens next (delivered, stop, retry in a
-delay tier, or the dead queue). The HTTP client, the secrets and the broker
-are ports; `handlers.py` wires them.
+Which events a job's webhook gets, the body and headers of one attempt, and
+what a receiver's answer means: delivered, stop (410), or an error, transient
+or permanent. Which retry tier comes next, and the dead queue, are the
+runtime's retrying consumer's business; this module knows no broker. The HTTP
+client, the secrets and the delivery log are ports; `app.py` wires them.
 """
 
 import email.utils
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -23,10 +25,11 @@ from offload_contracts import EventKind, JobEvent
 from offload_contracts.events import INTERNAL_EVENT_FIELDS
 from offload_contracts.webhooks import WebhookDelivery, WebhookPayload
 from offload_notifier import metrics
+from offload_runtime.errors import Deferred, PermanentError, TransientError
 from offload_runtime.logging import get_logger
-from offload_runtime.runner import pick_tier
 from offload_runtime.settings import RetryTier
 from offload_runtime.url_guard import UnsafeURL
+from offload_runtime.work import Delivery, Failure, InvalidMessage
 
 log = get_logger("offload.notifier.webhooks")
 
@@ -197,62 +200,41 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 # --------------------------------------------------------------------------- what next
 
 
-class StepKind(StrEnum):
-    DONE = "done"  # delivered, or stopped on purpose (410)
-    RETRY = "retry"  # park `delivery` in `tier`, then attempt again
-    DEAD = "dead"  # out of attempts (or refused): the dead queue, with `error`
+class DeliveryFailed(TransientError):
+    """The receiver did not take the delivery (an error answer, a redirect, no answer)."""
+
+    kind = "webhook_failed"
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What the worker does after an attempt (or instead of one)."""
+class DeliveryRefused(PermanentError):
+    """The SSRF guard refused the URL: no attempt will ever be made."""
 
-    kind: StepKind
-    delivery: WebhookDelivery | None = None
-    tier: RetryTier | None = None
-    error: str = ""
-    error_type: str = ""
+    kind = "refused"
 
 
-def next_step(
-    delivery: WebhookDelivery,
-    result: Attempt,
-    *,
-    tiers: Sequence[RetryTier],
-    max_attempts: int,
-    max_retry_after_s: float,
-    now: datetime,
-) -> Step:
-    """Delivered or gone: done. Refused: dead at once. Failed: a retry tier, or dead when out
-    of attempts. A `Retry-After` picks the first tier at least that long; when even the
-    longest tier is shorter, `not_before` makes the message wait in it again.
+def raise_for(result: Attempt, *, max_retry_after_s: float) -> None:
+    """Delivered or gone: return. Refused: `DeliveryRefused`. Failed: `DeliveryFailed`,
+    with the receiver's `Retry-After` (capped at `max_retry_after_s`) and HTTP status.
     """
     if result.outcome in (Outcome.DELIVERED, Outcome.GONE):
-        return Step(StepKind.DONE)
+        return
     if result.outcome is Outcome.REFUSED:
-        return Step(StepKind.DEAD, error=result.error, error_type="refused")
-    if delivery.attempt >= max_attempts:
-        return Step(
-            StepKind.DEAD,
-            error=f"{result.error} (attempts exhausted: {delivery.attempt} of {max_attempts})",
-            error_type="webhook_failed",
-        )
+        raise DeliveryRefused(result.error)
     retry_after = result.retry_after_s
     if retry_after is not None:
         retry_after = min(retry_after, max_retry_after_s)
-    tier = pick_tier(tiers, delivery.attempt, retry_after)
+    raise DeliveryFailed(result.error, retry_after=retry_after, http_status=result.status)
+
+
+def again(
+    delivery: WebhookDelivery, tier: RetryTier, retry_after: float | None, *, now: datetime
+) -> WebhookDelivery:
+    """The next attempt of `delivery`, to wait in `tier`. When a `Retry-After` is longer
+    than even that tier, `not_before` makes the message wait in a tier again."""
     not_before = None
     if retry_after is not None and retry_after > tier.delay_s:
         not_before = now + timedelta(seconds=retry_after)
-    again = delivery.model_copy(update={"attempt": delivery.attempt + 1, "not_before": not_before})
-    return Step(StepKind.RETRY, delivery=again, tier=tier, error=result.error)
-
-
-def deferral(delivery: WebhookDelivery, *, tiers: Sequence[RetryTier], now: datetime) -> Step:
-    """A delivery back from its tier before its `not_before`: wait again, no attempt counted."""
-    assert delivery.not_before is not None
-    remaining = (delivery.not_before - now).total_seconds()
-    return Step(StepKind.RETRY, delivery=delivery, tier=pick_tier(tiers, 1, remaining))
+    return delivery.model_copy(update={"attempt": delivery.attempt + 1, "not_before": not_before})
 
 
 def decode_delivery(body: bytes) -> WebhookDelivery | None:
@@ -264,22 +246,6 @@ def decode_delivery(body: bytes) -> WebhookDelivery | None:
 
 
 # --------------------------------------------------------------------------- the worker
-
-
-class Scheduler(Protocol):
-    """Where deliveries go after an attempt; each call returns once the broker confirmed."""
-
-    async def retry_webhook(self, delivery: WebhookDelivery, tier: RetryTier) -> None: ...
-
-    async def dead_letter(
-        self,
-        body: bytes,
-        *,
-        error: str,
-        error_type: str,
-        attempt: int,
-        message_id: str | None,
-    ) -> None: ...
 
 
 class DeliveryLog(Protocol):
@@ -301,8 +267,16 @@ class DeliveryTracing(Protocol):
         ...
 
 
+_span: ContextVar[SpanNotes | None] = ContextVar("webhook_span", default=None)
+
+
 class Deliverer:
-    """Handles one message of the webhook queue: defer, attempt, then retry, stop or park."""
+    """One message of the webhook queue: defer, or attempt it and say how it went.
+
+    It is the retrying consumer's `Work` (`offload_runtime.work`): the consumer
+    decides between a retry tier and the dead queue from the error `run` raises,
+    and calls back `retrying`, `failed` or `succeeded` to log and record it.
+    """
 
     def __init__(
         self,
@@ -310,9 +284,7 @@ class Deliverer:
         transport: WebhookTransport,
         signer: Signer,
         check_url: URLCheck,
-        scheduler: Scheduler,
         delivery_log: DeliveryLog,
-        tiers: Sequence[RetryTier],
         max_attempts: int,
         max_retry_after_s: float,
         clock: Callable[[], float] = time.time,
@@ -321,47 +293,62 @@ class Deliverer:
         self._transport = transport
         self._signer = signer
         self._check_url = check_url
-        self._scheduler = scheduler
         self._log = delivery_log
-        self._tiers = tuple(tiers)
         self._max_attempts = max_attempts
         self._max_retry_after_s = max_retry_after_s
         self._clock = clock
         self._tracing = tracing
 
-    async def handle(self, body: bytes) -> Outcome | None:
-        """Process one delivery message; returns the attempt's outcome (None: no attempt)."""
-        delivery = decode_delivery(body)
-        if delivery is None:
-            metrics.WEBHOOK_DELIVERIES.labels("invalid").inc()
-            await self._scheduler.dead_letter(
-                body,
-                error="message rejected: not a webhook delivery",
-                error_type="invalid_message",
-                attempt=0,
-                message_id=None,
-            )
-            return None
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def decode(self, delivery: Delivery) -> WebhookDelivery:
+        found = decode_delivery(delivery.body)
+        if found is None:
+            raise InvalidMessage("message rejected: not a webhook delivery")
+        return found
+
+    @contextmanager
+    def context(self, item: WebhookDelivery) -> Iterator[None]:
         if self._tracing is None:
-            return await self._handle(delivery, body, None)
-        with self._tracing.span(delivery) as span:
-            return await self._handle(delivery, body, span)
+            yield
+            return
+        with self._tracing.span(item) as span:
+            token = _span.set(span)
+            try:
+                yield
+            finally:
+                _span.reset(token)
 
-    async def _handle(
-        self, delivery: WebhookDelivery, body: bytes, span: SpanNotes | None
-    ) -> Outcome | None:
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        if delivery.not_before is not None and delivery.not_before > now:
-            step = deferral(delivery, tiers=self._tiers, now=now)
-            assert step.delivery is not None and step.tier is not None
-            await self._scheduler.retry_webhook(step.delivery, step.tier)
+    def attempts(self, item: WebhookDelivery) -> tuple[int, int]:
+        return item.attempt, self._max_attempts
+
+    def message_id(self, item: WebhookDelivery) -> str:
+        return item.webhook_id
+
+    def next_attempt(
+        self, item: WebhookDelivery, tier: RetryTier, retry_after: float | None
+    ) -> bytes:
+        return (
+            again(item, tier, retry_after, now=self._now())
+            .model_dump_json(exclude_none=True)
+            .encode()
+        )
+
+    async def begin(self, item: WebhookDelivery) -> bool:
+        return True
+
+    async def run(self, item: WebhookDelivery) -> Attempt:
+        """One attempt; raises `Deferred`, `DeliveryRefused` or `DeliveryFailed` unless it
+        was delivered (or gone)."""
+        now = self._now()
+        if item.not_before is not None and item.not_before > now:
             metrics.WEBHOOK_DELIVERIES.labels("deferred").inc()
-            return None
-
+            raise Deferred((item.not_before - now).total_seconds())
         began = time.perf_counter()
         try:
             result = await attempt(
-                delivery,
+                item,
                 transport=self._transport,
                 signer=self._signer,
                 check_url=self._check_url,
@@ -371,30 +358,35 @@ class Deliverer:
             log.warning("webhook attempt could not be made", exc_info=True)
             result = Attempt(Outcome.FAILED, error=f"could not send: {type(exc).__name__}")
         metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - began)
+        raise_for(result, max_retry_after_s=self._max_retry_after_s)
+        return result
 
-        step = next_step(
-            delivery,
-            result,
-            tiers=self._tiers,
-            max_attempts=self._max_attempts,
-            max_retry_after_s=self._max_retry_after_s,
-            now=now,
+    async def succeeded(self, item: WebhookDelivery, result: Attempt) -> None:
+        await self._settled(item, result.outcome.value, status=result.status, error=None)
+
+    async def retrying(self, item: WebhookDelivery, failure: Failure, tier: RetryTier) -> bool:
+        await self._settled(
+            item, "retried", status=failure.http_status, error=failure.message, tier=tier.name
         )
-        if step.kind is StepKind.RETRY:
-            assert step.delivery is not None and step.tier is not None
-            await self._scheduler.retry_webhook(step.delivery, step.tier)
-            label = "retried"
-        elif step.kind is StepKind.DEAD:
-            await self._scheduler.dead_letter(
-                body,
-                error=step.error,
-                error_type=step.error_type,
-                attempt=delivery.attempt,
-                message_id=delivery.webhook_id,
-            )
-            label = "refused" if result.outcome is Outcome.REFUSED else "dead"
-        else:
-            label = result.outcome.value
+        return True
+
+    async def failed(self, item: WebhookDelivery | None, body: bytes, failure: Failure) -> None:
+        if item is None:
+            metrics.WEBHOOK_DELIVERIES.labels("invalid").inc()
+            return
+        label = "refused" if failure.type == DeliveryRefused.kind else "dead"
+        await self._settled(item, label, status=failure.http_status, error=failure.message)
+
+    async def _settled(
+        self,
+        delivery: WebhookDelivery,
+        label: str,
+        *,
+        status: int | None,
+        error: str | None,
+        tier: str | None = None,
+    ) -> None:
+        span = _span.get()
         if span is not None:
             span.set_attribute("offload.webhook.outcome", label)
         metrics.WEBHOOK_DELIVERIES.labels(label).inc()
@@ -404,24 +396,18 @@ class Deliverer:
             job_id=delivery.event.job_id,
             webhook_id=delivery.webhook_id,
             attempt=delivery.attempt,
-            status=result.status,
-            error=result.error or None,
-            tier=step.tier.name if step.tier else None,
+            status=status,
+            error=error or None,
+            tier=tier,
         )
-        await self._record(delivery, label, result, step)
-        return result.outcome
-
-    async def _record(
-        self, delivery: WebhookDelivery, label: str, result: Attempt, step: Step
-    ) -> None:
         try:
             await self._log.record(
                 delivery.event.job_id,
                 delivery.webhook_id,
                 outcome=label,
                 attempts=delivery.attempt,
-                status=result.status,
-                error=step.error or result.error or None,
+                status=status,
+                error=error or None,
                 url=delivery.url,
             )
         except Exception:

@@ -19,6 +19,7 @@ README's "Security and deployment" section.
 
 import asyncio
 import gc
+import sys
 from typing import Any, ClassVar
 
 import uvicorn
@@ -145,6 +146,9 @@ def serve_http(
 ) -> None:
     """Serve `app` until SIGINT/SIGTERM; in-flight requests get `graceful_shutdown_s` after it.
 
+    The process exits with `app.state.exit_code` when the app set one (a
+    notifier whose consumer watchdog gave up), for its supervisor to restart it.
+
     Logging is the service's own (structlog, configured when the app starts):
     uvicorn's configuration and access log are off; request metrics replace the latter.
     """
@@ -169,3 +173,6 @@ def serve_http(
         proxy_headers=True,
         timeout_graceful_shutdown=graceful_shutdown_s,
     )
+    code = getattr(getattr(app, "state", None), "exit_code", 0)
+    if code:
+        sys.exit(code)

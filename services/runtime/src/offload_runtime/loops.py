@@ -16,7 +16,9 @@ Each is a `step` run every `interval_s`, with these rules:
   `await task` after `task.cancel()` then waits for ever), which is how the
   gateway's shutdown once hung behind its sweep.
 - A step that reads or writes remote state should bound its own calls; the
-  loop bounds nothing but its stop.
+  loop bounds nothing but its stop. A step that blocks on purpose (a stream
+  read) races that wait against `until_stopped()`, so a stop does not wait
+  for it.
 """
 
 import asyncio
@@ -86,6 +88,10 @@ class BackgroundLoop:
                     log.info("background step succeeded again", loop=self.name)
                 failing = False
             await self.pause(self._interval_s)
+
+    async def until_stopped(self) -> None:
+        """Return once the loop is asked to stop: a step races a long wait against it."""
+        await self._stopping.wait()
 
     async def pause(self, seconds: float) -> bool:
         """Wait `seconds`, or less if the loop is asked to stop; True when asked to stop."""

@@ -11,20 +11,23 @@ import hashlib
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from offload_runtime import outage
 
 
 def connect_redis(
-    url: str, *, retries: int = 8, max_connections: int = 100, pool_wait_s: float = 10.0
+    url: str,
+    *,
+    retries: int = outage.CLIENT_RETRIES,
+    max_connections: int = 100,
+    pool_wait_s: float = 10.0,
 ) -> "aioredis.Redis":
     """A client that retries on connection loss, so a Redis restart heals by itself.
 
-    The default rides out a few seconds of outage (workers); a request path that
-    should answer "try later" at once (the gateway) passes fewer retries.
+    It follows the outage policy (`offload_runtime.outage`, rule 1): the default
+    rides out a few seconds; a request path that should answer "try later" at
+    once (the gateway) passes fewer retries.
 
     The pool is a blocking one: past `max_connections` in use, a caller waits
     up to `pool_wait_s` for a free connection. redis-py's default pool raises
@@ -38,8 +41,8 @@ def connect_redis(
         health_check_interval=15,
         socket_connect_timeout=5,
         socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=outage.client_retry(retries),
+        retry_on_error=list(outage.UNREACHABLE),
     )
     return aioredis.Redis.from_pool(pool)
 

@@ -1,22 +1,20 @@
-"""The job runner: turns a domain function into a reliable RabbitMQ subscriber (DESIGN §5).
+"""The job runner: turns a domain function into a reliable job consumer (DESIGN §5).
 
-For each delivery:
+The retrying consumer (`offload_runtime.consumer`) owns the broker side: ack,
+retry tiers, dead letters, held counts, shutdown. The runner adds what a job
+needs on top, as the consumer's `Work`:
 
-1. Decode the envelope. Undecodable → the dead queue (and the job, if it can
-   be found, `failed`), then ack.
+1. Decode the request. Undecodable → the consumer parks it, and the runner
+   fails the job if it can be found.
 2. `JobStore.start` (compare-and-set). A duplicate, stale or cancelled
    delivery is acked and dropped: a finished job never runs again.
 3. Run the function under the job's timeout, reporting progress.
-4. Record the outcome, then ack:
-   - success → `completed`;
-   - transient (TransientError, timeout, any unknown exception) with attempts
-     left → `delayed`, then the request (attempt + 1) goes to a retry tier;
-   - permanent, or attempts exhausted → the dead queue with the error, then
-     `failed`.
+4. Record the outcome before the consumer acks: success → `completed`;
+   a retry → `delayed` (before the retry is published); a failure for good
+   → `failed` (after the dead letter).
 
-Ack always comes after the outcome is recorded, so a worker that dies at any
-point leaves its message unacked and RabbitMQ redelivers it; the store's
-compare-and-set makes the redelivery harmless.
+A worker that dies at any point leaves its message unacked and RabbitMQ
+redelivers it; the store's compare-and-set makes the redelivery harmless.
 """
 
 import asyncio
@@ -24,23 +22,26 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Generic, TypeVar, Union
 
-from faststream import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker, RabbitMessage
+from faststream.rabbit import RabbitBroker
 from faststream.rabbit.subscriber import RabbitSubscriber
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from offload_contracts import JobError, JobPolicy, JobRequestBase, JobStatus, topology
+from offload_contracts import JobError, JobPolicy, JobRequestBase, JobStatus
 from offload_runtime import metrics
-from offload_runtime.broker import publish_confirmed, work_queue
-from offload_runtime.errors import JobFailure, PermanentError, TransientError
+from offload_runtime.consumer import RetryingConsumer
+from offload_runtime.errors import PermanentError, TransientError
 from offload_runtime.logging import get_logger, job_context
+from offload_runtime.loops import BackgroundLoop
 from offload_runtime.ports import JobContext
+from offload_runtime.retry_tiers import pick_tier
 from offload_runtime.settings import RetryTier
 from offload_runtime.store import JobStore, new_id, utcnow
+from offload_runtime.work import Delivery, Failure, InvalidMessage
 
 RequestT = TypeVar("RequestT", bound=JobRequestBase)
 
@@ -74,18 +75,6 @@ class JobHandler(Generic[RequestT]):
     def job_type(self) -> str:
         job_type: str = self.request_model.model_fields["type"].default
         return job_type
-
-
-def pick_tier(tiers: Sequence[RetryTier], attempt: int, retry_after: float | None) -> RetryTier:
-    """The tier for the retry after `attempt` failed.
-
-    Attempt 1 waits in the first tier, attempt 2 in the second, and so on,
-    staying in the last; a `retry_after` asks for the first tier at least
-    that long instead.
-    """
-    if retry_after is not None:
-        return next((tier for tier in tiers if tier.delay_s >= retry_after), tiers[-1])
-    return tiers[min(attempt - 1, len(tiers) - 1)]
 
 
 class _RunningJob:
@@ -171,8 +160,25 @@ class _RunningJob:
         await self._runner.store.save_checkpoint(self.request.id, step, value)
 
 
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One delivery of a job request, and the run id its transitions carry."""
+
+    request: JobRequestBase
+    handler: "JobHandler[Any]"
+    run_id: str
+    redelivered: bool
+
+
+_CANCELLED = object()
+"""What `JobRunner.run` returns for a job its user cancelled while it ran."""
+
+CANCEL_POLL_S = 1.0
+"""How long the cancel listener waits for a notice before it checks whether to stop."""
+
+
 class JobRunner:
-    """Consumes one service's work queue and runs its job handlers."""
+    """Consumes one service's work queue and runs its job handlers (the consumer's `Work`)."""
 
     def __init__(
         self,
@@ -194,16 +200,19 @@ class JobRunner:
         self.broker = broker
         self.store = store
         self._handlers = {handler.job_type: handler for handler in handlers}
-        self._tiers = tuple(tiers)
-        self._concurrency = concurrency
-        self._delivery_limit = delivery_limit
         self._timeout_override_s = timeout_override_s
         self._running: dict[str, _RunningJob] = {}
-        self.unacked = 0
-        """Deliveries this process holds: handed to it, not yet acked or nacked."""
-        self.deliveries = 0
-        """Deliveries handed to this process so far."""
-        self._cancel_listener: asyncio.Task[None] | None = None
+        self.consumer = RetryingConsumer(
+            service=service,
+            broker=broker,
+            work=self,
+            tiers=tiers,
+            concurrency=concurrency,
+            delivery_limit=delivery_limit,
+            description=f"Runs {', '.join(sorted(self._handlers))} jobs.",
+        )
+        self._cancels = BackgroundLoop(f"cancel listener {service}", self._listen_for_cancels, 0)
+        self._pubsub: Any = None
         models = tuple(handler.request_model for handler in handlers)
         self._adapter: TypeAdapter[Any] = (
             TypeAdapter(models[0])
@@ -215,37 +224,29 @@ class JobRunner:
 
     def subscribe(self) -> RabbitSubscriber:
         """Register the subscriber on the broker (no I/O; the broker declares on start)."""
+        return self.consumer.subscribe()
 
-        # The handler gets the raw message, not a decoded body: it must see the
-        # bytes (to park what no contract accepts), the redelivered flag, and
-        # ack itself. (With apply_types off, FastStream would otherwise spread a
-        # JSON object body into keyword arguments.)
-        async def passthrough(message: RabbitMessage) -> RabbitMessage:
-            return message
+    @property
+    def unacked(self) -> int:
+        """Deliveries this process holds: handed to it, not yet acked or nacked."""
+        return self.consumer.held
 
-        subscriber = self.broker.subscriber(
-            work_queue(self.service, delivery_limit=self._delivery_limit),
-            channel=Channel(prefetch_count=self._concurrency),
-            ack_policy=AckPolicy.MANUAL,
-            no_reply=True,
-            decoder=passthrough,
-            title=f"{topology.work_queue(self.service)}:consume",
-            description=f"Runs {', '.join(sorted(self._handlers))} jobs.",
-        )
-        subscriber(self.handle)
-        return subscriber
+    @property
+    def deliveries(self) -> int:
+        """Deliveries handed to this process so far."""
+        return self.consumer.deliveries
 
     async def start(self) -> None:
         """Start listening for cancel notices (call after the store's Redis is reachable)."""
-        self._cancel_listener = asyncio.create_task(self._listen_for_cancels())
+        self._cancels.start()
 
     async def stop(self) -> None:
         """Stop the cancel listener and cancel jobs still running after the grace period.
 
         Their messages stay unacked, so the broker redelivers them to another replica.
         """
-        if self._cancel_listener:
-            self._cancel_listener.cancel()
+        await self._cancels.stop()
+        await self._close_pubsub()
         for running in list(self._running.values()):
             if running.task and not running.task.done():
                 running.task.cancel()
@@ -263,98 +264,124 @@ class JobRunner:
     def running_jobs(self) -> int:
         return len(self._running)
 
-    # ------------------------------------------------------------------ the hot path
+    # ------------------------------------------------------------------ the consumer's Work
 
-    async def handle(self, message: RabbitMessage) -> None:
-        """Process one delivery. Never raises, except when cancelled by shutdown."""
-        self.unacked += 1
-        self.deliveries += 1
+    def decode(self, delivery: Delivery) -> _Attempt:
         try:
-            await self._handle(message)
-        finally:
-            self.unacked -= 1
-
-    async def _handle(self, message: RabbitMessage) -> None:
-        try:
-            request: JobRequestBase = self._adapter.validate_json(message.body)
+            request: JobRequestBase = self._adapter.validate_json(delivery.body)
         except ValidationError as exc:
-            await self._park_invalid(message, exc)
-            return
-        job_type: str = request.type
-        with job_context(
-            job_id=request.id, job_type=job_type, attempt=request.attempt, tenant=request.tenant
-        ):
-            try:
-                await self._run(message, request, self._handlers[job_type])
-            except Exception:
-                # Redis or the broker stayed unreachable past what the store and
-                # publisher wait for. An unacked message on a live channel would
-                # sit here forever, so hand it back to the queue after a pause.
-                log.error("job could not be recorded; returning it to the queue", exc_info=True)
-                await asyncio.sleep(1)
-                await _nack(message)
-
-    async def _run(
-        self, message: RabbitMessage, request: JobRequestBase, handler: JobHandler[Any]
-    ) -> None:
-        run_id = new_id()
-        started = await self.store.start(request, run_id, redelivered=_redelivered(message))
-        if not started.applied:
-            log.info(
-                "delivery skipped",
-                found_status=started.previous_status,
-                found_attempt=started.previous_attempt,
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                for e in exc.errors()[:5]
             )
-            metrics.JOBS.labels(handler.job_type, "skipped").inc()
-            if started.previous_status == JobStatus.CANCELLED and handler.on_cancelled:
-                await self._clean_up_cancelled(request, handler, run_id)
-            await _ack(message)
-            return
+            raise InvalidMessage(f"message rejected: {problems}") from exc
+        return _Attempt(request, self._handlers[request.type], new_id(), delivery.redelivered)
 
-        running = _RunningJob(self, request, run_id)
+    def context(self, item: _Attempt) -> AbstractContextManager[None]:
+        request = item.request
+        return job_context(
+            job_id=request.id,
+            job_type=request.type,
+            attempt=request.attempt,
+            tenant=request.tenant,
+        )
+
+    def attempts(self, item: _Attempt) -> tuple[int, int]:
+        return item.request.attempt, item.request.max_attempts
+
+    def message_id(self, item: _Attempt) -> str:
+        return item.request.id
+
+    def next_attempt(self, item: _Attempt, tier: RetryTier, retry_after: float | None) -> bytes:
+        request = item.request
+        return (
+            request.model_copy(update={"attempt": request.attempt + 1}).model_dump_json().encode()
+        )
+
+    async def begin(self, item: _Attempt) -> bool:
+        request, handler = item.request, item.handler
+        started = await self.store.start(request, item.run_id, redelivered=item.redelivered)
+        if started.applied:
+            return True
+        log.info(
+            "delivery skipped",
+            found_status=started.previous_status,
+            found_attempt=started.previous_attempt,
+        )
+        metrics.JOBS.labels(handler.job_type, "skipped").inc()
+        if started.previous_status == JobStatus.CANCELLED and handler.on_cancelled:
+            await self._clean_up_cancelled(request, handler, item.run_id)
+        return False
+
+    async def run(self, item: _Attempt) -> object:
+        """The job's function under its timeout; a timeout is a transient failure."""
+        request, handler = item.request, item.handler
+        running = _RunningJob(self, request, item.run_id)
         self._running[request.id] = running
         timeout_s = self._timeout_override_s or handler.policy.timeout_s
         began = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
                 result = await handler.run(request, running)
-            payload = result.model_dump(mode="json")
+            return result.model_dump(mode="json")
         except asyncio.CancelledError:
             if not running.cancel_requested:
                 raise  # shutdown: leave the message unacked for redelivery
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             log.info("job cancelled while running")
             metrics.JOBS.labels(handler.job_type, "cancelled").inc()
-            await _ack(message)
-            return
-        except PermanentError as exc:
-            await self._fail(message, request, _error_of(exc), run_id)
-            return
+            return _CANCELLED
         except TimeoutError:
-            error = JobError(
-                type="timeout", message=f"attempt timed out after {timeout_s:g}s", retryable=True
-            )
-            await self._retry_or_fail(message, request, error, run_id, None)
-            return
-        except Exception as exc:  # unknown → transient until attempts run out (DESIGN §5.2)
-            retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-            if not isinstance(exc, JobFailure):
-                log.warning("job raised an unclassified error", exc_info=True)
-            await self._retry_or_fail(message, request, _error_of(exc), run_id, retry_after)
-            return
+            raise _Timeout(f"attempt timed out after {timeout_s:g}s") from None
         finally:
             running.close()
             self._running.pop(request.id, None)
             metrics.JOB_DURATION.labels(handler.job_type).observe(time.perf_counter() - began)
 
-        done = await self.store.complete(request, run_id, payload)
+    async def succeeded(self, item: _Attempt, result: object) -> None:
+        if result is _CANCELLED:
+            return
+        assert isinstance(result, dict)
+        request = item.request
+        done = await self.store.complete(request, item.run_id, result)
         if done.applied:
-            metrics.JOBS.labels(handler.job_type, "completed").inc()
-            metrics.JOB_ATTEMPTS.labels(handler.job_type, "completed").observe(request.attempt)
+            metrics.JOBS.labels(item.handler.job_type, "completed").inc()
+            metrics.JOB_ATTEMPTS.labels(item.handler.job_type, "completed").observe(request.attempt)
             log.debug("job completed")
         else:
             log.info("result discarded", found_status=done.previous_status)
-        await _ack(message)
+
+    async def retrying(self, item: _Attempt, failure: Failure, tier: RetryTier) -> bool:
+        # If this process dies between this write and the retry's publish, the
+        # unacked message comes back redelivered and `JobStore.start` lets it take
+        # the `delayed` job over.
+        request = item.request
+        next_attempt_at = utcnow() + timedelta(milliseconds=tier.delay_ms)
+        recorded = await self.store.retry(
+            request, item.run_id, _job_error(failure), next_attempt_at
+        )
+        if recorded.applied:
+            metrics.JOBS.labels(request.type, "retried").inc()
+            log.info("job retrying", error=failure.message, tier=tier.name)
+        return recorded.applied
+
+    async def failed(self, item: _Attempt | None, body: bytes, failure: Failure) -> None:
+        error = _job_error(failure)
+        if item is None:  # a message no contract accepts: its job, if one can be found
+            metrics.JOBS.labels("unknown", "invalid").inc()
+            job_id = _job_id_of(body)
+            job = await self.store.get(job_id) if job_id else None
+            if job is not None:
+                await self.store.fail(job.id, job.tenant, job.type, job.attempt, error, run_id=None)
+            log.warning("invalid message parked", error=error.message, job_id=job_id)
+            return
+        request = item.request
+        await self.store.fail(
+            request.id, request.tenant, request.type, request.attempt, error, run_id=item.run_id
+        )
+        metrics.JOBS.labels(request.type, "failed").inc()
+        metrics.JOB_ATTEMPTS.labels(request.type, "failed").observe(request.attempt)
+        log.warning("job failed", error=error.message, error_type=error.type)
 
     async def _clean_up_cancelled(
         self, request: JobRequestBase, handler: JobHandler[Any], run_id: str
@@ -366,123 +393,45 @@ class JobRunner:
         except Exception:
             log.warning("clean-up after a cancel failed", exc_info=True)
 
-    # ------------------------------------------------------------------ failures
-
-    async def _retry_or_fail(
-        self,
-        message: RabbitMessage,
-        request: JobRequestBase,
-        error: JobError,
-        run_id: str,
-        retry_after: float | None,
-    ) -> None:
-        if request.attempt >= request.max_attempts:
-            exhausted = error.model_copy(
-                update={
-                    "message": f"{error.message} (attempts exhausted: "
-                    f"{request.attempt} of {request.max_attempts})"
-                }
-            )
-            await self._fail(message, request, exhausted, run_id)
-            return
-        tier = pick_tier(self._tiers, request.attempt, retry_after)
-        next_attempt_at = utcnow() + timedelta(milliseconds=tier.delay_ms)
-        # Record `delayed` before publishing the retry: a short tier can deliver
-        # the next attempt before a later write would land. If this process dies
-        # between the two, the unacked message comes back redelivered and
-        # `JobStore.start` lets it take the `delayed` job over.
-        recorded = await self.store.retry(request, run_id, error, next_attempt_at)
-        if recorded.applied:
-            retry_body = request.model_copy(update={"attempt": request.attempt + 1})
-            await publish_confirmed(
-                self.broker,
-                retry_body.model_dump_json().encode(),
-                routing_key=topology.retry_queue(self.service, tier.name),
-                message_id=request.id,
-            )
-            metrics.JOBS.labels(_type(request), "retried").inc()
-            log.info("job retrying", error=error.message, tier=tier.name)
-        await _ack(message)
-
-    async def _fail(
-        self, message: RabbitMessage, request: JobRequestBase, error: JobError, run_id: str
-    ) -> None:
-        await self._dead_letter(message.body, error, request.attempt, request.id)
-        await self.store.fail(
-            request.id, request.tenant, _type(request), request.attempt, error, run_id=run_id
-        )
-        metrics.JOBS.labels(_type(request), "failed").inc()
-        metrics.JOB_ATTEMPTS.labels(_type(request), "failed").observe(request.attempt)
-        log.warning("job failed", error=error.message, error_type=error.type)
-        await _ack(message)
-
-    async def _park_invalid(self, message: RabbitMessage, exc: ValidationError) -> None:
-        """A message no contract accepts: dead queue first, then the job (if any) `failed`."""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        error = JobError(
-            type="invalid_message", message=f"message rejected: {problems}", retryable=False
-        )
-        await self._dead_letter(message.body, error, 0, None)
-        metrics.JOBS.labels("unknown", "invalid").inc()
-        job_id = _job_id_of(message.body)
-        job = await self.store.get(job_id) if job_id else None
-        if job is not None:
-            await self.store.fail(job.id, job.tenant, job.type, job.attempt, error, run_id=None)
-        log.warning("invalid message parked", error=error.message, job_id=job_id)
-        await _ack(message)
-
-    async def _dead_letter(
-        self, body: bytes, error: JobError, attempt: int, job_id: str | None
-    ) -> None:
-        await publish_confirmed(
-            self.broker,
-            body,
-            exchange=topology.DEAD_EXCHANGE,
-            routing_key=self.service,
-            message_id=job_id,
-            headers={
-                topology.HEADER_ERROR: error.message,
-                topology.HEADER_ERROR_TYPE: error.type,
-                topology.HEADER_ATTEMPT: attempt,
-                topology.HEADER_FAILED_AT: utcnow().isoformat(),
-                topology.HEADER_SOURCE_QUEUE: topology.work_queue(self.service),
-            },
-        )
-        metrics.DEAD_LETTERS.labels(topology.dead_queue(self.service), error.type).inc()
-
     # ------------------------------------------------------------------ cancels
 
     async def _listen_for_cancels(self) -> None:
-        """Cancel local jobs named on the cancel channel; resubscribe after Redis outages."""
-        while True:
+        """One wait for a notice on the cancel channel; cancel the named job if it runs here.
+
+        Each step waits at most `CANCEL_POLL_S`, so a stop is never held up. After
+        a Redis outage the next step subscribes again, a second later.
+        """
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.store.client.pubsub()
+                await self._pubsub.subscribe(self.store.keys.cancel_channel)
+            notice = await self._pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=CANCEL_POLL_S
+            )
+        except Exception:
+            await self._close_pubsub()
+            await self._cancels.pause(1.0)
+            raise
+        if notice and notice.get("type") == "message" and self.cancel_local(notice["data"]):
+            log.info("cancel notice received", job_id=notice["data"])
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
             try:
-                async with self.store.client.pubsub() as pubsub:
-                    await pubsub.subscribe(self.store.keys.cancel_channel)
-                    async for notice in pubsub.listen():
-                        if notice.get("type") == "message" and self.cancel_local(notice["data"]):
-                            log.info("cancel notice received", job_id=notice["data"])
-            except asyncio.CancelledError:
-                raise
+                await pubsub.aclose()
             except Exception:
-                log.warning("cancel listener lost Redis; resubscribing", exc_info=True)
-                await asyncio.sleep(1)
+                log.debug("cancel listener's pub/sub did not close cleanly", exc_info=True)
 
 
-def _error_of(exc: BaseException) -> JobError:
-    if isinstance(exc, JobFailure):
-        return JobError(type=exc.kind, message=exc.message, retryable=exc.retryable)
-    return JobError(type=type(exc).__name__, message=str(exc) or repr(exc), retryable=True)
+class _Timeout(TransientError):
+    """The attempt outlived the job's timeout."""
+
+    kind = "timeout"
 
 
-def _type(request: JobRequestBase) -> str:
-    job_type: str = request.type
-    return job_type
-
-
-def _redelivered(message: RabbitMessage) -> bool:
-    return bool(message.raw_message.redelivered)
+def _job_error(failure: Failure) -> JobError:
+    return JobError(type=failure.type, message=failure.message, retryable=failure.retryable)
 
 
 def _job_id_of(body: bytes) -> str | None:
@@ -494,21 +443,6 @@ def _job_id_of(body: bytes) -> str | None:
     if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id):
         return job_id
     return None
-
-
-async def _nack(message: RabbitMessage) -> None:
-    try:
-        await message.nack(requeue=True)
-    except Exception:
-        log.warning("nack failed; the message will be redelivered", exc_info=True)
-
-
-async def _ack(message: RabbitMessage) -> None:
-    """Ack; if the channel died meanwhile, the broker redelivers and the store dedupes."""
-    try:
-        await message.ack()
-    except Exception:
-        log.warning("ack failed; the message will be redelivered", exc_info=True)
 
 
 __all__ = ["JobContext", "JobHandler", "JobRunner", "PermanentError", "TransientError", "pick_tier"]

@@ -141,7 +141,25 @@ class RuntimeSettings(LogSettings):
         return KeyRing(parse_api_keys(self.api_keys), parse_admin_keys(self.admin_keys))
 
 
-class WorkerSettings(RuntimeSettings):
+class ConsumerWatchSettings(LogSettings):
+    """The consumer watchdog's settings: every process with a retrying consumer reads them
+    (the workers, and the notifier for its webhook deliveries)."""
+
+    consumer_check_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the consumer watchdog asks RabbitMQ whether this process's "
+        "subscription is live.",
+    )
+    consumer_give_up_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A process still not consuming this long after the watchdog found it so "
+        "exits non-zero, for its supervisor to restart it.",
+    )
+
+
+class WorkerSettings(RuntimeSettings, ConsumerWatchSettings):
     """Settings of a worker service (ai, research, video, image)."""
 
     concurrency: int = Field(
@@ -167,18 +185,6 @@ class WorkerSettings(RuntimeSettings):
     )
     metrics_host: str = Field(
         default="127.0.0.1", description="Address of `/metrics` (`0.0.0.0` in a container)."
-    )
-    consumer_check_interval_s: float = Field(
-        default=5.0,
-        gt=0,
-        description="How often the consumer watchdog asks RabbitMQ whether this worker's "
-        "subscription is live.",
-    )
-    consumer_give_up_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="A worker still not consuming this long after the watchdog found it so exits "
-        "non-zero, for its supervisor to restart it.",
     )
     broker_metrics: bool = Field(
         default=False,

@@ -7,20 +7,17 @@ redelivered or duplicated message can never run a finished job again nor move
 a job backwards, and state and events never disagree.
 """
 
-import asyncio
 import json
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from offload_contracts import EventKind, JobError, JobEvent, JobRequestBase, JobStatus, Progress
+from offload_runtime import outage
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import get_logger
 from offload_runtime.redis import ScriptBatcher
@@ -186,7 +183,8 @@ class JobStore:
         events_maxlen: int = 1000,
         outage_wait_s: float = 0,
     ) -> None:
-        """`outage_wait_s`: how long a transition waits for Redis to come back.
+        """`outage_wait_s`: how long a transition waits for Redis to come back
+        (`offload_runtime.outage`).
 
         Workers wait (a message stays unacked meanwhile, nothing is lost); the
         gateway does not (its client gets a 503 at once).
@@ -594,17 +592,12 @@ class JobStore:
         return TransitionResult(bool(applied), str(status), int(attempt))
 
     async def _call(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> list[Any]:
-        """One transition, waiting out a Redis outage for up to `outage_wait_s`."""
-        deadline = time.monotonic() + self._outage_wait_s
-        while True:
-            try:
-                result: list[Any] = await self._transition(keys, args)
-                return result
-            except (RedisConnectionError, RedisTimeoutError):
-                if time.monotonic() >= deadline:
-                    raise
-                log.warning("redis unavailable; transition waiting", exc_info=True)
-                await asyncio.sleep(1)
+        """One transition, waiting out a Redis outage for up to `outage_wait_s` (the
+        outage policy's rule 2, `offload_runtime.outage`)."""
+        result: list[Any] = await outage.ride_out(
+            lambda: self._transition(keys, args), self._outage_wait_s
+        )
+        return result
 
 
 def _cursor(score: float, job_id: str) -> str:

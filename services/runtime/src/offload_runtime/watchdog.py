@@ -24,14 +24,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.subscriber import RabbitSubscriber
 
 from offload_runtime import metrics
 from offload_runtime.broker import queue_counts, resubscribe
+from offload_runtime.consumer import RetryingConsumer
 from offload_runtime.logging import get_logger
 from offload_runtime.loops import BackgroundLoop
+from offload_runtime.settings import ConsumerWatchSettings
 
 log = get_logger("offload.watchdog")
 
@@ -78,6 +81,16 @@ class ConsumerWatchdog:
         self._loop = BackgroundLoop(f"consumer watchdog {queue}", self._watch_once, interval_s)
         self.live = False
         """Whether the last check found the subscription consuming."""
+
+    @property
+    def lost(self) -> bool:
+        """Whether the last check found the subscription not consuming.
+
+        Unlike `not live`, False before the first check: for a process whose
+        readiness must not wait for the watchdog (the notifier's, which serves
+        SSE whatever its webhook consumer does).
+        """
+        return self._dead_since is not None
 
     def start(self) -> None:
         self._loop.start()
@@ -140,4 +153,28 @@ class ConsumerWatchdog:
             )
 
 
-__all__ = ["ConsumerWatchdog", "Feed"]
+def watch_consumer(
+    consumer: "RetryingConsumer[Any]",
+    *,
+    prepare: Callable[[], Awaitable[None]],
+    settings: ConsumerWatchSettings,
+    give_up: Callable[[str], None],
+) -> ConsumerWatchdog:
+    """The watchdog of a retrying consumer (a worker's jobs, the notifier's webhooks)."""
+    return ConsumerWatchdog(
+        broker=consumer.broker,
+        subscriber=consumer.subscriber,
+        queue=consumer.queue,
+        prepare=prepare,
+        feed=Feed(
+            deliveries=lambda: consumer.deliveries,
+            held=lambda: consumer.held,
+            capacity=consumer.concurrency,
+        ),
+        interval_s=settings.consumer_check_interval_s,
+        give_up_after_s=settings.consumer_give_up_s,
+        give_up=give_up,
+    )
+
+
+__all__ = ["ConsumerWatchdog", "Feed", "watch_consumer"]

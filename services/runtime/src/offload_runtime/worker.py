@@ -28,7 +28,7 @@ from offload_runtime.redis import connect_redis
 from offload_runtime.runner import CancelCleanup, JobFunction, JobHandler, JobRunner
 from offload_runtime.settings import WorkerSettings
 from offload_runtime.store import JobStore
-from offload_runtime.watchdog import ConsumerWatchdog, Feed
+from offload_runtime.watchdog import ConsumerWatchdog, watch_consumer
 
 Hook = Callable[[], Awaitable[None]]
 InputT = TypeVar("InputT", bound=Contract)
@@ -119,7 +119,7 @@ def build_worker(
         delivery_limit=settings.delivery_limit,
         timeout_override_s=settings.job_timeout_s,
     )
-    subscriber = runner.subscribe()
+    runner.subscribe()
 
     async def prepare_broker() -> None:
         await broker.connect()
@@ -127,18 +127,10 @@ def build_worker(
             broker, service, settings.tiers, delivery_limit=settings.delivery_limit
         )
 
-    watchdog = ConsumerWatchdog(
-        broker=broker,
-        subscriber=subscriber,
-        queue=topology.work_queue(service),
+    watchdog = watch_consumer(
+        runner.consumer,
         prepare=prepare_broker,
-        feed=Feed(
-            deliveries=lambda: runner.deliveries,
-            held=lambda: runner.unacked,
-            capacity=settings.concurrency,
-        ),
-        interval_s=settings.consumer_check_interval_s,
-        give_up_after_s=settings.consumer_give_up_s,
+        settings=settings,
         give_up=lambda reason: worker.give_up(reason),
     )
     metrics_server = (

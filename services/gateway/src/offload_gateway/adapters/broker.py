@@ -25,7 +25,7 @@ from faststream.rabbit import RabbitBroker
 from offload_contracts import JobRequestBase, topology
 from offload_runtime.broker import declare_service_topology, make_broker, publish_confirmed
 from offload_runtime.logging import get_logger
-from offload_runtime.loops import finish
+from offload_runtime.loops import BackgroundLoop, finish
 from offload_runtime.settings import RetryTier
 
 log = get_logger("offload.gateway.broker")
@@ -34,6 +34,8 @@ RECONNECT_DELAY_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 CHANNEL_RESTORE_POLL_S = 0.05
 STOP_TIMEOUT_S = 10.0
+LOOP_STOP_WAIT_S = 1.0
+"""How long a stop lets a try to connect go on before cancelling it (nothing to keep)."""
 
 
 class QueueCount(NamedTuple):
@@ -106,22 +108,21 @@ class BrokerLink:
         self._connection: AbstractConnection | None = None
         self._declared = False
         self._depths: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(
+            "gateway broker link", self._step, 0, stop_wait_s=LOOP_STOP_WAIT_S
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Connect in the background; returns at once."""
-        self._task = asyncio.create_task(self._run(), name="gateway-broker-link")
+        self._loop.start()
 
     async def stop(self) -> None:
-        # Stopping the connecting task and closing can each wait on a channel
-        # whose RPC was cancelled mid-flight (aiormq); a gateway that is stopping
-        # must not hang on either, so each wait is bounded (`finish` never awaits
-        # a cancelled task without a deadline).
-        if self._task is not None:
-            self._task.cancel()
-            await finish(self._task, STOP_TIMEOUT_S / 2)
+        # Stopping the link's loop and closing can each wait on a channel whose
+        # RPC was cancelled mid-flight (aiormq); a gateway that is stopping must
+        # not hang on either, so each wait is bounded.
+        await self._loop.stop()
         await finish(asyncio.create_task(self.broker.stop()), STOP_TIMEOUT_S / 2)
 
     @property
@@ -141,40 +142,36 @@ class BrokerLink:
         """Ready and consumer counts of these queues, read now (None: the queue is missing)."""
         return await count_queues(self.channel, names)
 
-    async def _run(self) -> None:
-        connection = await self._connect()
-        await self._declare()
-        self._connection = connection
-        log.info("broker connected; topology declared", services=list(self._services))
-        await self._refresh_depths_forever()
+    async def _step(self) -> None:
+        """Connect and declare until that succeeds; then read the queue depths.
 
-    async def _connect(self) -> AbstractConnection:
-        while True:
+        Each pass paces itself (a second between tries to connect, `depth_refresh_s`
+        between two reads of the depths), so the loop's own interval is 0.
+        """
+        if self._connection is None:
             try:
-                async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    connection: Any = await self.broker.connect()
-                return connection
-            except asyncio.CancelledError:
-                raise
+                await self._connect_and_declare()
             except Exception as exc:
                 log.warning("broker unreachable; retrying", error=repr(exc))
-                await self.broker.stop()
-                await asyncio.sleep(RECONNECT_DELAY_S)
-
-    async def _declare(self) -> None:
-        while True:
-            try:
-                for service in self._services:
-                    await declare_service_topology(
-                        self.broker, service, self._tiers, delivery_limit=self._delivery_limit
-                    )
-                self._declared = True
+                await self._loop.pause(RECONNECT_DELAY_S)
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("declaring the topology failed; retrying", error=repr(exc))
-                await asyncio.sleep(RECONNECT_DELAY_S)
+            log.info("broker connected; topology declared", services=list(self._services))
+        await self._refresh_depths()
+        await self._loop.pause(self._depth_refresh_s)
+
+    async def _connect_and_declare(self) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                connection: Any = await self.broker.connect()
+        except Exception:
+            await self.broker.stop()
+            raise
+        for service in self._services:
+            await declare_service_topology(
+                self.broker, service, self._tiers, delivery_limit=self._delivery_limit
+            )
+        self._declared = True
+        self._connection = connection
 
     # ------------------------------------------------------------------ publishing
 
@@ -211,19 +208,15 @@ class BrokerLink:
     def depths(self) -> dict[str, int]:
         return dict(self._depths)
 
-    async def _refresh_depths_forever(self) -> None:
-        """Read each work queue's depth every `depth_refresh_s` (never per request)."""
+    async def _refresh_depths(self) -> None:
+        """Read each work queue's depth (every `depth_refresh_s`, never per request)."""
         names = [topology.work_queue(service) for service in self._services]
-        while True:
-            try:
-                # A read that meets a reconnect can wait for it: bound it.
-                async with asyncio.timeout(max(5.0, self._depth_refresh_s)):
-                    counts = await self.queue_counts(names)
-                for service, name in zip(self._services, names, strict=True):
-                    if (count := counts[name]) is not None:
-                        self._depths[service] = count.ready
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("reading queue depths failed", error=repr(exc))
-            await asyncio.sleep(self._depth_refresh_s)
+        try:
+            # A read that meets a reconnect can wait for it: bound it.
+            async with asyncio.timeout(max(5.0, self._depth_refresh_s)):
+                counts = await self.queue_counts(names)
+            for service, name in zip(self._services, names, strict=True):
+                if (count := counts[name]) is not None:
+                    self._depths[service] = count.ready
+        except Exception as exc:
+            log.debug("reading queue depths failed", error=repr(exc))

@@ -1,4 +1,4 @@
-"""The notifier's RabbitMQ side: its queues, and every publish it makes (all confirmed).
+"""The notifier's RabbitMQ side: its queues, and the relay's publishes (all confirmed).
 
 Webhook deliveries use the runtime's service topology under the notifier's
 name: `notifier.jobs` (the deliveries; DESIGN §3 calls it `notifier.webhooks`),
@@ -7,6 +7,8 @@ one more quorum queue, `notifier.dead-alerts`, bound to the `jobs.dead`
 exchange once per alerting service: the direct exchange copies each dead
 letter into it as well as into its `<service>.dead` queue, so alerting
 consumes a copy and the dead letters themselves stay for operators to replay.
+A delivery's retries and dead letter are published by the runtime's retrying
+consumer (`offload_runtime.consumer`), as a job's are.
 """
 
 import asyncio
@@ -27,7 +29,6 @@ from offload_runtime.broker import (
     publish_confirmed,
 )
 from offload_runtime.settings import RetryTier
-from offload_runtime.store import utcnow
 
 
 def dead_alerts_queue(service: str) -> RabbitQueue:
@@ -125,36 +126,3 @@ class RabbitPublisher:
                 routing_key=topology.work_queue(self._service),
                 message_id=delivery.webhook_id,
             )
-
-    async def retry_webhook(self, delivery: WebhookDelivery, tier: RetryTier) -> None:
-        await publish_confirmed(
-            self._broker,
-            delivery.model_dump_json(exclude_none=True).encode(),
-            routing_key=topology.retry_queue(self._service, tier.name),
-            message_id=delivery.webhook_id,
-        )
-
-    async def dead_letter(
-        self,
-        body: bytes,
-        *,
-        error: str,
-        error_type: str,
-        attempt: int,
-        message_id: str | None,
-    ) -> None:
-        """Park a delivery in `<service>.dead`, with the same headers the job runner sets."""
-        await publish_confirmed(
-            self._broker,
-            body,
-            exchange=topology.DEAD_EXCHANGE,
-            routing_key=self._service,
-            message_id=message_id,
-            headers={
-                topology.HEADER_ERROR: error,
-                topology.HEADER_ERROR_TYPE: error_type,
-                topology.HEADER_ATTEMPT: attempt,
-                topology.HEADER_FAILED_AT: utcnow().isoformat(),
-                topology.HEADER_SOURCE_QUEUE: topology.work_queue(self._service),
-            },
-        )
