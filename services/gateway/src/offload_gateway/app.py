@@ -54,6 +54,7 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
         delivery_limit=settings.delivery_limit,
         publish_timeout_s=settings.publish_timeout_s,
         depth_refresh_s=settings.queue_depth_refresh_s,
+        quorum_size=settings.rabbitmq_quorum_size,
     )
     ledger = StoreLedger(store)
     submitter = JobSubmitter(

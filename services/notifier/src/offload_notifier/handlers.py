@@ -9,7 +9,7 @@ from offload_contracts import topology
 from offload_notifier.adapters.rabbit import dead_alerts_queue
 from offload_notifier.alerts import OpsWebhook, describe, raise_alert
 from offload_notifier.webhooks import Deliverer
-from offload_runtime.broker import work_queue
+from offload_runtime.broker import quorum_size_of, work_queue
 from offload_runtime.logging import get_logger
 from offload_runtime.store import utcnow
 
@@ -72,7 +72,7 @@ def subscribe(
         await message.ack()
 
     broker.subscriber(
-        work_queue(service, delivery_limit=delivery_limit),
+        work_queue(service, delivery_limit=delivery_limit, quorum_size=quorum_size_of(broker)),
         channel=Channel(prefetch_count=concurrency),
         ack_policy=AckPolicy.MANUAL,
         no_reply=True,

@@ -37,7 +37,6 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import aio_pika
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustChannel,
@@ -46,6 +45,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from offload_contracts import topology
+from offload_runtime.broker import connect_robust_nodes
 from offload_runtime.settings import RetryTier
 
 QueueKind = Literal["work", "retry", "dead"]
@@ -285,7 +285,7 @@ class QueueOps:
     async def _conn(self) -> AbstractRobustConnection:
         async with self._connecting:
             if self._connection is None or self._connection.is_closed:
-                self._connection = await aio_pika.connect_robust(
+                self._connection = await connect_robust_nodes(
                     self._url,
                     client_properties={"connection_name": self._connection_name},
                     timeout=10,

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from offload_contracts import JobError, JobPolicy, JobRequestBase, JobStatus, topology
 from offload_runtime import metrics
-from offload_runtime.broker import publish_confirmed, work_queue
+from offload_runtime.broker import publish_confirmed, quorum_size_of, work_queue
 from offload_runtime.errors import JobFailure, PermanentError, TransientError
 from offload_runtime.logging import get_logger, job_context
 from offload_runtime.ports import JobContext
@@ -224,7 +224,11 @@ class JobRunner:
             return message
 
         subscriber = self.broker.subscriber(
-            work_queue(self.service, delivery_limit=self._delivery_limit),
+            work_queue(
+                self.service,
+                delivery_limit=self._delivery_limit,
+                quorum_size=quorum_size_of(self.broker),
+            ),
             channel=Channel(prefetch_count=self._concurrency),
             ack_policy=AckPolicy.MANUAL,
             no_reply=True,
