@@ -423,9 +423,7 @@ def main(argv: list[str]) -> int:
         if not STATE.exists():
             print("no clusters: run `python -m tests.support.clusters start`", file=sys.stderr)
             return 1
-        state = json.loads(STATE.read_text())
-        print(f"export OFFLOAD_RABBITMQ_URL='{state['rabbitmq_url']}'")
-        print(f"export OFFLOAD_REDIS_URL='{state['redis_url']}'")
+        print(_exports(json.loads(STATE.read_text())))
         return 0
     if STATE.exists():
         print("clusters already started; `stop` them first", file=sys.stderr)
@@ -443,9 +441,19 @@ def main(argv: list[str]) -> int:
     STATE.write_text(json.dumps({"rabbitmq_url": rabbit.url, "redis_url": redis.url}))
     print(f"Redis Cluster (3 masters, 3 replicas) in {redis.started_s:.1f}s: {redis.addresses}")
     print(f"RabbitMQ cluster (3 nodes) in {rabbit.started_s:.1f}s")
-    print(f"export OFFLOAD_RABBITMQ_URL='{rabbit.url}'")
-    print(f"export OFFLOAD_REDIS_URL='{redis.url}'")
+    print(_exports({"rabbitmq_url": rabbit.url, "redis_url": redis.url}))
     return 0
+
+
+def _exports(state: dict[str, str]) -> str:
+    """Shell lines to `eval`. The store does not run on a Redis Cluster yet (its scripts
+    touch keys of several slots), so the Redis Cluster's URL is shown, not exported."""
+    return "\n".join(
+        [
+            f"export OFFLOAD_RABBITMQ_URL='{state['rabbitmq_url']}'",
+            f"# Redis Cluster (for the sharded store): OFFLOAD_REDIS_URL='{state['redis_url']}'",
+        ]
+    )
 
 
 if __name__ == "__main__":
