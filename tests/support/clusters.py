@@ -74,13 +74,20 @@ def _cluster_port() -> int:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """Running, not a zombie: a killed run whose parent died too may stay a zombie for good."""
+    if not Path("/proc").is_dir():  # not Linux: no zombie check
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _kill_pid_file(path: Path, expect: str) -> None:
@@ -133,10 +140,10 @@ def remove_stale(*, everything_of_users: bool = False) -> list[Path]:
         if owner not in (-1, USER_OWNER) and _alive(owner):
             continue
         for node in sorted(base.glob("rabbit-*")):
-            name = (node / "nodename").read_text() if (node / "nodename").exists() else ""
-            if name:
-                _rabbitmqctl(name, "shutdown", timeout=30)
-            _kill_pid_file(node / "pid", "beam")
+            if (node / "pid").exists():
+                _kill_pid_file(node / "pid", "beam")
+            elif (node / "nodename").exists():  # killed before its pid file was written
+                _rabbitmqctl((node / "nodename").read_text(), "shutdown", timeout=30)
         for pid_file in base.glob("redis-*/pid"):
             _kill_pid_file(pid_file, "redis-server")
         shutil.rmtree(base, ignore_errors=True)
