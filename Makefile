@@ -6,7 +6,7 @@ PYTHON ?= python3
 # uv from PATH, else the one `pip install uv` puts beside this Python.
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(PYTHON) -m uv)
 
-.PHONY: install lint typecheck test browser docs unasync run demo compose-check bench clean
+.PHONY: install lint typecheck test browser docs unasync run demo compose-check bench clean clusters clusters-stop
 
 install: ## create .venv from the lock file (installs uv with pip when missing)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -58,6 +58,14 @@ run: export OFFLOAD_SHUTDOWN_GRACE_S ?= 10
 run: install ## start every service locally (needs RabbitMQ and Redis); Ctrl-C stops them
 	@$(UV) run --locked --no-sync python deploy/run.py \
 		--scale ai=$(AI) --scale research=$(RESEARCH) --scale video=$(VIDEO) --scale image=$(IMAGE)
+
+# Local clusters without Docker, for `make run` against them (README, "Running against a
+# RabbitMQ cluster"): prints the OFFLOAD_* URLs to export.
+clusters: install ## start a local RabbitMQ cluster (3 nodes) and Redis Cluster (3+3)
+	@$(UV) run --locked --no-sync python -m tests.support.clusters start
+
+clusters-stop: ## stop the clusters `make clusters` started
+	@$(UV) run --locked --no-sync python -m tests.support.clusters stop
 
 # `make demo`: against a running system (`make run` in another terminal).
 demo: export OFFLOAD_API_KEY ?= dev-key

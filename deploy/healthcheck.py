@@ -54,9 +54,11 @@ def worker_problems(rabbitmq_url: str, redis_url: str, tables: list[str]) -> lis
         ("RabbitMQ", rabbitmq_url, 5672),
         ("Redis", redis_url, 6379),
     ):
-        port = urlsplit(url).port or default_port
-        if port not in connected:
-            problems.append(f"no established connection to {name} (port {port})")
+        # A RabbitMQ cluster's URL names every node: a connection to any one will do.
+        ports = sorted({urlsplit(node.strip()).port or default_port for node in url.split(",")})
+        if not connected.intersection(ports):
+            shown = ", ".join(str(port) for port in ports)
+            problems.append(f"no established connection to {name} (port {shown})")
     for name, url, problem in (
         ("RabbitMQ", rabbitmq_url, rabbitmq_problem(rabbitmq_url)),
         ("Redis", redis_url, redis_problem(redis_url)),

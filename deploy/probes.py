@@ -13,7 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 def redacted(url: str) -> str:
-    """The URL with its password replaced by `***`, fit to print."""
+    """The URL with its password replaced by `***`, fit to print (each URL of a list)."""
+    if "," in url:
+        return ",".join(redacted(part.strip()) for part in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -29,18 +31,26 @@ def _reason(exc: BaseException) -> str:
 
 
 def rabbitmq_problem(url: str, timeout_s: float = 3.0) -> str | None:
-    """Open and close an AMQP connection: proves the broker, the credentials and the vhost."""
+    """Open and close an AMQP connection: proves the broker, the credentials and the vhost.
+
+    For a cluster (comma-separated node URLs) one answering node is enough: the
+    services' connections move to whichever node answers.
+    """
     import aio_pika
 
-    async def connect() -> None:
-        connection = await aio_pika.connect(url, timeout=timeout_s)
+    async def connect(node: str) -> None:
+        connection = await aio_pika.connect(node, timeout=timeout_s)
         await connection.close()
 
-    try:
-        asyncio.run(asyncio.wait_for(connect(), timeout_s + 1))
-    except Exception as exc:  # any failure is the answer we report
-        return _reason(exc)
-    return None
+    reasons = []
+    for node in [part.strip() for part in url.split(",") if part.strip()]:
+        try:
+            asyncio.run(asyncio.wait_for(connect(node), timeout_s + 1))
+        except Exception as exc:  # any failure is the answer we report
+            reasons.append(_reason(exc))
+        else:
+            return None
+    return "; ".join(reasons) if len(reasons) > 1 else reasons[0] if reasons else "no URL"
 
 
 def redis_problem(url: str, timeout_s: float = 3.0) -> str | None:

@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
@@ -206,6 +207,28 @@ async def test_worker_health_check_needs_both_servers_to_answer(infra: Infra) ->
     assert f"no established connection to Redis (port {dead_port})" in bad.stderr
     assert f"Redis at redis://127.0.0.1:{dead_port}/0 does not answer" in bad.stderr
     assert "RabbitMQ" not in bad.stderr
+
+
+async def test_worker_health_check_takes_a_cluster_url_one_answering_node_is_enough(
+    infra: Infra,
+) -> None:
+    connection = await aio_pika.connect(infra.rabbitmq_url)
+    client = aioredis.from_url(infra.redis_url)
+    await client.ping()
+    parts = urlsplit(infra.rabbitmq_url)
+    dead = urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{free_port()}"))
+    try:
+        env = {"OFFLOAD_RABBITMQ_URL": f"{dead},{infra.rabbitmq_url}"}
+        good = await asyncio.to_thread(
+            healthcheck, "worker", env={**env, "OFFLOAD_REDIS_URL": infra.redis_url}
+        )
+        only_dead = {"OFFLOAD_RABBITMQ_URL": dead, "OFFLOAD_REDIS_URL": infra.redis_url}
+        bad = await asyncio.to_thread(healthcheck, "worker", env=only_dead)
+    finally:
+        await connection.close()
+        await client.aclose()
+    assert good.returncode == 0, good.stderr
+    assert bad.returncode == 1 and "no established connection to RabbitMQ" in bad.stderr
 
 
 # --------------------------------------------------------------------------- make run

@@ -56,6 +56,7 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
         publish_timeout_s=settings.publish_timeout_s,
         depth_refresh_s=settings.queue_depth_refresh_s,
         services=catalog.services,
+        quorum_size=settings.rabbitmq_quorum_size,
     )
     ledger = StoreLedger(store, catalog)
     submitter = JobSubmitter(

@@ -89,7 +89,9 @@ def build_app(
     redis = deps.redis or connect_redis(
         settings.redis_url, max_connections=settings.redis_max_connections
     )
-    broker = deps.broker or make_broker(settings.rabbitmq_url, service=service)
+    broker = deps.broker or make_broker(
+        settings.rabbitmq_url, service=service, quorum_size=settings.rabbitmq_quorum_size
+    )
     tracing = telemetry.tracer_provider_for(settings, service)
     telemetry.instrument_broker(broker, tracing)
     loop_lag = LoopLagSampler()

@@ -41,7 +41,7 @@ from faststream.rabbit.subscriber import RabbitSubscriber
 
 from offload_contracts import topology
 from offload_runtime import metrics, outage
-from offload_runtime.broker import publish_confirmed, work_queue
+from offload_runtime.broker import publish_confirmed, quorum_size_of, work_queue
 from offload_runtime.errors import Deferred, JobFailure
 from offload_runtime.logging import get_logger
 from offload_runtime.retry_tiers import exhausted, next_tier, pick_tier
@@ -105,7 +105,11 @@ class RetryingConsumer(Generic[ItemT]):
             return message
 
         subscriber = self.broker.subscriber(
-            work_queue(self.service, delivery_limit=self._delivery_limit),
+            work_queue(
+                self.service,
+                delivery_limit=self._delivery_limit,
+                quorum_size=quorum_size_of(self.broker),
+            ),
             channel=Channel(prefetch_count=self.concurrency),
             ack_policy=AckPolicy.MANUAL,
             no_reply=True,

@@ -7,6 +7,7 @@ Nothing else in Offload reads `os.environ`; each service subclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,39 @@ def parse_retry_tiers(text: str) -> tuple[RetryTier, ...]:
     return tuple(sorted(tiers, key=lambda tier: tier.delay_ms))
 
 
+def parse_rabbitmq_nodes(text: str) -> tuple[str, ...]:
+    """`OFFLOAD_RABBITMQ_URL` → one AMQP URL per node.
+
+    One URL names one node; several, comma-separated, name the nodes of one
+    cluster (`amqp://u:p@rabbit-1:5672/vh,amqp://u:p@rabbit-2:5672/vh`): the
+    same vhost on each. Errors never quote a URL (it may hold a password).
+    """
+    nodes = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not nodes:
+        raise ValueError("OFFLOAD_RABBITMQ_URL is empty")
+    vhosts = set()
+    for index, node in enumerate(nodes, start=1):
+        where = (
+            f"node {index} of OFFLOAD_RABBITMQ_URL" if len(nodes) > 1 else "OFFLOAD_RABBITMQ_URL"
+        )
+        try:
+            parts = urlsplit(node)
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError as exc:
+            raise ValueError(f"{where} is not a valid URL: {exc}") from None
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError(
+                f"{where} is not an AMQP URL: expected amqp://user:password@host:port/vhost "
+                "(several nodes of one cluster: comma-separated URLs)"
+            )
+        vhosts.add(parts.path.strip("/") or "/")
+    if len(vhosts) > 1:
+        raise ValueError(
+            "the nodes of OFFLOAD_RABBITMQ_URL name different vhosts; one cluster, one vhost"
+        )
+    return nodes
+
+
 class LogSettings(BaseSettings):
     """How a process logs: every Offload process reads these, the sandbox included."""
 
@@ -83,7 +117,16 @@ class RuntimeSettings(LogSettings):
     """What every Offload service reads from the environment (the sandbox aside)."""
 
     rabbitmq_url: str = Field(
-        default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL."
+        default="amqp://guest:guest@127.0.0.1:5672/",
+        description="RabbitMQ URL; for a cluster, one URL per node, comma-separated (a "
+        "connection moves to the next node when its node goes away).",
+    )
+    rabbitmq_quorum_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replicas of each quorum queue (`x-quorum-initial-group-size`), set when "
+        "the queue is first declared. Unset: the number of nodes in OFFLOAD_RABBITMQ_URL "
+        "when it names several, and RabbitMQ's own default for one.",
     )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
     redis_prefix: str = Field(
@@ -124,6 +167,12 @@ class RuntimeSettings(LogSettings):
     @classmethod
     def _tiers_parse(cls, value: str) -> str:
         parse_retry_tiers(value)
+        return value
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _rabbitmq_nodes_parse(cls, value: str) -> str:
+        parse_rabbitmq_nodes(value)
         return value
 
     @field_validator("api_keys")

@@ -88,6 +88,7 @@ def build_worker(
         service=service,
         graceful_timeout=settings.shutdown_grace_s,
         watched=True,
+        quorum_size=settings.rabbitmq_quorum_size,
     )
     # Both are broker middlewares, added before the subscriber, and only when
     # asked for: with tracing off and broker metrics off the hot path is unchanged.

@@ -98,8 +98,9 @@ class BrokerLink:
         publish_timeout_s: float,
         depth_refresh_s: float,
         services: tuple[str, ...] = topology.WORKER_SERVICES,
+        quorum_size: int | None = None,
     ) -> None:
-        self.broker: RabbitBroker = make_broker(url, service="gateway")
+        self.broker: RabbitBroker = make_broker(url, service="gateway", quorum_size=quorum_size)
         self._tiers = tiers
         self._delivery_limit = delivery_limit
         self._publish_timeout_s = publish_timeout_s
