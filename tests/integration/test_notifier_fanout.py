@@ -10,12 +10,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from offload_notifier.adapters.redis_streams import Follower, RedisStreamHub
 from offload_notifier.streams import START, StreamEntry
@@ -159,33 +159,25 @@ async def test_announcements_trimmed_before_the_reader_saw_them_are_recovered_fr
 
 
 async def test_followers_of_other_jobs_cost_the_reader_nothing_per_event(
-    client: "aioredis.Redis", keys: RedisKeys
+    hub: RedisStreamHub, client: "aioredis.Redis", keys: RedisKeys
 ) -> None:
-    hub = _hub(client, keys)
-    reads: list[int] = []
-    read_again = hub._read_again
+    jobs = [f"job-{n}" for n in range(200)]
+    async with AsyncExitStack() as stack:
+        followers = await _follow_all(stack, hub, keys, jobs + [jobs[7]] * 20)
+        # One event through first: the reader has taken up the feed by then.
+        await _transition(client, keys, jobs[0], 0)
+        await _take(followers[0], 1)
+        reads = _job_stream_reads()
+        entry = await _transition(client, keys, jobs[7], 0)
+        for follower in [followers[7], *followers[200:]]:
+            assert [e.id for e in await _take(follower, 1)] == [entry]
+        # One event: one job stream read, though 200 jobs and 21 clients of this one are
+        # followed.
+        assert _job_stream_reads() - reads == 1
 
-    async def counting(watches: Iterable[Any]) -> None:
-        batch = list(watches)
-        reads.append(len(batch))
-        await read_again(batch)
 
-    hub._read_again = counting  # type: ignore[method-assign]
-    hub.start()
-    try:
-        jobs = [f"job-{n}" for n in range(200)]
-        async with AsyncExitStack() as stack:
-            followers = await _follow_all(stack, hub, keys, jobs)
-            # One event through first: the reader has taken up the feed by then.
-            await _transition(client, keys, jobs[0], 0)
-            await _take(followers[0], 1)
-            reads.clear()
-            entry = await _transition(client, keys, jobs[7], 0)
-            assert [e.id for e in await _take(followers[7], 1)] == [entry]
-            # One event: one job stream read, though 200 are followed.
-            assert sum(reads) == 1
-    finally:
-        await hub.stop()
+def _job_stream_reads() -> float:
+    return float(REGISTRY.get_sample_value("offload_sse_job_stream_reads_total") or 0)
 
 
 async def _none(subscription: Follower) -> bool:

@@ -57,3 +57,9 @@ SSE_RESYNCS = Counter(
     "at its end (first job followed after an idle spell, or after a Redis error), or found "
     "outbox entries trimmed before it read them.",
 )
+SSE_JOB_STREAM_READS = Counter(
+    "offload_sse_job_stream_reads_total",
+    "Job streams the shared SSE reader read (an XRANGE each) because the outbox announced new "
+    "entries, a follower joined, or it resynced: one per event with followers here, however "
+    "many clients follow it.",
+)

@@ -203,6 +203,12 @@ class _Feed:
     def restart(self) -> None:
         self.added = None
 
+    def note(self, entries: list[Any]) -> None:
+        """Entries read outside a counted read (a blocking one): counted at the next."""
+        if entries and self.added is not None:
+            self.position = entries[-1][0]
+            self.read_since += len(entries)
+
     def advance(self, entries: list[Any], info: dict[str, Any] | None, count: int) -> bool:
         """Account for one read; True when the feed may not have told of every new entry
         since the last read, so every followed job stream must be read again."""
@@ -251,6 +257,8 @@ class RedisStreamHub:
         self._by_key: dict[str, _Watch] = {}  # streams read by key
         self._by_job: dict[str, _Watch] = {}  # job streams learnt of from the feed
         self._waiting = False  # the blocking read is in flight
+        self._fresh = True  # the last read found something: read again before blocking
+        self._announced: set[str] = set()  # followed jobs the feed announced, not yet read
         self._wake_sent = False
         self._changed = asyncio.Event()
         self._stopping = False
@@ -376,9 +384,12 @@ class RedisStreamHub:
                 await asyncio.wait_for(self._changed.wait(), IDLE_CHECK_S)
             return
         try:
-            if not await self._read_once():
-                await self._wait()
+            if self._fresh or self._announced:
+                self._fresh = await self._read_once()
+            else:
+                self._fresh = await self._wait()
         except Exception:
+            self._fresh = True
             if self._feed is not None:
                 # What the feed said meanwhile is unknown: take it up again from its end
                 # (which reads every followed job stream once, after that).
@@ -386,25 +397,78 @@ class RedisStreamHub:
             await self._loop.pause(RETRY_S)
             raise
 
-    async def _read_once(self) -> bool:
-        """Read what is new, without blocking, and hand it out; False when nothing was."""
-        by_key = dict(self._by_key)
-        streams: dict[Any, Any] = {key: watch.position_id for key, watch in by_key.items()}
-        feed = self._feed if self._by_job else None
-        if feed is None and self._feed is not None:
-            self._feed.restart()  # not read meanwhile: new job followers read up to now
+    def _streams(self, feed: "_Feed | None") -> dict[Any, Any]:
+        streams: dict[Any, Any] = {key: watch.position_id for key, watch in self._by_key.items()}
         if feed is not None and feed.added is not None:
             streams[feed.key] = feed.position
+        return streams
+
+    def _active_feed(self) -> "_Feed | None":
+        if self._feed is not None and not self._by_job:
+            self._feed.restart()  # not read meanwhile: new job followers read up to now
+            return None
+        return self._feed
+
+    async def _wait(self) -> bool:
+        """Block until something is new (or a new stream is followed), and take what came.
+
+        Streams read by key are handed out at once; the feed's entries are noted,
+        and the followed job streams they announce are read by the next
+        `_read_once`. True when that should run at once.
+        """
+        feed = self._active_feed()
+        if feed is not None and feed.added is None:
+            return True  # `_read_once` takes the feed's position first
+        streams = self._streams(feed)
+        streams[self._wake_key] = self._wake_position
+        by_key = dict(self._by_key)
+        self._waiting, self._wake_sent = True, False
+        try:
+            reply: Any = await self._client.xread(streams, count=READ_COUNT, block=self._block_ms)
+        finally:
+            self._waiting = False
+        found = False
+        for key, entries in reply or ():
+            if key == self._wake_key:
+                self._wake_position = entries[-1][0]
+            elif feed is not None and key == feed.key:
+                feed.note(entries)
+                self._announce(entries)
+                found = True
+            else:
+                found = self._hand_out(by_key, key, entries) or found
+        # After a read that timed out, one counted read checks the feed for entries
+        # trimmed before they could be read (they wake no blocked read).
+        return found or not reply
+
+    async def _read_once(self) -> bool:
+        """In one `MULTI`: read the job streams announced so far, read what is new without
+        blocking, and count the feed's entries; hand it all out. True when anything new
+        was read (more may be waiting)."""
+        feed = self._active_feed()
+        announced = [self._by_job[job] for job in self._announced if job in self._by_job]
+        self._announced.clear()
+        streams = self._streams(feed)
+        by_key = dict(self._by_key)
+        metrics.SSE_JOB_STREAM_READS.inc(len(announced))
         async with self._client.pipeline(transaction=True) as pipe:
+            for watch in announced:
+                pipe.xrange(watch.key, f"({watch.position_id}", "+")
             if streams:
                 pipe.xread(streams, count=READ_COUNT)
             if feed is not None:
                 pipe.xinfo_stream(feed.key)
             replies = await pipe.execute(raise_on_error=False)
-        reply: Any = replies[0] if streams else None
+        for watch, entries in zip(announced, replies, strict=False):
+            if isinstance(entries, Exception):
+                raise entries
+            if entries:
+                _dispatch(watch, entries)
+        rest = replies[len(announced) :]
+        reply: Any = rest[0] if streams else None
         if isinstance(reply, Exception):
             raise reply
-        info: Any = replies[-1] if feed is not None else None
+        info: Any = rest[-1] if feed is not None else None
         if isinstance(info, aioredis.ResponseError):
             info = None  # no outbox yet
         elif isinstance(info, Exception):
@@ -414,36 +478,35 @@ class RedisStreamHub:
         for key, entries in reply or ():
             if feed is not None and key == feed.key:
                 noticed = entries
-                continue
-            watch = by_key.get(key)
-            if watch is None or self._by_key.get(key) is not watch:
-                continue  # every follower left (and maybe others joined anew) meanwhile
-            found = True
-            _dispatch(watch, entries)
+            else:
+                found = self._hand_out(by_key, key, entries) or found
         if feed is not None:
             starting = feed.added is None
             stale = feed.advance(noticed, info, READ_COUNT)
-            if noticed:
-                found = True
-                await self._read_again(self._announced(noticed))
+            self._announce(noticed)
+            found = found or bool(noticed)
             if stale:
                 if not starting:
                     log.warning("event feed entries were trimmed before they were read")
                 await self._resync()
         return found
 
-    def _announced(self, entries: list[Any]) -> list[_Watch]:
-        """The followed job streams these outbox entries announce new entries of."""
-        found: dict[str, _Watch] = {}
+    def _hand_out(self, by_key: dict[str, _Watch], key: str, entries: Any) -> bool:
+        watch = by_key.get(key)
+        if watch is None or self._by_key.get(key) is not watch:
+            return False  # every follower left (and maybe others joined anew) meanwhile
+        _dispatch(watch, entries)
+        return True
+
+    def _announce(self, entries: list[Any]) -> None:
+        """Note the followed jobs these outbox entries announce new entries of."""
         for _entry_id, fields in entries:
             try:
                 job_id = json.loads(fields.get("data", "")).get("job_id")
             except (ValueError, AttributeError):
                 continue  # not an event: the relay drops it too
-            watch = self._by_job.get(job_id) if isinstance(job_id, str) else None
-            if watch is not None:
-                found[job_id] = watch
-        return list(found.values())
+            if isinstance(job_id, str) and job_id in self._by_job:
+                self._announced.add(job_id)
 
     async def _read_again(self, watches: Iterable[_Watch]) -> None:
         """Read each stream past the hub's position for it and hand out what is new.
@@ -455,6 +518,7 @@ class RedisStreamHub:
         watches = list(watches)
         for start in range(0, len(watches), RANGE_PIPELINE):
             chunk = watches[start : start + RANGE_PIPELINE]
+            metrics.SSE_JOB_STREAM_READS.inc(len(chunk))
             async with self._client.pipeline(transaction=False) as pipe:
                 for watch in chunk:
                     pipe.xrange(watch.key, f"({watch.position_id}", "+")
@@ -467,25 +531,6 @@ class RedisStreamHub:
         if self._by_job:
             metrics.SSE_RESYNCS.inc()
             await self._read_again(list(self._by_job.values()))
-
-    async def _wait(self) -> None:
-        """Block until something new may be there (or a new stream is followed)."""
-        streams: dict[Any, Any] = {key: watch.position_id for key, watch in self._by_key.items()}
-        feed = self._feed if self._by_job else None
-        if feed is not None:
-            if feed.added is None:
-                return  # the next read takes the feed's position first
-            streams[feed.key] = feed.position
-        streams[self._wake_key] = self._wake_position
-        self._waiting, self._wake_sent = True, False
-        try:
-            # COUNT 1: only a signal; the next `_read_once` reads what came.
-            reply: Any = await self._client.xread(streams, count=1, block=self._block_ms)
-        finally:
-            self._waiting = False
-        for key, entries in reply or ():
-            if key == self._wake_key:
-                self._wake_position = entries[-1][0]
 
     def _wake(self) -> None:
         """Make a new stream read by key part of the next read at once."""
