@@ -129,9 +129,8 @@ async def test_a_client_that_stops_reading_holds_no_other_and_later_gets_everyth
     async with hub.follow_job(job, key, START) as slow, hub.follow_job(job, key, START) as fast:
         assert await _none(slow) and await _none(fast)  # both joined
         ids = [await _transition(client, keys, job, n) for n in range(50)]  # 5 × queue limit
-        began = time.monotonic()
+        # The fast one gets every entry while the slow one reads nothing.
         assert [e.id for e in await _take(fast, 50)] == ids
-        assert time.monotonic() - began < 2
         # The slow one left the shared reader when its queue filled, and catches up from
         # Redis now that it reads: every entry, in order, once.
         assert [e.id for e in await _take(slow, 50)] == ids
