@@ -33,10 +33,12 @@ How a follower gets every entry after its position exactly once:
    than the last it returned.
 
 The outbox is trimmed by the relay once acknowledged, so a loop that fell
-behind (or lost Redis for a while) may miss feed entries. Each outbox read is
-checked against the stream's `entries-added` counter in the same `MULTI`; when
-entries went missing, every followed job stream is read again from the hub's
-position for it (a resync), so nothing is lost, only delayed.
+behind (or lost Redis for a while) may miss feed entries. The loop blocks on
+the outbox, then reads on without blocking, each time in one `MULTI` with the
+outbox's `entries-added` counter: whenever it has read to the end, the entries
+it read since it was last there must add up to what the counter grew by. When
+they do not, every followed job stream is read again from the hub's position
+for it (a resync), so nothing is lost, only delayed.
 
 A client that stops reading costs memory for at most `queue_limit` entries:
 past that it leaves the hub, drops its queue, and when it reads again it
