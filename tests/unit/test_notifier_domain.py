@@ -3,7 +3,7 @@
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -179,6 +179,11 @@ class FakeStreams:
     async def follow(self, key: str, after: str) -> AsyncIterator[FakeSubscription]:
         self.followed_after = after
         yield FakeSubscription([e for e in self.entries if stream_id(e.id) > stream_id(after)])
+
+    def follow_job(
+        self, job_id: str, key: str, after: str
+    ) -> AbstractAsyncContextManager[FakeSubscription]:
+        return self.follow(key, after)
 
     async def bounds(self, key: str) -> StreamBounds:
         if not self.entries:

@@ -190,7 +190,7 @@ def build_app(
         wake_key=keys.notifier_wake(settings.notifier_consumer),
         block_ms=settings.sse_block_ms,
         queue_limit=settings.sse_queue_limit,
-        readers=settings.sse_readers,
+        feed=keys.outbox,
     )
     jobs = RedisJobs(redis, keys)
     slots = StreamSlots(settings.sse_max_streams_per_tenant)

@@ -46,3 +46,20 @@ SSE_CLIENTS = Gauge(
     "SSE clients connected to this process, by stream kind (job, tenant).",
     ["stream"],
 )
+SSE_FELL_BEHIND = Counter(
+    "offload_sse_fell_behind_total",
+    "Times an SSE client stopped reading for longer than OFFLOAD_SSE_QUEUE_LIMIT events: its "
+    "queue was dropped and it catches up from Redis when it reads again.",
+)
+SSE_RESYNCS = Counter(
+    "offload_sse_resyncs_total",
+    "Times the shared SSE reader read every followed job stream again: it took the outbox up "
+    "at its end (first job followed after an idle spell, or after a Redis error), or found "
+    "outbox entries trimmed before it read them.",
+)
+SSE_JOB_STREAM_READS = Counter(
+    "offload_sse_job_stream_reads_total",
+    "Job streams the shared SSE reader read (an XRANGE each) because the outbox announced new "
+    "entries, a follower joined, or it resynced: one per event with followers here, however "
+    "many clients follow it.",
+)

@@ -74,15 +74,7 @@ class NotifierSettings(RuntimeSettings, HttpServerSettings, ConsumerWatchSetting
         default=2000,
         ge=10,
         le=MAX_BLOCK_MS,
-        description="How long the shared stream reader blocks per read.",
-    )
-    sse_readers: int = Field(
-        default=1,
-        ge=1,
-        le=64,
-        description="Shared stream-reading loops (one blocked Redis connection each); "
-        "followed keys are spread over them. One serves thousands of clients; more "
-        "only pays when one read over every followed key gets too large.",
+        description="How long the shared stream reader blocks per read when nothing is new.",
     )
     sse_max_streams_per_tenant: int = Field(
         default=200,

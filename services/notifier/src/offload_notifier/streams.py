@@ -9,7 +9,8 @@ the events after it.
 The stream ends after the job's terminal event. A tenant's stream is the same
 without history (it starts live) and without an end.
 
-Reading Redis is a port (`StreamSource`), shared by every client of a process.
+Reading Redis is a port (`StreamSource`), shared by every client of a process:
+an event is read once per process and handed to each of its followers.
 """
 
 import json
@@ -128,6 +129,13 @@ class StreamSource(Protocol):
         """Every entry of `key` after `after`: the stored ones, then new ones as they come."""
         ...
 
+    def follow_job(
+        self, job_id: str, key: str, after: str
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """As `follow`, for job `job_id`'s own stream `key` (which the source may learn of
+        from the feed of every job's events rather than by reading `key`)."""
+        ...
+
     async def bounds(self, key: str) -> "StreamBounds":
         """Where the stream starts and ends now, and whether entries were ever trimmed."""
         ...
@@ -197,7 +205,7 @@ async def job_frames(
             if snapshot.terminal:
                 return
             after = snapshot.last_id
-    async with source.follow(key, after) as subscription:
+    async with source.follow_job(job_id, key, after) as subscription:
         pending: StreamEntry | None = None
         while True:
             entry = pending or await subscription.next(ping_s)
