@@ -41,8 +41,7 @@ async def wait_for_status(
 
 async def job_events(store: JobStore, job_id: str) -> list[JobEvent]:
     """The job's events, in order, from its stream."""
-    entries = await store.client.xrange(store.keys.job_events(job_id))
-    return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+    return [JobEvent.model_validate_json(data) for _, data in await store.events(job_id)]
 
 
 class Harness:
@@ -61,9 +60,8 @@ class Harness:
         values.update(settings_overrides)
         self.settings = WorkerSettings(**values)
         self.keys = RedisKeys(self.settings.redis_prefix)
-        self.store = JobStore(
-            connect_redis(self.settings.redis_url), self.keys, retention_s=3600, events_maxlen=100
-        )
+        self.redis = connect_redis(self.settings.redis_url)
+        self.store = JobStore(self.redis, self.keys, retention_s=3600, events_maxlen=100)
         self.broker = make_broker(self.settings.rabbitmq_url, service=f"{self.service}-test")
         self.workers: list[Worker] = []
         self.processes: list[ServiceProcess] = []
@@ -84,7 +82,7 @@ class Harness:
         for worker in self.workers:
             await worker.app.stop()
         await self.broker.stop()
-        await self.store.client.aclose()
+        await self.redis.aclose()
         tiers = {tier for settings in self._settings_used for tier in settings.tiers}
         await delete_queues(self.settings.rabbitmq_url, service_queue_names(self.service, tiers))
 
@@ -138,7 +136,7 @@ class Harness:
         return await job_events(self.store, job_id)
 
     async def outbox_events(self, job_id: str) -> list[JobEvent]:
-        entries = await self.store.client.xrange(self.keys.outbox)
+        entries = await self.redis.xrange(self.keys.outbox(self.keys.shard(job_id)))
         events = [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
         return [event for event in events if event.job_id == job_id]
 

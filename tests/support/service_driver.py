@@ -59,7 +59,7 @@ class ServiceDriver:
 
     async def close(self) -> None:
         await self.broker.stop()
-        await self.store.client.aclose()
+        await self.store.aclose()
 
     async def submit(self, job_type: str, max_attempts: int | None = None, **spec: Any) -> Any:
         """Record the job `waiting`, then publish its request with a confirm."""

@@ -142,4 +142,4 @@ async def running_stack(
         for process in stack.processes.values():
             process.stop()
         await http.aclose()
-        await store.client.aclose()
+        await store.aclose()

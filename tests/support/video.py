@@ -54,10 +54,9 @@ class VideoRig:
         values.update(overrides)
         self.settings = VideoSettings(**values)
         self.keys = RedisKeys(self.settings.redis_prefix)
-        self.store = JobStore(
-            connect_redis(infra.redis_url), self.keys, retention_s=3600, events_maxlen=1000
-        )
-        self.files = FileStore(storage_dir, self.store.client, self.keys)
+        self.redis = connect_redis(infra.redis_url)
+        self.store = JobStore(self.redis, self.keys, retention_s=3600, events_maxlen=1000)
+        self.files = FileStore(storage_dir, self.redis, self.keys)
         self.broker = make_broker(infra.rabbitmq_url, service="video-test")
         self.http = httpx.AsyncClient(base_url=sandbox_url, timeout=10)
         self.worker: Worker | None = None
@@ -74,7 +73,7 @@ class VideoRig:
             await self.worker.app.stop()
         await self.broker.stop()
         await self.http.aclose()
-        await self.store.client.aclose()
+        await self.redis.aclose()
 
     @property
     def partial_dir(self) -> Path:

@@ -29,7 +29,7 @@ from offload_notifier.adapters.redis_store import RedisDeliveryLog, RedisJobs, R
 from offload_notifier.adapters.redis_streams import RedisStreamHub
 from offload_notifier.adapters.tracing import DeliverySpans
 from offload_notifier.alerts import raise_stall_alert
-from offload_notifier.relay import Relay
+from offload_notifier.relay import Relay, ShardRelays
 from offload_notifier.routes import RouteDeps, build_router, install_problem_handlers
 from offload_notifier.settings import NotifierSettings
 from offload_notifier.stalls import StallTracker, StallWatch
@@ -41,7 +41,7 @@ from offload_runtime.inflight import InFlightReporter
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler
-from offload_runtime.redis import connect_redis
+from offload_runtime.redis import check_shard_count, connect_redis
 from offload_runtime.store import utcnow
 from offload_runtime.webhook_secrets import WebhookSecrets
 
@@ -66,9 +66,9 @@ class Notifier:
     keys: RedisKeys
     redis: "aioredis.Redis"
     broker: RabbitBroker
-    relay: Relay
+    relay: ShardRelays
     hub: RedisStreamHub
-    outbox: RedisOutbox
+    outboxes: list[RedisOutbox]
     deliveries: RedisDeliveryLog
     slots: StreamSlots
 
@@ -80,11 +80,12 @@ def build_app(
     settings = settings or NotifierSettings()
     deps = deps or NotifierDeps()
     service = settings.notifier_service
-    keys = RedisKeys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix, settings.redis_shards)
     # A burst of SSE clients each makes a few short calls: they queue for a
     # pooled connection rather than being refused (the pool blocks when full).
+    # Each shard's relay holds one more connection, in its blocked read of the outbox.
     redis = deps.redis or connect_redis(
-        settings.redis_url, max_connections=settings.redis_max_connections
+        settings.redis_url, max_connections=settings.redis_max_connections + keys.shards
     )
     broker = deps.broker or make_broker(settings.rabbitmq_url, service=service)
     tracing = telemetry.tracer_provider_for(settings, service)
@@ -101,27 +102,34 @@ def build_app(
         timeout_s=settings.webhook_timeout_s, max_connections=2, tracer_provider=tracing
     )
 
-    outbox = RedisOutbox(
-        redis,
-        keys.outbox,
-        consumer=settings.notifier_consumer,
-        batch=settings.relay_batch,
-        block_ms=settings.relay_block_ms,
-        claim_idle_ms=settings.relay_claim_idle_ms,
-    )
-    publisher = RabbitPublisher(broker, service)
-    relay = Relay(
-        outbox,
-        RedisTenantStreams(
+    outboxes = [
+        RedisOutbox(
             redis,
-            keys,
-            maxlen=settings.tenant_events_maxlen,
-            retention_s=settings.job_retention_s,
-        ),
-        publisher,
-        claim_every_s=max(settings.relay_claim_idle_ms / 2000, 0.01),
-        trim_every_s=settings.relay_trim_interval_s,
-        retry_after_failure_s=settings.relay_retry_s,
+            keys.outbox(shard),
+            consumer=settings.notifier_consumer,
+            batch=settings.relay_batch,
+            block_ms=settings.relay_block_ms,
+            claim_idle_ms=settings.relay_claim_idle_ms,
+        )
+        for shard in keys.all_shards
+    ]
+    publisher = RabbitPublisher(broker, service)
+    tenant_streams = RedisTenantStreams(
+        redis, keys, maxlen=settings.tenant_events_maxlen, retention_s=settings.job_retention_s
+    )
+    relay = ShardRelays(
+        [
+            Relay(
+                outbox,
+                tenant_streams,
+                publisher,
+                claim_every_s=max(settings.relay_claim_idle_ms / 2000, 0.01),
+                trim_every_s=settings.relay_trim_interval_s,
+                retry_after_failure_s=settings.relay_retry_s,
+                name=f"outbox relay, shard {shard}",
+            )
+            for shard, outbox in zip(keys.all_shards, outboxes, strict=True)
+        ]
     )
     deliveries = RedisDeliveryLog(redis, keys, retention_s=settings.job_retention_s)
     deliverer = Deliverer(
@@ -191,8 +199,9 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(service, level=settings.log_level, fmt=settings.log_format)
-        await redis.ping()
-        await outbox.ensure_group()
+        await check_shard_count(redis, keys)
+        for outbox in outboxes:
+            await outbox.ensure_group()
         await broker.connect()
         await declare_notifier_topology(
             broker,
@@ -260,7 +269,7 @@ def build_app(
         broker=broker,
         relay=relay,
         hub=hub,
-        outbox=outbox,
+        outboxes=outboxes,
         deliveries=deliveries,
         slots=slots,
     )

@@ -1,10 +1,10 @@
 """The outbox relay (DESIGN §4, §6): every job event, from the outbox to where it is needed.
 
-The job store appends each transition's event to the outbox stream in the
-same Lua call as the transition. The relay reads it through a consumer group
-shared by every notifier replica and, batch by batch:
+The job store appends each transition's event to its shard's outbox stream in
+the same Lua call as the transition. One relay per shard reads that outbox
+through a consumer group shared by every notifier replica and, batch by batch:
 
-1. appends each event to its tenant's stream (`GET /v1/events`),
+1. appends each event to its tenant's stream of the same shard (`GET /v1/events`),
 2. schedules a webhook delivery when the job asked for one and wants this event,
 3. publishes each event to the `jobs.events` exchange,
 
@@ -15,7 +15,6 @@ Delivery is therefore at least once: consumers dedupe by `event_id`.
 """
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from offload_contracts.webhooks import WebhookDelivery
 from offload_notifier import metrics
 from offload_notifier.webhooks import delivery_for
 from offload_runtime.logging import get_logger
+from offload_runtime.loops import BackgroundLoop
 
 log = get_logger("offload.notifier.relay")
 
@@ -90,7 +90,7 @@ class Publisher(Protocol):
 
 
 class Relay:
-    """Relays the outbox until stopped; any number of replicas may run one each."""
+    """Relays one outbox (one shard's) until stopped; any number of replicas may run one each."""
 
     def __init__(
         self,
@@ -102,6 +102,7 @@ class Relay:
         trim_every_s: float,
         retry_after_failure_s: float,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "outbox-relay",
     ) -> None:
         self._outbox = outbox
         self._tenant_streams = tenant_streams
@@ -110,8 +111,10 @@ class Relay:
         self._trim_every_s = trim_every_s
         self._retry_s = retry_after_failure_s
         self._clock = clock
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Steps follow each other at once: a read of new entries waits (blocks) by itself.
+        self._loop = BackgroundLoop(name, self.step, 0)
+        self._retry_own = True
+        self._next_claim = self._next_trim = clock()
         self.healthy = True
 
     # ------------------------------------------------------------------ one batch
@@ -149,68 +152,66 @@ class Relay:
     # ------------------------------------------------------------------ the loop
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+        self._retry_own = True
+        self._loop.start()
 
-    async def stop(self, timeout_s: float = 5.0) -> None:
-        """Finish the batch in hand, then stop (a blocked read is cancelled)."""
-        self._stopping.set()
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def stop(self) -> None:
+        """Finish the batch in hand (or the blocked read), then stop; bounded."""
+        await self._loop.stop()
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._loop.running
 
-    async def run(self) -> None:
+    async def step(self) -> None:
         """Own pending entries first (a failed batch), then stale ones, then new ones."""
-        retry_own = True
-        next_claim = next_trim = self._clock()
-        while not self._stopping.is_set():
-            try:
-                if retry_own:
-                    entries = await self._outbox.read_own_pending()
-                    retry_own = bool(entries)
-                    await self.relay(entries)
-                    continue
-                now = self._clock()
-                if now >= next_claim:
-                    next_claim = now + self._claim_every_s
-                    claimed = await self._outbox.claim_stale()
-                    if claimed:
-                        log.info("claimed stale outbox entries", count=len(claimed))
-                        await self.relay(claimed)
-                if now >= next_trim:
-                    next_trim = now + self._trim_every_s
-                    await self._outbox.trim_acknowledged()
-                entries = await self._read_new()
+        try:
+            if self._retry_own:
+                entries = await self._outbox.read_own_pending()
+                self._retry_own = bool(entries)
                 await self.relay(entries)
-                self.healthy = True
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.healthy = False
-                metrics.RELAY_FAILURES.inc()
-                log.warning("relay batch failed; retrying its entries", exc_info=True)
-                retry_own = True
-                await self._pause(self._retry_s)
+                return
+            now = self._clock()
+            if now >= self._next_claim:
+                self._next_claim = now + self._claim_every_s
+                claimed = await self._outbox.claim_stale()
+                if claimed:
+                    log.info("claimed stale outbox entries", count=len(claimed))
+                    await self.relay(claimed)
+            if now >= self._next_trim:
+                self._next_trim = now + self._trim_every_s
+                await self._outbox.trim_acknowledged()
+            await self.relay(await self._outbox.read_new())
+            self.healthy = True
+        except Exception:
+            self.healthy = False
+            metrics.RELAY_FAILURES.inc()
+            log.warning("relay batch failed; retrying its entries", exc_info=True)
+            self._retry_own = True
+            await self._loop.pause(self._retry_s)
 
-    async def _read_new(self) -> list[OutboxEntry]:
-        # A blocked read would delay shutdown by up to its block time: race it with stop.
-        read = asyncio.ensure_future(self._outbox.read_new())
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        done, _ = await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if read in done:
-            stopping.cancel()
-            return read.result()
-        read.cancel()
-        await asyncio.gather(read, return_exceptions=True)
-        return []
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+class ShardRelays:
+    """One `Relay` per shard outbox, run side by side in this process.
+
+    Every replica runs all of them; the consumer group of each outbox shares
+    its entries between the replicas.
+    """
+
+    def __init__(self, relays: Sequence[Relay]) -> None:
+        self.relays = list(relays)
+
+    def start(self) -> None:
+        for relay in self.relays:
+            relay.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(relay.stop() for relay in self.relays))
+
+    @property
+    def running(self) -> bool:
+        return all(relay.running for relay in self.relays)
+
+    @property
+    def healthy(self) -> bool:
+        return all(relay.healthy for relay in self.relays)

@@ -458,11 +458,10 @@ class JobRunner:
         """Cancel local jobs named on the cancel channel; resubscribe after Redis outages."""
         while True:
             try:
-                async with self.store.client.pubsub() as pubsub:
-                    await pubsub.subscribe(self.store.keys.cancel_channel)
-                    async for notice in pubsub.listen():
-                        if notice.get("type") == "message" and self.cancel_local(notice["data"]):
-                            log.info("cancel notice received", job_id=notice["data"])
+                async with self.store.cancel_notices() as notices:
+                    async for job_id in notices:
+                        if self.cancel_local(job_id):
+                            log.info("cancel notice received", job_id=job_id)
             except asyncio.CancelledError:
                 raise
             except Exception:

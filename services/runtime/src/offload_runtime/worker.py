@@ -23,7 +23,7 @@ from offload_runtime.inflight import InFlightReporter
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler, MetricsServer
-from offload_runtime.redis import connect_redis
+from offload_runtime.redis import check_shard_count, connect_redis
 from offload_runtime.runner import JobHandler, JobRunner
 from offload_runtime.settings import WorkerSettings
 from offload_runtime.store import JobStore
@@ -85,9 +85,11 @@ def build_worker(
             )
         )
     loop_lag = LoopLagSampler()
+    redis = connect_redis(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix, settings.redis_shards)
     store = JobStore(
-        connect_redis(settings.redis_url),
-        RedisKeys(settings.redis_prefix),
+        redis,
+        keys,
         retention_s=settings.job_retention_s,
         events_maxlen=settings.job_events_maxlen,
         outage_wait_s=settings.redis_outage_wait_s,
@@ -130,8 +132,8 @@ def build_worker(
         else None
     )
     in_flight = InFlightReporter(
-        store.client,
-        store.keys,
+        redis,
+        keys,
         topology.work_queue(service),
         lambda: runner.unacked,
     )
@@ -141,7 +143,8 @@ def build_worker(
         if metrics_server is not None:
             metrics_server.start()
         loop_lag.start()
-        await store.client.ping()
+        await redis.ping()
+        await check_shard_count(redis, keys)
         try:
             await prepare_broker()
         except CONNECTION_LOST as exc:
@@ -172,7 +175,7 @@ def build_worker(
         await in_flight.stop()
         for hook in on_stop:
             await hook()
-        await store.client.aclose()
+        await redis.aclose()
         await loop_lag.stop()
         if metrics_server is not None:
             metrics_server.stop()

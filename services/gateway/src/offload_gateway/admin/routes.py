@@ -37,15 +37,15 @@ from offload_gateway.admin.dead_letters import Replayer, WebhookReplayer, actor_
 from offload_gateway.admin.settings import AdminSettings
 from offload_gateway.deps import GatewayDeps
 from offload_gateway.problems import ProblemError, problem_responses
-from offload_runtime import metrics
+from offload_runtime import metrics, stream_cursor
 from offload_runtime.broker import publish_confirmed
 from offload_runtime.echo import quoted
 from offload_runtime.inflight import read_unacked
 from offload_runtime.logging import get_logger
 from offload_runtime.loops import BackgroundLoop
 from offload_runtime.queues import UNACKED_NOTE, QueueMissing, QueueOps, QueueRef, service_queues
+from offload_runtime.redis import xread_streams
 from offload_runtime.store import JobRecord, utcnow
-from offload_runtime.stream_ids import canonical
 
 log = get_logger("offload.admin")
 
@@ -87,7 +87,7 @@ class Operations:
     async def refresh_gauges(self) -> QueuesView:
         stats = await self.queues.stats(self.refs)
         consumed = [stat.queue.name for stat in stats if stat.exists and stat.consumers]
-        reported = await read_unacked(self.deps.redis, self.deps.store.keys, consumed)
+        reported = await read_unacked(self.deps.redis, self.deps.keys, consumed)
         views = []
         for stat in stats:
             ref = stat.queue
@@ -166,7 +166,7 @@ def build_router(ops: Operations) -> APIRouter:
     async def rate_limit(actor: str) -> None:
         """At most `admin_replay_per_minute` replay/purge calls per admin key per minute."""
         window = int(time.time() // 60)
-        key = deps.store.keys.admin_rate(actor, window)
+        key = deps.keys.admin_rate(actor, window)
         async with deps.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, 120)
@@ -182,7 +182,7 @@ def build_router(ops: Operations) -> APIRouter:
 
     async def audit(actor: str, action: str, queue: str, detail: dict[str, Any]) -> str:
         entry_id = await deps.redis.xadd(
-            deps.store.keys.admin_audit,
+            deps.keys.admin_audit,
             {
                 "at": utcnow().isoformat(),
                 "actor": actor,
@@ -413,7 +413,7 @@ def build_router(ops: Operations) -> APIRouter:
     async def read_audit(
         _actor: Actor, limit: Annotated[int, Query(ge=1, le=1000)] = 50
     ) -> list[AuditEntry]:
-        entries: Any = await deps.redis.xrevrange(deps.store.keys.admin_audit, count=limit)
+        entries: Any = await deps.redis.xrevrange(deps.keys.admin_audit, count=limit)
         return [
             AuditEntry(
                 id=entry_id,
@@ -430,25 +430,15 @@ def build_router(ops: Operations) -> APIRouter:
 
     async def recent_jobs(limit: int) -> AdminJobsView:
         tenants = sorted(set(deps.key_ring.tenants_by_key.values()))
-        async with deps.redis.pipeline(transaction=False) as pipe:
-            for tenant in tenants:
-                pipe.zrevrange(deps.store.keys.tenant_jobs(tenant), 0, limit - 1, withscores=True)
-            per_tenant: list[list[tuple[str, float]]] = await pipe.execute()
+        pages = await asyncio.gather(
+            *(deps.listing.list_jobs(tenant, limit=limit) for tenant in tenants)
+        )
         newest = sorted(
-            (entry for entries in per_tenant for entry in entries),
-            key=lambda entry: entry[1],
+            (job for page in pages for job in page.jobs),
+            key=lambda job: (job.created_at, job.id),
             reverse=True,
         )[:limit]
-        async with deps.redis.pipeline(transaction=False) as pipe:
-            for job_id, _ in newest:
-                pipe.hmget(deps.store.keys.job(job_id), _LISTED_FIELDS)
-            rows: list[list[str | None]] = await pipe.execute()
-        jobs = []
-        for row in rows:
-            if row[0] is None:
-                continue  # expired since it was indexed
-            data = {k: v for k, v in zip(_LISTED_FIELDS, row, strict=True) if v is not None}
-            jobs.append(_admin_job(JobRecord.from_hash(data)))
+        jobs = [_admin_job(job) for job in newest]
         counts: dict[str, int] = {}
         for job in jobs:
             counts[job.status.value] = counts.get(job.status.value, 0) + 1
@@ -476,15 +466,13 @@ def build_router(ops: Operations) -> APIRouter:
         record = await deps.store.get(job_id) if _valid_id(job_id) else None
         if record is None:
             raise ProblemError(404, f"no job {quoted(job_id)} (it may have expired)")
-        entries: Any = await deps.redis.xrange(deps.store.keys.job_events(job_id))
+        entries = await deps.store.events(job_id)
         return AdminJobDetail(
             job=_admin_job(record),
             input=record.input,
             events=[
-                TimelineEntry(
-                    stream_id=entry_id, event=JobEvent.model_validate_json(fields["data"])
-                )
-                for entry_id, fields in entries
+                TimelineEntry(stream_id=entry_id, event=JobEvent.model_validate_json(data))
+                for entry_id, data in entries
             ],
         )
 
@@ -508,24 +496,37 @@ def build_router(ops: Operations) -> APIRouter:
         (the newest `snapshot` jobs and their counts, as `GET /v1/admin/jobs`)
         taken after the stream's position was fixed, so no later event is
         missed and none older than the snapshot follows it. Then one `job`
-        event per transition, `id:` being the outbox entry id.
+        event per transition, `id:` being the position in every shard's outbox
+        (`offload_runtime.stream_cursor`).
         """
-        outbox = deps.store.keys.outbox
-        position = _resume_point(last_event_id)
-        if position is None:
-            newest: Any = await deps.redis.xrevrange(outbox, count=1)
-            position = str(newest[0][0]) if newest else "0-0"
+        shard_of_key = {deps.keys.outbox(shard): shard for shard in deps.keys.all_shards}
+        positions = _resume_point(last_event_id, deps.keys.shards)
+        if positions is None:
+            newest = await asyncio.gather(
+                *(deps.redis.xrevrange(key, count=1) for key in shard_of_key)
+            )
+            positions = {
+                shard: str(last[0][0]) if last else "0-0"
+                for shard, last in zip(shard_of_key.values(), newest, strict=True)
+            }
             view = await recent_jobs(snapshot) if snapshot else None
             if view is not None:
                 yield ServerSentEvent(raw_data=view.model_dump_json(), event="snapshot")
         while not await request.is_disconnected():
             # Short blocks: a closed stream is noticed within a second, so shutdown never
             # waits on a reader parked in Redis.
-            batches: Any = await deps.redis.xread({outbox: position}, count=200, block=1000)
-            for _stream, entries in batches or []:
+            batches = await xread_streams(
+                deps.redis,
+                {key: positions[shard] for key, shard in shard_of_key.items()},
+                count=200,
+                block_ms=1000,
+            )
+            for key, entries in batches:
                 for entry_id, fields in entries:
-                    position = entry_id
-                    yield ServerSentEvent(raw_data=fields["data"], event="job", id=entry_id)
+                    positions[shard_of_key[key]] = entry_id
+                    yield ServerSentEvent(
+                        raw_data=fields["data"], event="job", id=stream_cursor.encode(positions)
+                    )
 
     return router
 
@@ -538,11 +539,11 @@ def _valid_id(job_id: str) -> bool:
     return 0 < len(job_id) <= 64 and all(c.isalnum() or c in "_-" for c in job_id)
 
 
-def _resume_point(last_event_id: str | None) -> str | None:
-    """The outbox position to resume after; None (start afresh) for an id Redis would refuse."""
+def _resume_point(last_event_id: str | None, shards: int) -> dict[int, str] | None:
+    """The outbox positions to resume after; None (start afresh) for an id not handed out."""
     if not last_event_id:
         return None
     try:
-        return canonical(last_event_id)
+        return stream_cursor.decode(last_event_id, shards)
     except ValueError:
         return None

@@ -23,7 +23,8 @@ from offload_gateway.submission import (
 )
 from offload_gateway.views import job_links, job_path, job_view
 from offload_runtime.echo import quoted
-from offload_runtime.store import InvalidCursor, JobRecord, new_id, utcnow
+from offload_runtime.listing import InvalidCursor
+from offload_runtime.store import JobRecord, new_id, utcnow
 from offload_runtime.url_guard import UnsafeURL, check_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -322,7 +323,7 @@ async def list_jobs(
 ) -> Response:
     """The tenant's jobs, newest first, a page at a time."""
     try:
-        page = await deps.store.list_jobs(
+        page = await deps.listing.list_jobs(
             tenant, limit=limit, cursor=cursor, status=status, job_type=job_type
         )
     except InvalidCursor as exc:
