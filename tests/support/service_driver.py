@@ -37,9 +37,8 @@ class ServiceDriver:
         self.service = service
         self.redis_prefix = f"{infra.redis_prefix}{service}-{uuid.uuid4().hex[:8]}:"
         self.keys = RedisKeys(self.redis_prefix)
-        self.store = JobStore(
-            connect_redis(infra.redis_url), self.keys, retention_s=3600, events_maxlen=1000
-        )
+        self.redis = connect_redis(infra.redis_url)
+        self.store = JobStore(self.redis, self.keys, retention_s=3600, events_maxlen=1000)
         self.broker = make_broker(infra.rabbitmq_url, service=f"{service}-test-driver")
 
     def worker_settings(self, **overrides: Any) -> dict[str, Any]:

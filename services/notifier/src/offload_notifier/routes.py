@@ -289,8 +289,9 @@ def build_router(deps: RouteDeps) -> APIRouter:
             raise Problem(
                 400,
                 "Invalid Last-Event-ID",
-                "Last-Event-ID must be the `id:` of an event this stream sent "
-                f"(a position in each shard, e.g. `3.1700000000000-0_11.1700000000042-1`): {exc}",
+                "Last-Event-ID must be the `id:` of an event this stream sent: a position in "
+                "each shard, `<shard>.<ms>-<seq>` items joined by `_` (whole numbers below 2^64), "
+                f"e.g. `3.1700000000000-0_11.1700000000042-1` ({exc})",
             ) from None
 
     @router.get(

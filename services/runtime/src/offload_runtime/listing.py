@@ -121,7 +121,7 @@ class JobListing:
                         pipe.hmget(self._keys.job(entry.job_id), LISTED_FIELDS)
                     rows: list[list[str | None]] = await pipe.execute()
                 expired: list[_Entry] = []
-                for entry, row in zip(batch, rows, strict=True):
+                for position, (entry, row) in enumerate(zip(batch, rows, strict=True)):
                     scanned += 1
                     last = entry
                     if row[0] is None:
@@ -135,7 +135,7 @@ class JobListing:
                         jobs.append(record)
                     if len(jobs) >= limit:
                         await self._forget(tenant, expired)
-                        more = await merged.more()
+                        more = position < len(batch) - 1 or await merged.more()
                         return JobPageResult(
                             jobs, make_cursor(entry.score, entry.job_id) if more else None
                         )

@@ -11,7 +11,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -187,6 +187,17 @@ class JobStore:
     async def get(self, job_id: str) -> JobRecord | None:
         data: dict[str, str] = await self._client.hgetall(self._keys.job(job_id))  # type: ignore[assignment]
         return JobRecord.from_hash(data) if data else None
+
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, str | None]:
+        """Each job's status (None for a job that does not exist), read in one pipeline."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self._keys.job(job_id), "status")
+            found = await pipe.execute()
+        return {
+            job_id: None if status is None else str(status)
+            for job_id, status in zip(job_ids, found, strict=True)
+        }
 
     async def exists(self, job_id: str) -> bool:
         return bool(await self._client.exists(self._keys.job(job_id)))
