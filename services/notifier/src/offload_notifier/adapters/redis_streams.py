@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 
 from offload_notifier.streams import StreamBounds, StreamEntry
 from offload_runtime.logging import get_logger
+from offload_runtime.redis import xread_streams
 from offload_runtime.stream_ids import stream_id
 
 log = get_logger("offload.notifier.streams")
@@ -236,8 +237,9 @@ class _Reader:
             self._reading = frozenset(watches)
             self._wake_sent = False
             try:
-                reply: Any = await self._client.xread(
-                    streams, count=READ_COUNT, block=self._block_ms
+                # One XREAD on one node; one per key on a cluster (see xread_streams).
+                reply: Any = await xread_streams(
+                    self._client, streams, count=READ_COUNT, block_ms=self._block_ms
                 )
             except asyncio.CancelledError:
                 raise
