@@ -187,6 +187,13 @@ async def test_jobs_run_list_and_stream_on_a_cluster_spread_over_every_master(
                     # Nothing follows them but pings: no event came twice.
                     after = await resumed_stream.next(2)
                 assert after is not None and after.comment == "ping"
+                # One job's own stream: its history, ending with its terminal event.
+                async with sse(events_http, f"/v1/jobs/{made[0]['id']}/events") as job_stream:
+                    history = await job_stream.rest(timeout=10)
+                assert [event.json["event_id"] for event in history] == [
+                    _event_id(data) for _, data in await store.events(made[0]["id"])
+                ]
+                assert history[-1].event == "completed"
         finally:
             await worker.app.stop()
 
