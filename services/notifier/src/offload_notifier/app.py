@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from faststream.rabbit import RabbitBroker
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from offload_contracts import topology
 from offload_notifier import handlers
@@ -246,7 +246,7 @@ def build_app(
         description="Job events as Server-Sent Events; signed webhooks; dead-letter alerts.",
         lifespan=lifespan,
     )
-    install_problem_handlers(app, unavailable=(RedisError,))
+    install_problem_handlers(app, unavailable=(RedisError, RedisClusterException))
     telemetry.instrument_fastapi(app, tracing)
     app.include_router(
         build_router(

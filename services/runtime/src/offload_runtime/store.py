@@ -19,6 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -91,6 +92,17 @@ return wait
 """
 
 log = get_logger("offload.store")
+
+REDIS_OUTAGE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    # A Redis Cluster master lost: its slots answer CLUSTERDOWN or TRYAGAIN (the script
+    # did not run) until a replica takes over.
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+)
+"""Errors that mean "Redis is away for now": a transition waits them out."""
 
 
 def utcnow() -> datetime:
@@ -532,7 +544,7 @@ class JobStore:
             try:
                 result: list[Any] = await self._transition(keys, args)
                 return result
-            except (RedisConnectionError, RedisTimeoutError):
+            except REDIS_OUTAGE:
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("redis unavailable; transition waiting", exc_info=True)
