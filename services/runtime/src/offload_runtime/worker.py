@@ -143,8 +143,7 @@ def build_worker(
         if metrics_server is not None:
             metrics_server.start()
         loop_lag.start()
-        await redis.ping()
-        await check_shard_count(redis, keys)
+        await check_shard_count(redis, keys)  # also the first sign that Redis answers
         try:
             await prepare_broker()
         except CONNECTION_LOST as exc:
