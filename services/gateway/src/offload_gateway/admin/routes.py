@@ -51,21 +51,6 @@ log = get_logger("offload.admin")
 
 _bearer = HTTPBearer(auto_error=False, description="An admin key: `Authorization: Bearer <key>`.")
 
-_LISTED_FIELDS = (
-    "id",
-    "tenant",
-    "type",
-    "status",
-    "attempt",
-    "max_attempts",
-    "progress",
-    "error",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "next_attempt_at",
-)
-
 
 @dataclass
 class Operations:
