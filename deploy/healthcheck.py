@@ -54,6 +54,8 @@ def worker_problems(rabbitmq_url: str, redis_url: str, tables: list[str]) -> lis
         ("RabbitMQ", rabbitmq_url, 5672),
         ("Redis", redis_url, 6379),
     ):
+        if urlsplit(url).scheme.endswith("+cluster"):
+            continue  # a cluster client talks to the masters it finds, not to named ports
         port = urlsplit(url).port or default_port
         if port not in connected:
             problems.append(f"no established connection to {name} (port {port})")
