@@ -93,7 +93,8 @@ class RuntimeSettings(LogSettings):
     redis_shards: int = Field(
         default=DEFAULT_SHARDS,
         ge=1,
-        le=16384,
+        # A `GET /v1/events` id names a position per shard: 256 keep it a few KiB.
+        le=256,
         description="Logical shards of job state (fixed when a deployment is created).",
     )
     retry_tiers: str = Field(
