@@ -98,3 +98,15 @@ async def test_a_shard_trimmed_past_the_position_resyncs_and_starts_live() -> No
     # The shard that could resume does, from its own position.
     assert _events(frames) == ["s1/3-0"]
     assert stream_cursor.decode(frames[-1].id, 2) == {0: "6-0", 1: "3-0"}
+
+
+async def test_an_id_from_before_the_shards_resyncs_and_goes_live() -> None:
+    streams = ShardStreams({"s0": ["5-0"], "s1": []})
+    frames = tenant_frames(list(streams.streams), {}, source=streams, ping_s=0.05)
+    resync = await anext(frames)
+    subscribed = await anext(frames)
+    await frames.aclose()
+    assert resync.event == "resync" and resync.data is not None
+    assert "from before the shards" in json.loads(resync.data)["reason"]
+    assert stream_cursor.decode(resync.id, 2) == {0: "5-0", 1: "0-0"}
+    assert subscribed.comment == "subscribed"

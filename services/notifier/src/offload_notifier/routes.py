@@ -5,6 +5,7 @@ as a job that does not exist.
 """
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -286,6 +287,11 @@ def build_router(deps: RouteDeps) -> APIRouter:
         try:
             return stream_cursor.decode(value, deps.keys.shards)
         except ValueError as exc:
+            with contextlib.suppress(ValueError):
+                canonical(value)
+                # One stream's id, as this stream gave out before it was sharded: no
+                # position is known, so the stream resyncs rather than refuse.
+                return {}
             raise Problem(
                 400,
                 "Invalid Last-Event-ID",

@@ -53,10 +53,21 @@ async def tenant_frames(
     source: StreamSource,
     ping_s: float,
 ) -> AsyncGenerator[Frame, None]:
-    """One client's view of its tenant's events over the shard streams `keys` (by shard)."""
+    """One client's view of its tenant's events over the shard streams `keys` (by shard).
+
+    `resume`: the position of every shard to resume after; empty when the client sent
+    an id that names no shard (a plain stream id, from before the stream was sharded).
+    """
     bounds = await asyncio.gather(*(source.bounds(key) for key in keys))
     positions = {shard: found.last or START for shard, found in enumerate(bounds)}
-    if resume is not None:
+    if resume == {}:
+        reason = "your Last-Event-ID names no shard position (it is from before the shards)"
+        yield Frame(
+            event="resync",
+            data=json.dumps({"reason": f"{reason}: re-read your jobs"}),
+            id=stream_cursor.encode(positions),
+        )
+    elif resume is not None:
         refusals = []
         for shard, after in resume.items():
             refusal = _refusal(after, bounds[shard])
