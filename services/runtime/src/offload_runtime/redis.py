@@ -115,18 +115,19 @@ async def xread_streams(
     """`XREAD` of several streams after their positions: `[(key, entries), ...]`.
 
     One call on a single node. A Redis Cluster refuses an `XREAD` whose keys
-    lie in several slots, so there each key is read by its own call, all at
-    once; a call then returns when every one of them has (at most `block_ms`).
+    lie in several slots, so there the keys of each slot (of one shard: they
+    share its hash tag) are read by one call, all slots at once; the call then
+    returns when every one of them has, so within at most `block_ms`.
     """
     if not isinstance(client, RedisCluster):
         streams: dict[Any, Any] = dict(positions)
         reply: Any = await client.xread(streams, count=count, block=block_ms)
         return [(str(key), entries) for key, entries in reply or []]
+    by_slot: dict[int, dict[Any, Any]] = {}
+    for key, position in positions.items():
+        by_slot.setdefault(client.keyslot(key), {})[key] = position
     replies: list[Any] = await asyncio.gather(
-        *(
-            client.xread({key: position}, count=count, block=block_ms)
-            for key, position in positions.items()
-        )
+        *(client.xread(streams, count=count, block=block_ms) for streams in by_slot.values())
     )
     return [(str(key), entries) for reply in replies for key, entries in reply or []]
 
