@@ -196,7 +196,7 @@ async def _main(args: argparse.Namespace) -> int:
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
-        await store.client.aclose()
+        await store.aclose()
         finished = time.time()
         cpu_used = process_cpu_s(worker.pid) - cpu_before
         groups_after = procs.cpu_s()

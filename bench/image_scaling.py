@@ -33,6 +33,8 @@ from bench.services import TENANT, MissingService, Processes, offload_env, requi
 from bench.submit import job_store, record_and_publish, statuses, wait_finished
 from bench.workload import IMAGE_OPERATIONS, photo_like_jpeg
 from offload_contracts import ImageProcessInput, ImageProcessRequest
+from offload_runtime.keys import RedisKeys
+from offload_runtime.redis import connect_redis
 from offload_runtime.storage import FileStore
 from offload_runtime.store import new_id
 
@@ -63,7 +65,8 @@ async def one_configuration(
         for index in range(workers):
             await procs.worker("image", env, infra.rabbitmq_url, index=index)
         store = job_store(infra.redis_url, infra.redis_prefix)
-        files = FileStore(Path(storage), store.client, store.keys)
+        files_redis = connect_redis(infra.redis_url)
+        files = FileStore(Path(storage), files_redis, RedisKeys(infra.redis_prefix))
         source = await files.save_bytes(TENANT, image, "image/jpeg")
         try:
             # Warm-up: every pool process started and has decoded once.
@@ -81,7 +84,8 @@ async def one_configuration(
             cpu_after, machine_after = procs.cpu_s(), MachineCpu.now()
             found = await statuses(store, ids)
         finally:
-            await store.client.aclose()
+            await store.aclose()
+            await files_redis.aclose()
     failed = sum(1 for s in found.values() if s != "completed")
     image_cpu = sum(cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after)
     return {

@@ -172,8 +172,11 @@ async def _one_run(jobs: int, concurrency: int, wrap: Sequence[str] = ()) -> dic
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         figures = json.loads(lines[-1])
         # Every job must have gone through queued → started → completed, all recorded.
-        outbox = await store.client.xlen(store.keys.outbox)
-        await store.client.aclose()
+        keys = RedisKeys(settings.redis_prefix)
+        redis = connect_redis(settings.redis_url)
+        outbox = sum([int(await redis.xlen(keys.outbox(shard))) for shard in keys.all_shards])
+        await redis.aclose()
+        await store.aclose()
         if outbox != 3 * jobs:
             raise RuntimeError(f"expected {3 * jobs} events in the outbox, found {outbox}")
         left = await _queue_depth(settings.rabbitmq_url, topology.work_queue(SERVICE))

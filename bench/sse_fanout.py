@@ -439,7 +439,7 @@ async def main(args: argparse.Namespace) -> None:
             # still lets cProfile write its stats (SIGTERM would kill it first).
             notifier.process.send_signal(signal.SIGINT)
             notifier.process.wait(30)
-            await store.client.aclose()
+            await store.aclose()
     for row in rows:
         for name in ("p50_ms", "p99_ms", "max_ms"):
             row[name] = round(row[name], 1)

@@ -300,7 +300,7 @@ async def _main(args: argparse.Namespace) -> int:
             print(f"  tenant: {args.clients} clients on the tenant stream", flush=True)
             tenant = await scenario_tenant(store, port, notifier.pid, args)
         finally:
-            await store.client.aclose()
+            await store.aclose()
     used = resource.getrusage(resource.RUSAGE_SELF)
     client_cpu = used.ru_utime + used.ru_stime - cpu_self.ru_utime - cpu_self.ru_stime
 

@@ -50,11 +50,8 @@ async def record_and_publish(
 
 async def statuses(store: JobStore, ids: Sequence[str]) -> dict[str, str]:
     """Each job's status, read in one pipeline."""
-    async with store.client.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hget(store.keys.job(job_id), "status")
-        found = await pipe.execute()
-    return {job_id: str(status) for job_id, status in zip(ids, found, strict=True)}
+    found = await store.statuses(ids)
+    return {job_id: str(found[job_id]) for job_id in ids}
 
 
 async def wait_finished(

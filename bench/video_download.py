@@ -167,7 +167,7 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await broker.stop()
                 await worker.app.stop()
-                await store.client.aclose()
+                await store.aclose()
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)

@@ -54,6 +54,8 @@ def worker_problems(rabbitmq_url: str, redis_url: str, tables: list[str]) -> lis
         ("RabbitMQ", rabbitmq_url, 5672),
         ("Redis", redis_url, 6379),
     ):
+        if urlsplit(url).scheme.endswith("+cluster"):
+            continue  # a cluster client talks to the masters it finds, not to named ports
         # A RabbitMQ cluster's URL names every node: a connection to any one will do.
         ports = sorted({urlsplit(node.strip()).port or default_port for node in url.split(",")})
         if not connected.intersection(ports):

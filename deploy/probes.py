@@ -13,15 +13,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 def redacted(url: str) -> str:
-    """The URL with its password replaced by `***`, fit to print (each URL of a list)."""
-    if "," in url:
+    """The URL with its password replaced by `***`, fit to print: each URL of a list (a
+    RabbitMQ cluster's), and a Redis Cluster URL's `user:password@host:port,host:port`."""
+    if url.count("://") > 1:
         return ",".join(redacted(part.strip()) for part in url.split(","))
     parts = urlsplit(url)
-    if parts.password is None:
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in credentials:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
+    netloc = f"{credentials.partition(':')[0]}:***@{hosts}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -54,9 +54,11 @@ def rabbitmq_problem(url: str, timeout_s: float = 3.0) -> str | None:
 
 
 def redis_problem(url: str, timeout_s: float = 3.0) -> str | None:
-    """PING must answer PONG."""
+    """PING must answer PONG (on a Redis Cluster: from one of the URL's nodes at least)."""
     import redis
 
+    if urlsplit(url).scheme.endswith("+cluster"):
+        return _cluster_problem(url, timeout_s)
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         if not client.ping():
@@ -66,6 +68,25 @@ def redis_problem(url: str, timeout_s: float = 3.0) -> str | None:
     finally:
         client.close()
     return None
+
+
+def _cluster_problem(url: str, timeout_s: float) -> str | None:
+    from offload_runtime.redis import cluster_nodes
+
+    try:
+        nodes = cluster_nodes(url)
+    except ValueError as exc:
+        return _reason(exc)
+    scheme = "rediss" if urlsplit(url).scheme.startswith("rediss") else "redis"
+    credentials = urlsplit(url).netloc.rpartition("@")[0]
+    problems = []
+    for host, port in nodes:
+        node_url = f"{scheme}://{credentials + '@' if credentials else ''}{host}:{port}"
+        problem = redis_problem(node_url, timeout_s)
+        if problem is None:
+            return None
+        problems.append(f"{host}:{port}: {problem}")
+    return "no node answers: " + "; ".join(problems)
 
 
 def http_problem(url: str, timeout_s: float = 3.0) -> str | None:

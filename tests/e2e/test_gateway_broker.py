@@ -159,7 +159,10 @@ async def test_a_publish_the_broker_refuses_fails_the_job_and_frees_its_key(
         failed = listed[0]
         assert failed["status"] == "failed"
         assert failed["error"]["type"] == "not_accepted" and failed["error"]["retryable"]
-        assert await gw.deps.redis.zscore(gw.keys.unstarted, failed["id"]) is None
+        assert (
+            await gw.deps.redis.zscore(gw.keys.unstarted(gw.keys.shard(failed["id"])), failed["id"])
+            is None
+        )
 
         # The key was released: the client's retry makes a new job, which is queued.
         retried = await http.post("/v1/jobs", json=ai_job("lost"), headers=key)
@@ -214,7 +217,7 @@ async def test_the_sweep_republishes_a_job_whose_publish_was_lost(infra: Infra) 
         job = (await http.get(f"/v1/jobs/{request.id}")).json()
         assert job["status"] == "waiting"
         # Its deadline moved on, so it is not published again at every pass.
-        score = await gw.deps.redis.zscore(gw.keys.unstarted, request.id)
+        score = await gw.deps.redis.zscore(gw.keys.unstarted(gw.keys.shard(request.id)), request.id)
         assert score is not None and score > request.created_at.timestamp() * 1000
         assert metric_value((await http.get("/metrics")).text, REPUBLISHED) == before + 1
 
@@ -229,12 +232,15 @@ async def test_the_sweep_skips_started_jobs_and_waits_for_the_lock(infra: Infra)
         await gw.deps.redis.set(gw.keys.sweep_lock, "another-replica", px=60_000)
         await gw.deps.store.create(waiting)
         await asyncio.sleep(0.6)  # several passes past the deadline, all locked out
-        assert await gw.deps.redis.zscore(gw.keys.unstarted, waiting.id) == (
-            int(waiting.created_at.timestamp() * 1000)
-        )
+        assert await gw.deps.redis.zscore(
+            gw.keys.unstarted(gw.keys.shard(waiting.id)), waiting.id
+        ) == (int(waiting.created_at.timestamp() * 1000))
 
         await gw.deps.redis.delete(gw.keys.sweep_lock)
         await take_request(infra, waiting.id)
         record = await gw.deps.store.get(started.id)
         assert record is not None and record.status == JobStatus.ACTIVE
-        assert await gw.deps.redis.zscore(gw.keys.unstarted, started.id) is None
+        assert (
+            await gw.deps.redis.zscore(gw.keys.unstarted(gw.keys.shard(started.id)), started.id)
+            is None
+        )

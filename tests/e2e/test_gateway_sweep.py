@@ -207,7 +207,8 @@ async def test_once_a_worker_consumes_every_job_completes_exactly_once(infra: In
                     await provider.get("/v1/sandbox/llm/calls", params={"job": job["id"]})
                 ).json()["calls"]
                 assert len(calls) == 1, calls
-        assert await gw.deps.redis.zcard(gw.keys.unstarted) == 0
+        unstarted = [gw.keys.unstarted(shard) for shard in gw.keys.all_shards]
+        assert sum([await gw.deps.redis.zcard(key) for key in unstarted]) == 0
 
 
 async def _holds(infra: Infra, count: int, *, at_most: bool = False) -> bool:

@@ -74,7 +74,7 @@ async def test_a_job_stream_survives_its_notifier_being_killed(space: NotifierSp
         [delivered] = await hooks.wait_for("done", 1)
         await until(lambda: _tenant_has_every_event(space, job.id), what="the tenant stream")
 
-    stored = await space.store.client.xrange(space.keys.job_events(job.id))
+    stored = await space.redis.xrange(space.keys.job_events(job.id))
     expected = [(entry_id, fields["data"]) for entry_id, fields in stored]
     assert _pairs(before + after) == expected  # no gap, no duplicate across replicas
     assert _pairs([*before[:2], *seen_on_two]) == expected
@@ -88,7 +88,7 @@ def _pairs(events: list[SSE]) -> list[tuple[str | None, str | None]]:
 
 
 async def _tenant_has_every_event(space: NotifierSpace, job_id: str) -> bool:
-    job_events = await space.store.client.xrange(space.keys.job_events(job_id))
+    job_events = await space.redis.xrange(space.keys.job_events(job_id))
     wanted = {json.loads(fields["data"])["event_id"] for _, fields in job_events}
-    tenant = await space.store.client.xrange(space.keys.tenant_events("acme"))
+    tenant = await space.redis.xrange(space.keys.tenant_events("acme", space.keys.shard(job_id)))
     return wanted <= {json.loads(fields["data"])["event_id"] for _, fields in tenant}

@@ -166,7 +166,7 @@ async def test_workers_report_the_deliveries_they_hold_unacked(harness: Harness)
     work_queue = topology.work_queue(harness.service)
 
     async def unacked() -> int | None:
-        return (await read_unacked(harness.store.client, harness.keys, [work_queue]))[work_queue]
+        return (await read_unacked(harness.redis, harness.keys, [work_queue]))[work_queue]
 
     async def until_unacked(expected: int) -> None:
         deadline = asyncio.get_running_loop().time() + 10
@@ -189,10 +189,10 @@ async def test_a_replica_gone_without_a_word_stops_counting(harness: Harness) ->
     queue = topology.work_queue(harness.service)
     key = harness.keys.in_flight(queue)
     stale_ms = int((time.time() - STALE_AFTER_S - 1) * 1000)
-    await harness.store.client.hset(key, mapping={"dead-replica": f"7 {stale_ms}"})
+    await harness.redis.hset(key, mapping={"dead-replica": f"7 {stale_ms}"})
 
-    assert await read_unacked(harness.store.client, harness.keys, [queue]) == {queue: None}
-    assert await harness.store.client.hlen(key) == 0  # the stale report is dropped
+    assert await read_unacked(harness.redis, harness.keys, [queue]) == {queue: None}
+    assert await harness.redis.hlen(key) == 0  # the stale report is dropped
 
 
 async def test_a_reporter_stopped_at_any_moment_stops_promptly(harness: Harness) -> None:

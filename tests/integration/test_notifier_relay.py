@@ -8,6 +8,7 @@ import pytest
 
 from offload_contracts import topology
 from offload_notifier.adapters.outbox import GROUP
+from offload_runtime.stream_ids import stream_id
 from tests.support.infra import Infra
 from tests.support.notifier import (
     NoteRequest,
@@ -22,7 +23,8 @@ from tests.support.notifier import (
 @pytest.fixture
 async def space(infra: Infra) -> AsyncIterator[NotifierSpace]:
     async with notifier_space(infra) as space:
-        await space.store.client.xgroup_create(space.keys.outbox, GROUP, id="0", mkstream=True)
+        for key in _outboxes(space):
+            await space.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
         yield space
 
 
@@ -57,12 +59,26 @@ class EventsQueue:
 
 
 async def _tenant_events(space: NotifierSpace, tenant: str = "acme") -> list[dict[str, object]]:
-    entries = await space.store.client.xrange(space.keys.tenant_events(tenant))
+    """The tenant's relayed events of every shard, in the order they were relayed."""
+    entries = [
+        entry
+        for shard in space.keys.all_shards
+        for entry in await space.redis.xrange(space.keys.tenant_events(tenant, shard))
+    ]
+    entries.sort(key=lambda entry: stream_id(entry[0]))
     return [json.loads(fields["data"]) for _, fields in entries]
 
 
+def _outboxes(space: NotifierSpace) -> list[str]:
+    return [space.keys.outbox(shard) for shard in space.keys.all_shards]
+
+
+def _outbox_of(space: NotifierSpace, job: NoteRequest) -> str:
+    return space.keys.outbox(space.keys.shard(job.id))
+
+
 async def _job_event_ids(space: NotifierSpace, job: NoteRequest) -> list[str]:
-    entries = await space.store.client.xrange(space.keys.job_events(job.id))
+    entries = await space.redis.xrange(space.keys.job_events(job.id))
     return [json.loads(fields["data"])["event_id"] for _, fields in entries]
 
 
@@ -110,12 +126,12 @@ async def test_nothing_is_lost_while_no_notifier_runs(space: NotifierSpace) -> N
 
 
 async def _outbox_len(space: NotifierSpace, length: int) -> bool:
-    return int(await space.store.client.xlen(space.keys.outbox)) == length
+    return sum([int(await space.redis.xlen(key)) for key in _outboxes(space)]) == length
 
 
 async def _pending(space: NotifierSpace) -> int:
-    summary = await space.store.client.xpending(space.keys.outbox, GROUP)
-    return int(summary["pending"])
+    summaries = [await space.redis.xpending(key, GROUP) for key in _outboxes(space)]
+    return sum(int(summary["pending"]) for summary in summaries)
 
 
 async def test_entries_left_pending_by_a_dead_notifier_are_claimed_by_another(
@@ -124,8 +140,8 @@ async def test_entries_left_pending_by_a_dead_notifier_are_claimed_by_another(
     job = await space.jobs.create()
     await space.jobs.start(job)
     # A notifier read these two entries, then died before acknowledging them.
-    taken = await space.store.client.xreadgroup(
-        GROUP, "dead-notifier", {space.keys.outbox: ">"}, count=10
+    taken = await space.redis.xreadgroup(
+        GROUP, "dead-notifier", {_outbox_of(space, job): ">"}, count=10
     )
     assert len(taken[0][1]) == 2
 
@@ -152,22 +168,22 @@ async def test_the_outbox_is_trimmed_only_of_acknowledged_entries(space: Notifie
     job = await space.jobs.create()
     await space.jobs.start(job)
     # A slow (alive) notifier took both entries and has acknowledged only the first.
-    taken = await space.store.client.xreadgroup(
-        GROUP, "slow-notifier", {space.keys.outbox: ">"}, count=2
+    taken = await space.redis.xreadgroup(
+        GROUP, "slow-notifier", {_outbox_of(space, job): ">"}, count=2
     )
     (done_id, _), (pending_id, _) = taken[0][1]
-    await space.store.client.xack(space.keys.outbox, GROUP, done_id)
+    await space.redis.xack(_outbox_of(space, job), GROUP, done_id)
 
     # The idle threshold is long, so nobody claims the pending entry meanwhile.
     async with running_notifier(space, relay_claim_idle_ms=60_000):
         await space.jobs.complete(job)
         await until(lambda: _tenant_count(space, 1), what="the new event to be relayed")
         await until(lambda: _outbox_len(space, 2), what="the acknowledged entry to be trimmed")
-        remaining = [entry_id for entry_id, _ in await space.store.client.xrange(space.keys.outbox)]
+        remaining = [entry_id for entry_id, _ in await space.redis.xrange(_outbox_of(space, job))]
         # Everything from the oldest pending entry on stays, acknowledged or not.
         assert remaining[0] == pending_id
 
-        await space.store.client.xack(space.keys.outbox, GROUP, pending_id)
+        await space.redis.xack(_outbox_of(space, job), GROUP, pending_id)
         await until(lambda: _outbox_len(space, 0), what="the rest to be trimmed")
 
 
@@ -191,7 +207,7 @@ async def test_two_notifiers_share_the_outbox_and_both_serve_one_jobs_stream(
             seen_one = await from_one.rest()
             seen_two = await from_two.rest()
         await until(lambda: _tenant_count(space, 23), what="every event in the tenant stream")
-        consumers = await space.store.client.xinfo_consumers(space.keys.outbox, GROUP)
+        consumers = await space.redis.xinfo_consumers(_outbox_of(space, job), GROUP)
 
     assert [(e.id, e.data) for e in seen_one] == [(e.id, e.data) for e in seen_two]
     assert [e.event for e in seen_one] == ["queued", "started", "completed"]
@@ -210,7 +226,7 @@ async def test_the_relay_recovers_when_the_outbox_and_its_group_vanish(
         first = await space.jobs.create()
         await until(lambda: _tenant_count(space, 1), what="the first event")
         # As after a restart of a Redis that keeps nothing on disk.
-        await space.store.client.delete(space.keys.outbox)
+        await space.redis.delete(*_outboxes(space))
         second = await space.jobs.create()
         await until(lambda: _tenant_count(space, 2), what="events after the loss")
         # The relay writes the tenant's stream before it marks its batch done.

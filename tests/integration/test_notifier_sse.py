@@ -51,7 +51,7 @@ async def test_job_stream_sends_history_then_live_events_and_closes_after_the_te
         assert completed.json["result"] == {"answer": 42}
         assert await stream.rest() == []  # the server closed the stream
 
-    stored = await space.store.client.xrange(space.keys.job_events(job.id))
+    stored = await space.redis.xrange(space.keys.job_events(job.id))
     assert [e.id for e in [*history, progress, completed]] == [entry_id for entry_id, _ in stored]
 
 
@@ -87,9 +87,7 @@ async def test_reconnecting_with_last_event_id_resumes_with_no_gap_and_no_duplic
             resumed += await stream.rest()
 
     all_ids = [e.id for e in seen + resumed]
-    stored = [
-        entry_id for entry_id, _ in await space.store.client.xrange(space.keys.job_events(job.id))
-    ]
+    stored = [entry_id for entry_id, _ in await space.redis.xrange(space.keys.job_events(job.id))]
     assert all_ids == stored
     assert [e.event for e in resumed] == ["progress", "progress", "completed"]
 
@@ -99,10 +97,10 @@ async def test_a_trimmed_last_event_id_gets_a_resync_with_the_current_state_firs
 ) -> None:
     job = await space.jobs.create()
     await space.jobs.start(job)
-    first = (await space.store.client.xrange(space.keys.job_events(job.id)))[0][0]
+    first = (await space.redis.xrange(space.keys.job_events(job.id)))[0][0]
     await space.jobs.progress(job, 40)
     # Trim the stream as its cap would: the first two entries are gone.
-    await space.store.client.xtrim(space.keys.job_events(job.id), maxlen=1, approximate=False)
+    await space.redis.xtrim(space.keys.job_events(job.id), maxlen=1, approximate=False)
 
     async with (
         notifier.client() as http,
@@ -118,7 +116,7 @@ async def test_a_trimmed_last_event_id_gets_a_resync_with_the_current_state_firs
     assert state["progress"] == {"percent": 40.0, "message": "40%"}
     assert "tenant" not in state and "input" not in state
     assert [e.event for e in after] == ["completed"]
-    stored = await space.store.client.xrange(space.keys.job_events(job.id))
+    stored = await space.redis.xrange(space.keys.job_events(job.id))
     assert resync.id == stored[-2][0]  # resumable: the id of the state it describes
     assert after[0].id == stored[-1][0]
 
@@ -178,7 +176,8 @@ async def test_a_last_event_id_redis_would_refuse_is_a_400_on_both_streams(
     # the check would be handed to Redis (which refuses it mid-stream, after a 200).
     job = await space.jobs.create()
     await space.jobs.start(job)
-    await until(lambda: space.store.client.xlen(space.keys.tenant_events("acme")), what="the relay")
+    tenant_stream = space.keys.tenant_events("acme", space.keys.shard(job.id))
+    await until(lambda: space.redis.xlen(tenant_stream), what="the relay")
     async with notifier.client() as http:
         answers = [
             await http.get(path, params={"last_event_id": last_event_id})
@@ -269,8 +268,8 @@ async def test_tenant_stream_is_live_resumable_and_only_the_tenants(
     space: NotifierSpace, notifier: RunningNotifier
 ) -> None:
     before = await space.jobs.create()  # before connecting: not part of a live stream
-    tenant_stream = space.keys.tenant_events("acme")
-    await until(lambda: space.store.client.xlen(tenant_stream), what="the relay")
+    tenant_stream = space.keys.tenant_events("acme", space.keys.shard(before.id))
+    await until(lambda: space.redis.xlen(tenant_stream), what="the relay")
     async with notifier.client("acme") as http:
         async with sse(http, "/v1/events") as stream:
             subscribed = await stream.next()

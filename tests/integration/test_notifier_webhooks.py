@@ -71,7 +71,7 @@ async def test_the_terminal_event_is_delivered_signed_per_standard_webhooks(
         [request] = await hooks.wait_for("job", 1)
 
     body = verify(request, await space.secrets())
-    events = await space.store.client.xrange(space.keys.job_events(job.id))
+    events = await space.redis.xrange(space.keys.job_events(job.id))
     completed = json.loads(events[-1][1]["data"])
     assert body == {"type": "note.job.completed", "timestamp": completed["at"], "data": completed}
     assert request.headers["webhook-id"] == completed["event_id"]
@@ -106,7 +106,7 @@ async def test_during_a_rotation_both_secrets_sign(
 ) -> None:
     hooks, base = receiver
     old = await space.secrets()
-    rotated = await WebhookSecrets(space.store.client, space.keys).rotate("acme")
+    rotated = await WebhookSecrets(space.redis, space.keys).rotate("acme")
     assert rotated[1] == old[0]
     async with running_notifier(space):
         job = await space.jobs.create(webhook={"url": f"{base}/rotating"})

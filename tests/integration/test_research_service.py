@@ -86,7 +86,7 @@ async def test_research_run_plans_answers_and_reports(
     assert Counter(step_of(c) for c in calls) == {"plan": 1, "answer": 4, "report": 1}
     assert step_of(calls[-1]) == "report"
     # Every step's output is checkpointed in Redis under the job.
-    saved = await driver.store.client.hgetall(driver.keys.job_checkpoints(job.id))
+    saved = await driver.redis.hgetall(driver.keys.job_checkpoints(job.id))
     assert json.loads(saved["plan"]) == [step["question"] for step in steps]
     assert [saved[f"answer:{i}"] for i in range(1, 5)] == [step["answer"] for step in steps]
     assert saved["report"] == record.result["report"]

@@ -164,7 +164,7 @@ async def test_tracing_is_off_by_default_and_adds_no_middleware(ops_infra: Infra
                 assert answer.status_code == 202, answer.text
                 job_id = answer.json()["id"]
                 await until(lambda: _status(http, job_id, "completed"), 10, "the job to complete")
-            stored: Any = await gateway.deps.store.client.xrange(gateway.keys.job_events(job_id))
+            stored: Any = await gateway.deps.redis.xrange(gateway.keys.job_events(job_id))
             assert len(stored) == 4
             assert not [f for _, f in stored if "traceparent" in json.loads(f["data"])]
             assert telemetry.current_traceparent() is None
@@ -225,7 +225,7 @@ async def test_the_trace_goes_on_through_the_outbox_to_the_webhook_request(
                 sse(client, f"/v1/jobs/{job_id}/events") as stream,
             ):
                 seen = await stream.rest()
-            stored: Any = await gateway.deps.store.client.xrange(gateway.keys.job_events(job_id))
+            stored: Any = await gateway.deps.redis.xrange(gateway.keys.job_events(job_id))
         finally:
             await connection.close()
             await worker.app.stop()

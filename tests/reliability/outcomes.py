@@ -52,8 +52,7 @@ async def settle(
     duplicated = 0
     unfinished: list[str] = []
     for job_id, record in zip(job_ids, records, strict=True):
-        entries = await store.client.xrange(store.keys.job_events(job_id))
-        events = [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+        events = [JobEvent.model_validate_json(data) for _, data in await store.events(job_id)]
         if sum(1 for e in events if e.event == "completed") > 1:
             duplicated += 1
         if record is None or record.status != JobStatus.COMPLETED:

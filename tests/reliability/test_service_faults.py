@@ -45,7 +45,8 @@ async def test_kill_9_of_the_gateway_during_a_burst_loses_no_accepted_job(infra:
         )
         stack.assert_settled(outcome)
         # Nothing is left behind: every job the store knows for the tenant ends.
-        listed = await stack.store.client.zrange(stack.store.keys.tenant_jobs("acme"), 0, -1)
+        indexes = [stack.keys.tenant_jobs("acme", shard) for shard in stack.keys.all_shards]
+        listed = [job_id for index in indexes for job_id in await stack.redis.zrange(index, 0, -1)]
         await stack.wait_jobs(list(listed), DONE)
 
 

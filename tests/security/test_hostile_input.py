@@ -41,7 +41,8 @@ async def still_serving(gw: RunningGateway) -> None:
 
 
 async def jobs_of(gw: RunningGateway, tenant: str = "acme") -> int:
-    return int(await gw.deps.redis.zcard(gw.keys.tenant_jobs(tenant)))
+    indexes = [gw.keys.tenant_jobs(tenant, shard) for shard in gw.keys.all_shards]
+    return sum([int(await gw.deps.redis.zcard(index)) for index in indexes])
 
 
 def stored_files(gw: RunningGateway) -> list[Path]:

@@ -40,6 +40,7 @@ async def notifier(infra: Infra, guarded: RunningGateway) -> AsyncIterator[Runni
         api_keys=guarded.api_keys,
         store=guarded.deps.store,
         jobs=JobDriver(guarded.deps.store),
+        redis=guarded.deps.redis,
     )
     async with running_notifier(space) as running:
         yield running

@@ -170,6 +170,11 @@ class RedisCluster(_Owned):
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     @property
+    def cluster_url(self) -> str:
+        """`OFFLOAD_REDIS_URL` for Offload's services: the masters, any of which will do."""
+        return "redis+cluster://" + ",".join(self.addresses[:3])
+
+    @property
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{port}" for port in self.ports]
 
@@ -445,20 +450,19 @@ def main(argv: list[str]) -> int:
         rabbit.stop()
         raise
     STATE.parent.mkdir(parents=True, exist_ok=True)
-    STATE.write_text(json.dumps({"rabbitmq_url": rabbit.url, "redis_url": redis.url}))
+    STATE.write_text(json.dumps({"rabbitmq_url": rabbit.url, "redis_url": redis.cluster_url}))
     print(f"Redis Cluster (3 masters, 3 replicas) in {redis.started_s:.1f}s: {redis.addresses}")
     print(f"RabbitMQ cluster (3 nodes) in {rabbit.started_s:.1f}s")
-    print(_exports({"rabbitmq_url": rabbit.url, "redis_url": redis.url}))
+    print(_exports({"rabbitmq_url": rabbit.url, "redis_url": redis.cluster_url}))
     return 0
 
 
 def _exports(state: dict[str, str]) -> str:
-    """Shell lines to `eval`. The store does not run on a Redis Cluster yet (its scripts
-    touch keys of several slots), so the Redis Cluster's URL is shown, not exported."""
+    """Shell lines to `eval`: both clusters' URLs for Offload's services."""
     return "\n".join(
         [
             f"export OFFLOAD_RABBITMQ_URL='{state['rabbitmq_url']}'",
-            f"# Redis Cluster (for the sharded store): OFFLOAD_REDIS_URL='{state['redis_url']}'",
+            f"export OFFLOAD_REDIS_URL='{state['redis_url']}'",
         ]
     )
 

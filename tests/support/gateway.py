@@ -59,7 +59,7 @@ class RunningGateway:
 
     @property
     def keys(self) -> RedisKeys:
-        return RedisKeys(self.settings.redis_prefix)
+        return RedisKeys(self.settings.redis_prefix, self.settings.redis_shards)
 
     def headers(self, tenant: str = TENANTS[0]) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_keys[tenant]}"}

@@ -111,7 +111,7 @@ class Harness(JobRig):
     # ------------------------------------------------------------------ observing
 
     async def outbox_events(self, job_id: str) -> list[JobEvent]:
-        entries = await self.store.client.xrange(self.keys.outbox)
+        entries = await self.redis.xrange(self.keys.outbox(self.keys.shard(job_id)))
         events = [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
         return [event for event in events if event.job_id == job_id]
 

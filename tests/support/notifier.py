@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
+import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from standardwebhooks.webhooks import Webhook
 
@@ -101,6 +102,7 @@ class NotifierSpace:
     api_keys: dict[str, str]
     store: JobStore
     jobs: JobDriver
+    redis: "aioredis.Redis"
     declared: set[str] = field(default_factory=set)  # queues under `service`, to delete after
 
     @property
@@ -136,7 +138,7 @@ class NotifierSpace:
         return {"Authorization": f"Bearer {self.api_keys[tenant]}"}
 
     async def secrets(self, tenant: str = TENANTS[0]) -> list[str]:
-        return await WebhookSecrets(self.store.client, self.keys).signing(tenant)
+        return await WebhookSecrets(self.redis, self.keys).signing(tenant)
 
 
 @asynccontextmanager
@@ -152,6 +154,7 @@ async def notifier_space(infra: Infra) -> AsyncIterator[NotifierSpace]:
         api_keys={tenant: f"key-{tenant}-{uuid.uuid4().hex}" for tenant in TENANTS},
         store=store,
         jobs=JobDriver(store),
+        redis=client,
     )
     try:
         yield space

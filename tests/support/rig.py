@@ -42,8 +42,7 @@ async def wait_for_status(
 
 async def job_events(store: JobStore, job_id: str) -> list[JobEvent]:
     """The job's events, in order, from its stream."""
-    entries = await store.client.xrange(store.keys.job_events(job_id))
-    return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
+    return [JobEvent.model_validate_json(data) for _, data in await store.events(job_id)]
 
 
 class JobRig:
@@ -62,9 +61,8 @@ class JobRig:
         events_maxlen: int = 1000,
     ) -> None:
         self.keys = RedisKeys(redis_prefix)
-        self.store = JobStore(
-            connect_redis(redis_url), self.keys, retention_s=3600, events_maxlen=events_maxlen
-        )
+        self.redis = connect_redis(redis_url)
+        self.store = JobStore(self.redis, self.keys, retention_s=3600, events_maxlen=events_maxlen)
         self.broker = make_broker(rabbitmq_url, service=name)
 
     async def open(self) -> None:
@@ -72,7 +70,7 @@ class JobRig:
 
     async def close(self) -> None:
         await self.broker.stop()
-        await self.store.client.aclose()
+        await self.redis.aclose()
 
     async def submit_request(self, request: Request, *, routing_key: str) -> Request:
         """What the gateway does: record the job `waiting`, then publish it with a confirm.

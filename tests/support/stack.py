@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 
 from offload_contracts import JobStatus
 from offload_runtime.keys import RedisKeys
@@ -37,6 +38,8 @@ class Stack:
     gateway_url: str
     store: JobStore
     http: httpx.AsyncClient
+    redis: "aioredis.Redis"
+    keys: RedisKeys
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def start(self, name: str, module: str, **overrides: Any) -> ServiceProcess:
@@ -122,12 +125,14 @@ async def running_stack(
         "shutdown_grace_s": 5,
         "log_level": "info",
     } | overrides
-    store = JobStore(connect_redis(settings["redis_url"]), RedisKeys(prefix), retention_s=3600)
+    redis = connect_redis(settings["redis_url"])
+    keys = RedisKeys(prefix)
+    store = JobStore(redis, keys, retention_s=3600)
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     http = httpx.AsyncClient(
         base_url=gateway_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
     )
-    stack = Stack(settings, gateway_url, store, http)
+    stack = Stack(settings, gateway_url, store, http, redis, keys)
     try:
         stack.start("sandbox", "offload_sandbox")
         ai_port = settings.get("metrics_port") or free_port()
@@ -142,4 +147,4 @@ async def running_stack(
         for process in stack.processes.values():
             process.stop()
         await http.aclose()
-        await store.client.aclose()
+        await store.aclose()

@@ -51,7 +51,7 @@ class VideoRig(JobRig):
             redis_prefix=self.settings.redis_prefix,
             name="video-test",
         )
-        self.files = FileStore(storage_dir, self.store.client, self.keys)
+        self.files = FileStore(storage_dir, self.redis, self.keys)
         self.http = httpx.AsyncClient(base_url=sandbox_url, timeout=10)
         self.worker: Worker | None = None
 

@@ -25,9 +25,10 @@ from offload_gateway.settings import GatewaySettings
 from offload_gateway.submission import JobSubmitter
 from offload_gateway.sweep import Sweeper
 from offload_runtime.keys import RedisKeys
+from offload_runtime.listing import JobListing
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.loops import BackgroundLoop
-from offload_runtime.redis import connect_redis
+from offload_runtime.redis import check_shard_count, connect_redis
 from offload_runtime.storage import FileStore
 from offload_runtime.store import JobStore, new_id
 from offload_runtime.webhook_secrets import WebhookSecrets
@@ -41,7 +42,7 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
     """Create every adapter and use case (no I/O until the app starts)."""
     # One quick retry: a client waiting on an outage should get its 503 promptly.
     client = connect_redis(settings.redis_url, retries=1)
-    keys = RedisKeys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix, settings.redis_shards)
     catalog = settings.catalog
     store = JobStore(
         client,
@@ -71,7 +72,7 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
         catalog=catalog,
     )
     sweeper = Sweeper(
-        index=RedisUnstartedIndex(store),
+        index=RedisUnstartedIndex(store, client, keys),
         jobs=ledger,
         publisher=broker,
         after_s=settings.sweep_after_s,
@@ -82,7 +83,9 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
     return GatewayDeps(
         settings=settings,
         redis=client,
+        keys=keys,
         store=store,
+        listing=JobListing(client, keys),
         files=FileStore(settings.storage_dir, client, keys),
         secrets=WebhookSecrets(client, keys),
         broker=broker,
@@ -101,6 +104,7 @@ def build_app(settings: GatewaySettings | None = None, deps: GatewayDeps | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging("gateway", level=settings.log_level, fmt=settings.log_format)
+        await check_shard_count(deps.redis, deps.keys)
         deps.broker.start()
 
         async def sweep_once() -> None:

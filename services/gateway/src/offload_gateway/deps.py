@@ -14,6 +14,8 @@ from offload_gateway.settings import GatewaySettings
 from offload_gateway.submission import JobSubmitter
 from offload_gateway.sweep import Sweeper
 from offload_runtime.auth import KeyRing, bearer_token
+from offload_runtime.keys import RedisKeys
+from offload_runtime.listing import JobListing
 from offload_runtime.storage import FileStore
 from offload_runtime.store import JobStore
 from offload_runtime.webhook_secrets import WebhookSecrets
@@ -25,7 +27,9 @@ class GatewayDeps:
 
     settings: GatewaySettings
     redis: "aioredis.Redis"
+    keys: RedisKeys
     store: JobStore
+    listing: JobListing
     files: FileStore
     secrets: WebhookSecrets
     broker: BrokerLink

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -152,6 +153,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RedisConnectionError, _on_redis_unavailable)
     app.add_exception_handler(RedisTimeoutError, _on_redis_unavailable)
+    # A Redis Cluster that lost a master: its slots are down (or moving) until a replica
+    # takes over, a matter of seconds.
+    for cluster_failure in (ClusterError, TryAgainError, RedisClusterException):
+        app.add_exception_handler(cluster_failure, _on_redis_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

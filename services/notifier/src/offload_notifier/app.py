@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from faststream.rabbit import RabbitBroker
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from offload_contracts import topology
 from offload_notifier import handlers
@@ -28,10 +28,10 @@ from offload_notifier.adapters.http import (
 from offload_notifier.adapters.outbox import RedisOutbox
 from offload_notifier.adapters.rabbit import RabbitPublisher, declare_notifier_topology
 from offload_notifier.adapters.redis_store import RedisDeliveryLog, RedisJobs, RedisTenantStreams
-from offload_notifier.adapters.redis_streams import RedisStreamHub
+from offload_notifier.adapters.redis_streams import ShardedStreamHub
 from offload_notifier.adapters.tracing import DeliverySpans
 from offload_notifier.alerts import raise_stall_alert
-from offload_notifier.relay import Relay
+from offload_notifier.relay import Relay, ShardRelays
 from offload_notifier.routes import RouteDeps, build_router, install_problem_handlers
 from offload_notifier.settings import NotifierSettings
 from offload_notifier.stalls import StallTracker, StallWatch
@@ -43,7 +43,7 @@ from offload_runtime.inflight import InFlightReporter
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler
-from offload_runtime.redis import connect_redis
+from offload_runtime.redis import check_shard_count, connect_redis
 from offload_runtime.store import utcnow
 from offload_runtime.watchdog import watch_consumer
 from offload_runtime.webhook_secrets import WebhookSecrets
@@ -69,9 +69,9 @@ class Notifier:
     keys: RedisKeys
     redis: "aioredis.Redis"
     broker: RabbitBroker
-    relay: Relay
-    hub: RedisStreamHub
-    outbox: RedisOutbox
+    relay: ShardRelays
+    hub: ShardedStreamHub
+    outboxes: list[RedisOutbox]
     deliveries: RedisDeliveryLog
     slots: StreamSlots
 
@@ -83,11 +83,13 @@ def build_app(
     settings = settings or NotifierSettings()
     deps = deps or NotifierDeps()
     service = settings.notifier_service
-    keys = RedisKeys(settings.redis_prefix)
+    keys = RedisKeys(settings.redis_prefix, settings.redis_shards)
     # A burst of SSE clients each makes a few short calls: they queue for a
     # pooled connection rather than being refused (the pool blocks when full).
+    # Each shard's relay holds one more connection, in its blocked read of the outbox, and
+    # so does each shard's SSE reader while it has followers.
     redis = deps.redis or connect_redis(
-        settings.redis_url, max_connections=settings.redis_max_connections
+        settings.redis_url, max_connections=settings.redis_max_connections + 2 * keys.shards
     )
     broker = deps.broker or make_broker(
         settings.rabbitmq_url, service=service, quorum_size=settings.rabbitmq_quorum_size
@@ -106,27 +108,34 @@ def build_app(
         timeout_s=settings.webhook_timeout_s, max_connections=2, tracer_provider=tracing
     )
 
-    outbox = RedisOutbox(
-        redis,
-        keys.outbox,
-        consumer=settings.notifier_consumer,
-        batch=settings.relay_batch,
-        block_ms=settings.relay_block_ms,
-        claim_idle_ms=settings.relay_claim_idle_ms,
-    )
-    publisher = RabbitPublisher(broker, service)
-    relay = Relay(
-        outbox,
-        RedisTenantStreams(
+    outboxes = [
+        RedisOutbox(
             redis,
-            keys,
-            maxlen=settings.tenant_events_maxlen,
-            retention_s=settings.job_retention_s,
-        ),
-        publisher,
-        claim_every_s=max(settings.relay_claim_idle_ms / 2000, 0.01),
-        trim_every_s=settings.relay_trim_interval_s,
-        retry_after_failure_s=settings.relay_retry_s,
+            keys.outbox(shard),
+            consumer=settings.notifier_consumer,
+            batch=settings.relay_batch,
+            block_ms=settings.relay_block_ms,
+            claim_idle_ms=settings.relay_claim_idle_ms,
+        )
+        for shard in keys.all_shards
+    ]
+    publisher = RabbitPublisher(broker, service)
+    tenant_streams = RedisTenantStreams(
+        redis, keys, maxlen=settings.tenant_events_maxlen, retention_s=settings.job_retention_s
+    )
+    relay = ShardRelays(
+        [
+            Relay(
+                outbox,
+                tenant_streams,
+                publisher,
+                claim_every_s=max(settings.relay_claim_idle_ms / 2000, 0.01),
+                trim_every_s=settings.relay_trim_interval_s,
+                retry_after_failure_s=settings.relay_retry_s,
+                name=f"outbox relay, shard {shard}",
+            )
+            for shard, outbox in zip(keys.all_shards, outboxes, strict=True)
+        ]
     )
     deliveries = RedisDeliveryLog(redis, keys, retention_s=settings.job_retention_s)
     deliverer = Deliverer(
@@ -185,12 +194,12 @@ def build_app(
         clock=utcnow,
         interval_s=settings.stall_check_interval_s,
     )
-    hub = RedisStreamHub(
+    hub = ShardedStreamHub(
         redis,
-        wake_key=keys.notifier_wake(settings.notifier_consumer),
+        keys,
+        consumer=settings.notifier_consumer,
         block_ms=settings.sse_block_ms,
         queue_limit=settings.sse_queue_limit,
-        feed=keys.outbox,
     )
     jobs = RedisJobs(redis, keys)
     slots = StreamSlots(settings.sse_max_streams_per_tenant)
@@ -215,8 +224,9 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(service, level=settings.log_level, fmt=settings.log_format)
-        await redis.ping()
-        await outbox.ensure_group()
+        await check_shard_count(redis, keys)
+        for outbox in outboxes:
+            await outbox.ensure_group()
         await prepare_broker()
         await broker.start()
         watchdog.start()
@@ -257,7 +267,7 @@ def build_app(
         description="Job events as Server-Sent Events; signed webhooks; dead-letter alerts.",
         lifespan=lifespan,
     )
-    install_problem_handlers(app, unavailable=(RedisError,))
+    install_problem_handlers(app, unavailable=(RedisError, RedisClusterException))
     telemetry.instrument_fastapi(app, tracing)
     app.include_router(
         build_router(
@@ -281,7 +291,7 @@ def build_app(
         broker=broker,
         relay=relay,
         hub=hub,
-        outbox=outbox,
+        outboxes=outboxes,
         deliveries=deliveries,
         slots=slots,
     )

@@ -1,10 +1,10 @@
 """The outbox relay (DESIGN §4, §6): every job event, from the outbox to where it is needed.
 
-The job store appends each transition's event to the outbox stream in the
-same Lua call as the transition. The relay reads it through a consumer group
-shared by every notifier replica and, batch by batch:
+The job store appends each transition's event to its shard's outbox stream in
+the same Lua call as the transition. One relay per shard reads that outbox
+through a consumer group shared by every notifier replica and, batch by batch:
 
-1. appends each event to its tenant's stream (`GET /v1/events`),
+1. appends each event to its tenant's stream of the same shard (`GET /v1/events`),
 2. schedules a webhook delivery when the job asked for one and wants this event,
 3. publishes each event to the `jobs.events` exchange,
 
@@ -93,7 +93,7 @@ class Publisher(Protocol):
 
 
 class Relay:
-    """Relays the outbox until stopped; any number of replicas may run one each."""
+    """Relays one outbox (one shard's) until stopped; any number of replicas may run one each."""
 
     def __init__(
         self,
@@ -105,6 +105,7 @@ class Relay:
         trim_every_s: float,
         retry_after_failure_s: float,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "outbox-relay",
     ) -> None:
         self._outbox = outbox
         self._tenant_streams = tenant_streams
@@ -116,7 +117,7 @@ class Relay:
         self._retry_own = True
         self._next_claim = self._next_trim = clock()
         # Interval 0: each pass waits in its own read (or in its pause after a failure).
-        self._loop = BackgroundLoop("outbox relay", self.step, 0, stop_wait_s=STOP_WAIT_S)
+        self._loop = BackgroundLoop(name, self.step, 0, stop_wait_s=STOP_WAIT_S)
         self.healthy = True
 
     # ------------------------------------------------------------------ one batch
@@ -154,10 +155,11 @@ class Relay:
     # ------------------------------------------------------------------ the loop
 
     def start(self) -> None:
+        self._retry_own = True
         self._loop.start()
 
     async def stop(self) -> None:
-        """Finish the batch in hand, then stop (a blocked read is given up at once)."""
+        """Finish the batch in hand (or the blocked read), then stop; bounded."""
         await self._loop.stop()
 
     @property
@@ -204,5 +206,32 @@ class Relay:
             stopping.cancel()
             return read.result()
         read.cancel()
-        await asyncio.gather(read, return_exceptions=True)
+        # Bounded: redis-py can swallow a cancel (see offload_runtime.loops).
+        await asyncio.wait({read}, timeout=STOP_WAIT_S)
         return []
+
+
+class ShardRelays:
+    """One `Relay` per shard outbox, run side by side in this process.
+
+    Every replica runs all of them; the consumer group of each outbox shares
+    its entries between the replicas.
+    """
+
+    def __init__(self, relays: Sequence[Relay]) -> None:
+        self.relays = list(relays)
+
+    def start(self) -> None:
+        for relay in self.relays:
+            relay.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(relay.stop() for relay in self.relays))
+
+    @property
+    def running(self) -> bool:
+        return all(relay.running for relay in self.relays)
+
+    @property
+    def healthy(self) -> bool:
+        return all(relay.healthy for relay in self.relays)

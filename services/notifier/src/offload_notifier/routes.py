@@ -5,6 +5,7 @@ as a job that does not exist.
 """
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from offload_notifier.streams import (
     StreamSlots,
     StreamSource,
     job_frames,
-    tenant_frames,
 )
+from offload_notifier.tenant_stream import tenant_frames
+from offload_runtime import stream_cursor
 from offload_runtime.auth import KeyRing, bearer_token
 from offload_runtime.echo import clipped, quoted
 from offload_runtime.keys import RedisKeys
@@ -275,21 +277,44 @@ def build_router(deps: RouteDeps) -> APIRouter:
         )
         return stream_for(tenant, "job", frames)
 
+    async def tenant_resume_point(
+        header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+        query: Annotated[str | None, Query(alias="last_event_id")] = None,
+    ) -> dict[int, str] | None:
+        value = header if header is not None else query
+        if value is None or not value.strip():
+            return None
+        try:
+            return stream_cursor.decode(value, deps.keys.shards)
+        except ValueError as exc:
+            with contextlib.suppress(ValueError):
+                canonical(value)
+                # One stream's id, as this stream gave out before it was sharded: no
+                # position is known, so the stream resyncs rather than refuse.
+                return {}
+            raise Problem(
+                400,
+                "Invalid Last-Event-ID",
+                "Last-Event-ID must be the `id:` of an event this stream sent: a position in "
+                "each shard, `<shard>.<ms>-<seq>` items joined by `_` (whole numbers below 2^64), "
+                f"e.g. `3.1700000000000-0_11.1700000000042-1` ({exc})",
+            ) from None
+
     @router.get(
         "/v1/events",
         response_class=StreamingResponse,  # not EventSourceResponse: see EventStream
         responses=_SSE_RESPONSES,
         summary="All the tenant's job events as Server-Sent Events",
         description="Live from the moment of connection (a `: subscribed` comment marks it), "
-        "or resumed after `Last-Event-ID`.",
+        "or resumed after `Last-Event-ID`. The tenant's events are kept per shard; each `id:` "
+        "is the client's position in every shard, so a resume has no gap and no duplicate.",
     )
     async def tenant_events(
         tenant: Annotated[str, Depends(tenant)],
-        resume_after: Annotated[str | None, Depends(last_event_id)],
+        resume_after: Annotated[dict[int, str] | None, Depends(tenant_resume_point)],
     ) -> EventStream:
-        frames = tenant_frames(
-            deps.keys.tenant_events(tenant), resume_after, source=deps.streams, ping_s=deps.ping_s
-        )
+        keys = [deps.keys.tenant_events(tenant, shard) for shard in deps.keys.all_shards]
+        frames = tenant_frames(keys, resume_after, source=deps.streams, ping_s=deps.ping_s)
         return stream_for(tenant, "tenant", frames)
 
     @router.get("/healthz", summary="Liveness")

@@ -66,7 +66,9 @@ class NotifierSettings(RuntimeSettings, HttpServerSettings, ConsumerWatchSetting
         default=1.0, gt=0, description="Pause after a failed batch (broker or Redis down)."
     )
     tenant_events_maxlen: int = Field(
-        default=10_000, ge=10, description="Cap on each tenant's event stream (`GET /v1/events`)."
+        default=10_000,
+        ge=10,
+        description="Cap on each tenant's event stream of one shard (`GET /v1/events`).",
     )
     # ---- SSE
     sse_ping_s: float = Field(default=15.0, gt=0, description="Seconds between `: ping` lines.")

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,8 +38,16 @@ TRANSITION_RETRY_S = 1.0
 REQUEUE_PAUSE_S = 1.0
 """How long a consumer holds a message it could not record before handing it back."""
 
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
-"""The errors that mean Redis is away (rather than a command that is wrong)."""
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    # A Redis Cluster master lost: its slots answer CLUSTERDOWN or TRYAGAIN (the command
+    # did not run) until a replica takes over.
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+)
+"""The errors that mean Redis (or a cluster master) is away, rather than a wrong command."""
 
 T = TypeVar("T")
 

@@ -403,8 +403,7 @@ class JobRunner:
         """
         try:
             if self._pubsub is None:
-                self._pubsub = self.store.client.pubsub()
-                await self._pubsub.subscribe(self.store.keys.cancel_channel)
+                self._pubsub = await self.store.cancel_subscription()
             notice = await self._pubsub.get_message(
                 ignore_subscribe_messages=True, timeout=CANCEL_POLL_S
             )

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from offload_runtime.auth import KeyRing, parse_admin_keys, parse_api_keys
+from offload_runtime.keys import DEFAULT_SHARDS
 
 _PROJECT_VAR = Path(__file__).resolve().parents[4] / "var"
 
@@ -131,6 +132,13 @@ class RuntimeSettings(LogSettings):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
     redis_prefix: str = Field(
         default="", description="Prefix for every Redis key (isolates test runs)."
+    )
+    redis_shards: int = Field(
+        default=DEFAULT_SHARDS,
+        ge=1,
+        # A `GET /v1/events` id names a position per shard: 256 keep it a few KiB.
+        le=256,
+        description="Logical shards of job state (fixed when a deployment is created).",
     )
     retry_tiers: str = Field(
         default="30s,2m,10m,1h", description="Delay tiers, comma-separated durations."

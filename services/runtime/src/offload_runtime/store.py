@@ -7,14 +7,17 @@ redelivered or duplicated message can never run a finished job again nor move
 a job backwards, and state and events never disagree.
 """
 
+import asyncio
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
+from redis.asyncio.client import PubSub
 
 from offload_contracts import EventKind, JobError, JobEvent, JobRequestBase, JobStatus, Progress
 from offload_runtime import outage
@@ -22,9 +25,11 @@ from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import get_logger
 from offload_runtime.redis import ScriptBatcher
 from offload_runtime.telemetry import current_traceparent
+from offload_runtime.transitions import TRANSITIONS, Expiry, Transition
 
 TRANSITION_LUA = r"""
--- KEYS: 1 job hash, 2 job events, 3 outbox, 4 unstarted zset, 5 tenant jobs zset, 6 checkpoints
+-- KEYS (all of one shard, so one slot): 1 job hash, 2 job events, 3 the shard's outbox,
+--       4 the shard's unstarted zset, 5 the tenant's jobs zset of the shard, 6 checkpoints
 -- ARGV: 1 allowed 'status:attempt' pairs joined by '|' ('*' = any attempt, 'none' = absent)
 --       2 run id the job must hold ('' = no check)   3 event JSON ('' = none)
 --       4 job events cap   5 expire seconds (0 keep, -1 persist)
@@ -85,6 +90,8 @@ return wait
 
 log = get_logger("offload.store")
 
+"""Errors that mean "Redis is away for now": a transition waits them out."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -132,36 +139,6 @@ class JobRecord(BaseModel):
         return cls.model_validate(values)
 
 
-_LISTED_FIELDS = (
-    "id",
-    "tenant",
-    "type",
-    "status",
-    "attempt",
-    "max_attempts",
-    "progress",
-    "result",
-    "error",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "next_attempt_at",
-)
-"""The job fields a listing needs: not the input, which may be large."""
-
-
-class InvalidCursor(ValueError):
-    """A listing cursor that this store did not hand out."""
-
-
-@dataclass(frozen=True, slots=True)
-class JobPageResult:
-    """One page of a tenant's jobs, newest first, and where the next page starts."""
-
-    jobs: list[JobRecord]
-    next_cursor: str | None
-
-
 @dataclass(frozen=True, slots=True)
 class TransitionResult:
     """Whether a transition happened, and the status and attempt it found."""
@@ -172,7 +149,12 @@ class TransitionResult:
 
 
 class JobStore:
-    """Job state and events in Redis. Every transition is one `TRANSITION_LUA` call."""
+    """Job state and events in Redis. Every transition is one `TRANSITION_LUA` call.
+
+    The transitions are the rows of `transitions.TRANSITIONS`; this class
+    only executes them. Its Redis client and key names are its own: other
+    code reads jobs through its methods (or `listing.JobListing`).
+    """
 
     def __init__(
         self,
@@ -189,96 +171,51 @@ class JobStore:
         Workers wait (a message stays unacked meanwhile, nothing is lost); the
         gateway does not (its client gets a 503 at once).
         """
-        self.client = client
-        self.keys = keys
+        self._client = client
+        self._keys = keys
         self._retention_s = retention_s
         self._events_maxlen = events_maxlen
         self._outage_wait_s = outage_wait_s
         self._transition = ScriptBatcher(client, TRANSITION_LUA)
-        self._postpone_unstarted = client.register_script(POSTPONE_UNSTARTED_LUA)
+        self._postpone_unstarted = ScriptBatcher(client, POSTPONE_UNSTARTED_LUA)
+
+    async def aclose(self) -> None:
+        """Close the Redis client this store was given (for an owner that keeps no other use)."""
+        await self._client.aclose()
 
     # ------------------------------------------------------------------ reads
 
     async def get(self, job_id: str) -> JobRecord | None:
-        data: dict[str, str] = await self.client.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
+        data: dict[str, str] = await self._client.hgetall(self._keys.job(job_id))  # type: ignore[assignment]
         return JobRecord.from_hash(data) if data else None
 
-    async def list_jobs(
-        self,
-        tenant: str,
-        *,
-        limit: int = 20,
-        cursor: str | None = None,
-        status: str | None = None,
-        job_type: str | None = None,
-        scan_limit: int = 1000,
-    ) -> JobPageResult:
-        """The tenant's jobs, newest first, from the `tenant_jobs` sorted set.
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, str | None]:
+        """Each job's status (None for a job that does not exist), read in one pipeline."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self._keys.job(job_id), "status")
+            found = await pipe.execute()
+        return {
+            job_id: None if status is None else str(status)
+            for job_id, status in zip(job_ids, found, strict=True)
+        }
 
-        `cursor` is the `next_cursor` of the previous page (`<score>:<id>`): the
-        page resumes right after that job even if it has expired since. Jobs
-        whose hash has expired are skipped and dropped from the index. With
-        filters, at most `scan_limit` ids are examined per call, so a page may
-        hold fewer than `limit` jobs and still carry a cursor.
-        """
-        index = self.keys.tenant_jobs(tenant)
-        start = 0 if cursor is None else await self._offset_after(index, cursor)
-        jobs: list[JobRecord] = []
-        scanned = 0
-        chunk = max(limit, 50)
-        last: tuple[float, str] | None = None
-        while scanned < scan_limit:
-            entries: list[tuple[str, float]] = await self.client.zrevrange(  # type: ignore[assignment]
-                index, start, start + chunk - 1, withscores=True
-            )
-            if not entries:
-                return JobPageResult(jobs, None)
-            async with self.client.pipeline(transaction=False) as pipe:
-                for job_id, _ in entries:
-                    pipe.hmget(self.keys.job(job_id), _LISTED_FIELDS)
-                rows: list[list[str | None]] = await pipe.execute()
-            expired = []
-            for position, ((job_id, score), row) in enumerate(zip(entries, rows, strict=True)):
-                scanned += 1
-                last = (score, job_id)
-                if row[0] is None:
-                    expired.append(job_id)
-                    continue
-                data = {k: v for k, v in zip(_LISTED_FIELDS, row, strict=True) if v is not None}
-                record = JobRecord.from_hash(data)
-                if (status is None or record.status == status) and (
-                    job_type is None or record.type == job_type
-                ):
-                    jobs.append(record)
-                if len(jobs) >= limit:
-                    if expired:
-                        await self.client.zrem(index, *expired)
-                    more = position < len(entries) - 1 or len(entries) == chunk
-                    return JobPageResult(jobs, _cursor(score, job_id) if more else None)
-            if expired:
-                await self.client.zrem(index, *expired)
-                start -= len(expired)  # the removed ids no longer take a rank
-            if len(entries) < chunk:
-                return JobPageResult(jobs, None)
-            start += len(entries)
-        return JobPageResult(jobs, _cursor(*last) if last else None)
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self._client.exists(self._keys.job(job_id)))
 
-    async def _offset_after(self, index: str, cursor: str) -> int:
-        """How many members sort before the cursor's job in newest-first order, plus it."""
-        score_text, sep, job_id = cursor.partition(":")
-        try:
-            score = int(score_text)
-        except ValueError:
-            score = -1
-        if not sep or score < 0 or not job_id:
-            raise InvalidCursor("cursor is not one this API handed out")
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zcount(index, f"({score}", "+inf")
-            pipe.zrangebyscore(index, score, score)
-            newer, tied = await pipe.execute()
-        # Members with an equal score come in reverse lexicographic order, so the
-        # ones at or above the cursor's id were on earlier pages.
-        return int(newer) + sum(1 for member in tied if member >= job_id)
+    async def events(self, job_id: str) -> list[tuple[str, str]]:
+        """The job's stored events, oldest first: `(stream id, event JSON)`."""
+        entries: list[tuple[str, dict[str, str]]] = await self._client.xrange(  # type: ignore[assignment]
+            self._keys.job_events(job_id)
+        )
+        return [(entry_id, fields.get("data", "")) for entry_id, fields in entries]
+
+    async def cancel_subscription(self) -> "PubSub":
+        """A pub/sub subscribed to cancel notices (each message's `data`: a cancelled job's
+        id, to stop it where it runs). The caller reads it and closes it."""
+        pubsub = self._client.pubsub()
+        await pubsub.subscribe(self._keys.cancel_channel)
+        return pubsub
 
     # ------------------------------------------------------------------ transitions
 
@@ -310,11 +247,11 @@ class JobStore:
             "idempotency_key": idempotency_key or "",
         }
         created = await self._apply(
+            TRANSITIONS["create"],
             request.id,
             request.tenant,
-            allowed="none:*",
-            event=self._event(request.id, request.tenant, job_type, EventKind.QUEUED, 0),
-            unstarted="add",
+            job_type,
+            attempt=0,
             score=int(request.created_at.timestamp() * 1000),
             fields=fields,
         )
@@ -325,26 +262,16 @@ class JobStore:
     async def start(
         self, request: JobRequestBase, run_id: str, *, redelivered: bool
     ) -> TransitionResult:
-        """`waiting|delayed → active` for attempt n, owned by `run_id`.
-
-        A redelivered message may also take over a job left `active` (its
-        worker died mid-run) or `delayed` (its worker died after recording the
-        retry but before acking), for the same attempt.
-        """
-        n = request.attempt
-        allowed = f"waiting:{n - 1}|delayed:{n - 1}"
-        if redelivered:
-            allowed += f"|active:{n}|delayed:{n}"
+        """`waiting|delayed → active` for attempt n, owned by `run_id` (see `take_over`)."""
         return await self._apply(
+            TRANSITIONS["take_over" if redelivered else "start"],
             request.id,
             request.tenant,
-            allowed=allowed,
-            event=self._event(request.id, request.tenant, _type(request), EventKind.STARTED, n),
-            unstarted="rem",
+            _type(request),
+            attempt=request.attempt,
+            run=run_id,
             fields={
-                "status": JobStatus.ACTIVE.value,
-                "attempt": str(n),
-                "run": run_id,
+                "attempt": str(request.attempt),
                 "started_at": _iso(utcnow()),
                 "next_attempt_at": "",
             },
@@ -355,18 +282,13 @@ class JobStore:
     ) -> TransitionResult:
         progress = Progress(percent=max(0.0, min(100.0, percent)), message=message[:500])
         return await self._apply(
+            TRANSITIONS["progress"],
             request.id,
             request.tenant,
-            allowed=f"active:{request.attempt}",
+            _type(request),
+            attempt=request.attempt,
             run=run_id,
-            event=self._event(
-                request.id,
-                request.tenant,
-                _type(request),
-                EventKind.PROGRESS,
-                request.attempt,
-                progress=progress,
-            ),
+            extra={"progress": progress},
             fields={"progress": progress.model_dump_json()},
         )
 
@@ -374,21 +296,14 @@ class JobStore:
         self, request: JobRequestBase, run_id: str, result: dict[str, Any]
     ) -> TransitionResult:
         return await self._apply(
+            TRANSITIONS["complete"],
             request.id,
             request.tenant,
-            allowed=f"active:{request.attempt}",
+            _type(request),
+            attempt=request.attempt,
             run=run_id,
-            event=self._event(
-                request.id,
-                request.tenant,
-                _type(request),
-                EventKind.COMPLETED,
-                request.attempt,
-                result=result,
-            ),
-            expire=self._retention_s,
+            extra={"result": result},
             fields={
-                "status": JobStatus.COMPLETED.value,
                 "result": json.dumps(result),
                 "progress": Progress(percent=100, message="completed").model_dump_json(),
                 "finished_at": _iso(utcnow()),
@@ -404,21 +319,14 @@ class JobStore:
     ) -> TransitionResult:
         """`active → delayed`: the next attempt comes from a retry tier."""
         return await self._apply(
+            TRANSITIONS["retry"],
             request.id,
             request.tenant,
-            allowed=f"active:{request.attempt}",
+            _type(request),
+            attempt=request.attempt,
             run=run_id,
-            event=self._event(
-                request.id,
-                request.tenant,
-                _type(request),
-                EventKind.RETRYING,
-                request.attempt,
-                error=error,
-                next_attempt_at=next_attempt_at,
-            ),
+            extra={"error": error, "next_attempt_at": next_attempt_at},
             fields={
-                "status": JobStatus.DELAYED.value,
                 "error": error.model_dump_json(),
                 "next_attempt_at": _iso(next_attempt_at),
             },
@@ -435,17 +343,15 @@ class JobStore:
         run_id: str | None,
     ) -> TransitionResult:
         """`→ failed`: with a run id, from that run's `active`; without, from any live state."""
-        allowed = f"active:{attempt}" if run_id else "waiting:*|delayed:*|active:*"
         return await self._apply(
+            TRANSITIONS["fail_run" if run_id else "fail"],
             job_id,
             tenant,
-            allowed=allowed,
+            job_type,
+            attempt=attempt,
             run=run_id or "",
-            event=self._event(job_id, tenant, job_type, EventKind.FAILED, attempt, error=error),
-            expire=self._retention_s,
-            unstarted="rem",
+            extra={"error": error},
             fields={
-                "status": JobStatus.FAILED.value,
                 "error": error.model_dump_json(),
                 "finished_at": _iso(utcnow()),
                 "next_attempt_at": "",
@@ -455,33 +361,24 @@ class JobStore:
     async def cancel(self, job: JobRecord) -> TransitionResult:
         """`waiting|delayed|active → cancelled`; an active job's worker is told to stop."""
         return await self._apply(
+            TRANSITIONS["cancel"],
             job.id,
             job.tenant,
-            allowed="waiting:*|delayed:*|active:*",
-            event=self._event(job.id, job.tenant, job.type, EventKind.CANCELLED, job.attempt),
-            expire=self._retention_s,
-            unstarted="rem",
-            publish=self.keys.cancel_channel,
-            fields={
-                "status": JobStatus.CANCELLED.value,
-                "finished_at": _iso(utcnow()),
-                "next_attempt_at": "",
-                "run": "",
-            },
+            job.type,
+            attempt=job.attempt,
+            fields={"finished_at": _iso(utcnow()), "next_attempt_at": "", "run": ""},
         )
 
     async def replay(self, job: JobRecord) -> TransitionResult:
         """`failed → waiting` with attempts reset (a dead letter replayed by an operator)."""
         return await self._apply(
+            TRANSITIONS["replay"],
             job.id,
             job.tenant,
-            allowed="failed:*",
-            event=self._event(job.id, job.tenant, job.type, EventKind.QUEUED, 0),
-            expire=-1,
-            unstarted="add",
+            job.type,
+            attempt=0,
             score=int(utcnow().timestamp() * 1000),
             fields={
-                "status": JobStatus.WAITING.value,
                 "attempt": "0",
                 "error": "",
                 "result": "",
@@ -491,6 +388,29 @@ class JobStore:
                 "republished": "",  # the sweep's backoff starts over
             },
         )
+
+    # ------------------------------------------------------------------ the unstarted index
+
+    async def due_unstarted(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
+        """`(id, score)` of up to `limit` unstarted jobs scored before `before_ms`, oldest
+        first, over every shard."""
+        keys = [self._keys.unstarted(shard) for shard in self._keys.all_shards]
+        per_shard: list[list[tuple[str, float]]] = await asyncio.gather(  # type: ignore[assignment]
+            *(
+                self._client.zrangebyscore(
+                    key, "-inf", before_ms, start=0, num=limit, withscores=True
+                )
+                for key in keys
+            )
+        )
+        entries = sorted(
+            ((str(job_id), int(score)) for found in per_shard for job_id, score in found),
+            key=lambda entry: entry[1],
+        )
+        return entries[:limit]
+
+    async def forget_unstarted(self, job_id: str) -> None:
+        await self._client.zrem(self._keys.unstarted(self._keys.shard(job_id)), job_id)
 
     async def postpone_unstarted(
         self, job_id: str, score: int, published_ms: int, first_wait_ms: int, max_wait_ms: int
@@ -505,19 +425,19 @@ class JobStore:
         holds `score` in the set (it started, or another sweeper moved it on).
         """
         wait = await self._postpone_unstarted(
-            keys=[self.keys.unstarted, self.keys.job(job_id)],
-            args=[job_id, score, published_ms, first_wait_ms, max_wait_ms],
+            (self._keys.unstarted(self._keys.shard(job_id)), self._keys.job(job_id)),
+            (job_id, score, published_ms, first_wait_ms, max_wait_ms),
         )
         return None if wait is None else int(wait)
 
     # ------------------------------------------------------------------ checkpoints
 
     async def load_checkpoint(self, job_id: str, step: str) -> str | None:
-        value = await self.client.hget(self.keys.job_checkpoints(job_id), step)
+        value = await self._client.hget(self._keys.job_checkpoints(job_id), step)
         return None if value is None else str(value)
 
     async def save_checkpoint(self, job_id: str, step: str, value: str) -> None:
-        await self.client.hset(self.keys.job_checkpoints(job_id), step, value)
+        await self._client.hset(self._keys.job_checkpoints(job_id), step, value)
 
     # ------------------------------------------------------------------ internals
 
@@ -545,51 +465,60 @@ class JobStore:
 
     async def _apply(
         self,
+        transition: Transition,
         job_id: str,
         tenant: str,
+        job_type: str,
         *,
-        allowed: str,
+        attempt: int,
         fields: dict[str, str],
         run: str = "",
-        event: str = "",
-        expire: int = 0,
-        unstarted: str = "",
+        extra: dict[str, Any] | None = None,
         score: int = 0,
-        publish: str = "",
     ) -> TransitionResult:
-        k = self.keys
+        """Execute one row of the transition table for a job, atomically."""
+        k = self._keys
+        shard = k.shard(job_id)
         keys = (
             k.job(job_id),
             k.job_events(job_id),
-            k.outbox,
-            k.unstarted,
-            k.tenant_jobs(tenant),
+            k.outbox(shard),
+            k.unstarted(shard),
+            k.tenant_jobs(tenant, shard),
             k.job_checkpoints(job_id),
         )
+        fields = {"status": transition.target.value, **fields}
+        if transition.takes_run:
+            fields["run"] = run
         flat: list[str] = []
         for name, value in fields.items():
             flat.append(name)
             flat.append(value)
+        expire = {
+            Expiry.KEEP: 0,
+            Expiry.RETENTION: self._retention_s,
+            Expiry.PERSIST: -1,
+        }[transition.expiry]
+        event = self._event(job_id, tenant, job_type, transition.event, attempt, **(extra or {}))
         args = (
-            allowed,
-            run,
+            transition.allowed(attempt),
+            run if transition.requires_run else "",
             event,
             self._events_maxlen,
             expire,
-            unstarted,
+            transition.unstarted.value,
             score,
-            publish,
+            k.cancel_channel if transition.notify_cancel else "",
             job_id,
             *flat,
         )
-        applied, status, attempt, found_run = await self._call(keys, args)
+        applied, status, found_attempt, found_run = await self._call(keys, args)
         # A call re-sent after its reply was lost finds its own transition done:
         # the job holds the run that this call requires (complete, retry, ...)
-        # or hands over (start). (Progress leaves the status `active`; hence the default.)
-        own_run = run or fields.get("run", "")
-        if not applied and own_run and found_run == own_run:
-            applied = int(status == fields.get("status", "active"))
-        return TransitionResult(bool(applied), str(status), int(attempt))
+        # or hands over (start), and the transition's target status.
+        if not applied and run and found_run == run:
+            applied = int(status == transition.target.value)
+        return TransitionResult(bool(applied), str(status), int(found_attempt))
 
     async def _call(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> list[Any]:
         """One transition, waiting out a Redis outage for up to `outage_wait_s` (the
@@ -598,10 +527,6 @@ class JobStore:
             lambda: self._transition(keys, args), self._outage_wait_s
         )
         return result
-
-
-def _cursor(score: float, job_id: str) -> str:
-    return f"{int(score)}:{job_id}"
 
 
 def _type(request: JobRequestBase) -> str:

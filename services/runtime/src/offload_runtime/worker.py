@@ -24,7 +24,7 @@ from offload_runtime.inflight import InFlightReporter
 from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import configure_logging, get_logger
 from offload_runtime.metrics import LoopLagSampler, MetricsServer
-from offload_runtime.redis import connect_redis
+from offload_runtime.redis import check_shard_count, connect_redis
 from offload_runtime.runner import CancelCleanup, JobFunction, JobHandler, JobRunner
 from offload_runtime.settings import WorkerSettings
 from offload_runtime.store import JobStore
@@ -103,9 +103,11 @@ def build_worker(
             )
         )
     loop_lag = LoopLagSampler()
+    redis = redis if redis is not None else connect_redis(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix, settings.redis_shards)
     store = JobStore(
-        redis if redis is not None else connect_redis(settings.redis_url),
-        RedisKeys(settings.redis_prefix),
+        redis,
+        keys,
         retention_s=settings.job_retention_s,
         events_maxlen=settings.job_events_maxlen,
         outage_wait_s=settings.redis_outage_wait_s,
@@ -140,8 +142,8 @@ def build_worker(
         else None
     )
     in_flight = InFlightReporter(
-        store.client,
-        store.keys,
+        redis,
+        keys,
         topology.work_queue(service),
         lambda: runner.unacked,
     )
@@ -151,7 +153,7 @@ def build_worker(
         if metrics_server is not None:
             metrics_server.start()
         loop_lag.start()
-        await store.client.ping()
+        await check_shard_count(redis, keys)  # also the first sign that Redis answers
         try:
             await prepare_broker()
         except CONNECTION_LOST as exc:
@@ -182,7 +184,7 @@ def build_worker(
         await in_flight.stop()
         for hook in on_stop:
             await hook()
-        await store.client.aclose()
+        await redis.aclose()
         await loop_lag.stop()
         if metrics_server is not None:
             metrics_server.stop()

@@ -51,7 +51,7 @@ class StoreLedger:
         await self._store.fail(request.id, request.tenant, job_type, 0, error, run_id=None)
 
     async def exists(self, job_id: str) -> bool:
-        return bool(await self._store.client.exists(self._store.keys.job(job_id)))
+        return await self._store.exists(job_id)
 
     async def waiting_request(self, job_id: str) -> JobRequestBase | None:
         record = await self._store.get(job_id)
@@ -115,14 +115,20 @@ class RedisRateLimiter:
 
 
 class RedisUnstartedIndex:
-    """The `unstarted` sorted set the job store keeps, and the sweep's lock."""
+    """The job store's `unstarted` sets (one per shard), and the sweep's lock."""
 
-    def __init__(self, store: JobStore, catalog: JobCatalog = BUILTIN_CATALOG) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        client: "aioredis.Redis",
+        keys: RedisKeys,
+        catalog: JobCatalog = BUILTIN_CATALOG,
+    ) -> None:
         self._store = store
         self._catalog = catalog
-        self._client = store.client
-        self._keys = store.keys
-        self._unlock = store.client.register_script(_UNLOCK_LUA)
+        self._client = client
+        self._keys = keys
+        self._unlock = client.register_script(_UNLOCK_LUA)
 
     async def try_lock(self, token: str, ttl_s: float) -> bool:
         return bool(
@@ -133,10 +139,7 @@ class RedisUnstartedIndex:
         await self._unlock(keys=[self._keys.sweep_lock], args=[token])
 
     async def due(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
-        entries: list[tuple[str, float]] = await self._client.zrangebyscore(  # type: ignore[assignment]
-            self._keys.unstarted, "-inf", before_ms, start=0, num=limit, withscores=True
-        )
-        return [(str(job_id), int(score)) for job_id, score in entries]
+        return await self._store.due_unstarted(before_ms, limit)
 
     async def postpone(
         self, job_id: str, score: int, published_ms: int, first_wait_ms: int, max_wait_ms: int
@@ -146,4 +149,4 @@ class RedisUnstartedIndex:
         )
 
     async def forget(self, job_id: str) -> None:
-        await self._client.zrem(self._keys.unstarted, job_id)
+        await self._store.forget_unstarted(job_id)

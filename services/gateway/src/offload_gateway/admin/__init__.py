@@ -37,7 +37,7 @@ def build_admin(
     """The admin service over the gateway's own Redis client and broker connection."""
     settings = settings or AdminSettings()
     queues = AmqpQueues(deps.broker.channel)
-    keys = deps.store.keys
+    keys = deps.keys
     return AdminService(
         queue_stats=queues,
         dead_letters=queues,
@@ -45,7 +45,7 @@ def build_admin(
         republisher=BrokerRepublisher(deps.broker, timeout_s=deps.settings.publish_timeout_s),
         limiter=RedisActionLimiter(deps.redis, keys, per_minute=settings.admin_replay_per_minute),
         audit_log=RedisAuditLog(deps.redis, keys, maxlen=settings.admin_audit_maxlen),
-        jobs=StoreJobs(deps.store),
+        jobs=StoreJobs(deps.store, deps.listing),
         outbox=RedisOutbox(deps.redis, keys),
         settings=settings,
         services=tuple(services or (*deps.catalog.services, topology.NOTIFIER_SERVICE)),

@@ -12,14 +12,17 @@ from offload_contracts import JobEvent
 from offload_contracts.admin import AuditEntry, TimelineEntry
 from offload_runtime.inflight import read_unacked
 from offload_runtime.keys import RedisKeys
+from offload_runtime.listing import JobListing
+from offload_runtime.redis import xread_streams
 from offload_runtime.store import JobRecord, JobStore, TransitionResult, utcnow
 
 
 class StoreJobs:
-    """`JobsView` over the runtime's `JobStore`: its own listing, merged across tenants."""
+    """`JobsView` over the runtime's `JobStore` and its listing, merged across tenants."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, listing: JobListing) -> None:
         self._store = store
+        self._listing = listing
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._store.get(job_id)
@@ -29,42 +32,50 @@ class StoreJobs:
 
     async def recent(self, tenants: Sequence[str], limit: int) -> list[JobRecord]:
         pages = await asyncio.gather(
-            *(self._store.list_jobs(tenant, limit=limit) for tenant in tenants)
+            *(self._listing.list_jobs(tenant, limit=limit) for tenant in tenants)
         )
-        # By the index's score (creation, in ms), as each tenant's listing sorts: a
-        # stable sort keeps a tenant's order among jobs created in the same ms.
+        # In each tenant's listing order (creation ms, then id, newest first).
         return sorted(
             (job for page in pages for job in page.jobs),
-            key=lambda job: int(job.created_at.timestamp() * 1000),
+            key=lambda job: (int(job.created_at.timestamp() * 1000), job.id),
             reverse=True,
         )[:limit]
 
     async def timeline(self, job_id: str) -> list[TimelineEntry]:
-        entries: Any = await self._store.client.xrange(self._store.keys.job_events(job_id))
         return [
-            TimelineEntry(stream_id=entry_id, event=JobEvent.model_validate_json(fields["data"]))
-            for entry_id, fields in entries
+            TimelineEntry(stream_id=entry_id, event=JobEvent.model_validate_json(data))
+            for entry_id, data in await self._store.events(job_id)
         ]
 
 
 class RedisOutbox:
-    """`EventOutbox`: `XREAD` on the outbox stream, outside the notifier's consumer group."""
+    """`EventOutbox`: `XREAD` on every shard's outbox, outside the notifier's consumer group."""
 
     def __init__(self, client: "aioredis.Redis", keys: RedisKeys) -> None:
         self._client = client
-        self._outbox = keys.outbox
+        self._outboxes = {keys.outbox(shard): shard for shard in keys.all_shards}
 
-    async def newest_id(self) -> str | None:
-        newest: Any = await self._client.xrevrange(self._outbox, count=1)
-        return str(newest[0][0]) if newest else None
+    async def newest(self) -> dict[int, str]:
+        newest: list[Any] = await asyncio.gather(
+            *(self._client.xrevrange(key, count=1) for key in self._outboxes)
+        )
+        return {
+            shard: str(last[0][0]) if last else "0-0"
+            for shard, last in zip(self._outboxes.values(), newest, strict=True)
+        }
 
-    async def read_after(self, position: str) -> list[tuple[str, str]]:
+    async def read_after(self, positions: dict[int, str]) -> list[tuple[int, str, str]]:
         # Short blocks: a closed stream is noticed within a second, so shutdown never
         # waits on a reader parked in Redis.
-        batches: Any = await self._client.xread({self._outbox: position}, count=200, block=1000)
+        batches = await xread_streams(
+            self._client,
+            {key: positions[shard] for key, shard in self._outboxes.items()},
+            count=200,
+            block_ms=1000,
+        )
         return [
-            (entry_id, fields["data"])
-            for _stream, entries in batches or []
+            (self._outboxes[key], entry_id, fields["data"])
+            for key, entries in batches
             for entry_id, fields in entries
         ]
 

@@ -38,8 +38,8 @@ from offload_gateway.admin.service import (
 )
 from offload_gateway.deps import deps_of, unauthorized
 from offload_gateway.problems import ProblemError, problem_response, problem_responses
+from offload_runtime import stream_cursor
 from offload_runtime.auth import bearer_token
-from offload_runtime.stream_ids import canonical
 
 _bearer = HTTPBearer(auto_error=False, description="An admin key: `Authorization: Bearer <key>`.")
 
@@ -231,18 +231,20 @@ async def live_events(
     (the newest `snapshot` jobs and their counts, as `GET /v1/admin/jobs`)
     taken after the stream's position was fixed, so no later event is
     missed and none older than the snapshot follows it. Then one `job`
-    event per transition, `id:` being the outbox entry id.
+    event per transition, `id:` being the position in every shard's outbox
+    (`offload_runtime.stream_cursor`).
     """
-    events = admin.live_events(_resume_point(last_event_id), snapshot, request.is_disconnected)
+    positions = _resume_point(last_event_id, deps_of(request).keys.shards)
+    events = admin.live_events(positions, snapshot, request.is_disconnected)
     async for event in events:
         yield ServerSentEvent(raw_data=event.data, event=event.kind, id=event.id)
 
 
-def _resume_point(last_event_id: str | None) -> str | None:
-    """The outbox position to resume after; None (start afresh) for an id Redis would refuse."""
+def _resume_point(last_event_id: str | None, shards: int) -> dict[int, str] | None:
+    """The outbox positions to resume after; None (start afresh) for an id not handed out."""
     if not last_event_id:
         return None
     try:
-        return canonical(last_event_id)
+        return stream_cursor.decode(last_event_id, shards)
     except ValueError:
         return None

@@ -40,7 +40,7 @@ from offload_gateway.admin.queues import (
     service_queues,
 )
 from offload_gateway.admin.settings import AdminSettings
-from offload_runtime import metrics
+from offload_runtime import metrics, stream_cursor
 from offload_runtime.echo import quoted
 from offload_runtime.logging import get_logger
 from offload_runtime.settings import RetryTier
@@ -162,12 +162,15 @@ class JobsView(JobLedger, Protocol):
 
 
 class EventOutbox(Protocol):
-    """The event outbox, read without taking anything from the notifier's relay."""
+    """The event outboxes (one per shard), read without taking anything from the relay."""
 
-    async def newest_id(self) -> str | None: ...
+    async def newest(self) -> dict[int, str]:
+        """Each shard outbox's newest entry id (`0-0` for an empty one)."""
+        ...
 
-    async def read_after(self, position: str) -> list[tuple[str, str]]:
-        """Entries (id, event JSON) after `position`, waiting up to about a second for one."""
+    async def read_after(self, positions: dict[int, str]) -> list[tuple[int, str, str]]:
+        """Entries (shard, id, event JSON) after each shard's position, waiting up to
+        about a second for one."""
         ...
 
 
@@ -399,25 +402,26 @@ class AdminService:
 
     async def live_events(
         self,
-        position: str | None,
+        positions: dict[int, str] | None,
         snapshot: int,
         disconnected: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[LiveEvent]:
-        """Every job event as it is recorded, read from the event outbox.
+        """Every job event as it is recorded, read from the shard outboxes.
 
-        Without a `position` to resume after, the stream's position is fixed
+        Without `positions` to resume after, the stream's position is fixed
         first, then a snapshot of the newest `snapshot` jobs is sent: so no
-        later event is missed and none older than the snapshot follows it.
+        later event is missed and none older than the snapshot follows it. Each
+        event's id is the position in every shard (`offload_runtime.stream_cursor`).
         """
-        if position is None:
-            position = await self.outbox.newest_id() or "0-0"
+        if positions is None:
+            positions = await self.outbox.newest()
             if snapshot:
                 view = await self.recent_jobs(snapshot)
                 yield LiveEvent("snapshot", view.model_dump_json())
         while not await disconnected():
-            for entry_id, data in await self.outbox.read_after(position):
-                position = entry_id
-                yield LiveEvent("job", data, entry_id)
+            for shard, entry_id, data in await self.outbox.read_after(positions):
+                positions[shard] = entry_id
+                yield LiveEvent("job", data, stream_cursor.encode(positions))
 
     # ------------------------------------------------------------------ helpers
 

@@ -25,7 +25,8 @@ from offload_gateway.submission import (
 )
 from offload_gateway.views import job_links, job_path, job_view
 from offload_runtime.echo import quoted
-from offload_runtime.store import InvalidCursor, JobRecord, new_id, utcnow
+from offload_runtime.listing import InvalidCursor
+from offload_runtime.store import JobRecord, new_id, utcnow
 from offload_runtime.url_guard import UnsafeURL, check_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -319,7 +320,7 @@ async def list_jobs(
     if job_type is not None:
         _known_type(deps.catalog, job_type)
     try:
-        page = await deps.store.list_jobs(
+        page = await deps.listing.list_jobs(
             tenant, limit=limit, cursor=cursor, status=status, job_type=job_type
         )
     except InvalidCursor as exc:

@@ -17,7 +17,8 @@ _HIDDEN = {"tenant", "input", "webhook", "idempotency_key"}
 
 
 class RedisTenantStreams:
-    """Appends relayed events to `events:tenant:<tenant>` (capped), one pipeline per batch."""
+    """Appends relayed events to their tenant's stream of their job's shard (capped), one
+    pipeline per batch."""
 
     def __init__(
         self, client: "aioredis.Redis", keys: RedisKeys, *, maxlen: int, retention_s: int
@@ -28,12 +29,16 @@ class RedisTenantStreams:
         self._retention_s = retention_s
 
     async def append(self, events: Sequence[RelayedEvent]) -> None:
+        keys = [
+            self._keys.tenant_events(relayed.event.tenant, self._keys.shard(relayed.event.job_id))
+            for relayed in events
+        ]
         async with self._client.pipeline(transaction=False) as pipe:
-            for tenant in {relayed.event.tenant for relayed in events}:
-                pipe.expire(self._keys.tenant_events(tenant), self._retention_s)
-            for relayed in events:
+            for key in set(keys):
+                pipe.expire(key, self._retention_s)
+            for key, relayed in zip(keys, events, strict=True):
                 pipe.xadd(
-                    self._keys.tenant_events(relayed.event.tenant),
+                    key,
                     {"data": relayed.json},
                     maxlen=self._maxlen,
                     approximate=True,

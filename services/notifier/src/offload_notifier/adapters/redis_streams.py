@@ -56,13 +56,14 @@ import asyncio
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from offload_notifier import metrics
 from offload_notifier.streams import START, StreamBounds, StreamEntry
+from offload_runtime.keys import RedisKeys
 from offload_runtime.logging import get_logger
 from offload_runtime.loops import BackgroundLoop
 from offload_runtime.stream_ids import stream_id
@@ -249,6 +250,7 @@ class RedisStreamHub:
         block_ms: int,
         queue_limit: int,
         feed: str | None = None,
+        name: str = "sse-reader",
     ) -> None:
         self._client = client
         self.queue_limit = queue_limit
@@ -265,9 +267,7 @@ class RedisStreamHub:
         self._changed = asyncio.Event()
         self._stopping = False
         self._wakes: set[asyncio.Task[Any]] = set()
-        self._loop = BackgroundLoop(
-            "sse-reader", self._step, interval_s=0, stop_wait_s=block_ms / 1000 + 1
-        )
+        self._loop = BackgroundLoop(name, self._step, interval_s=0, stop_wait_s=block_ms / 1000 + 1)
 
     # ------------------------------------------------------------------ the port
 
@@ -566,3 +566,69 @@ def _dispatch(watch: _Watch, entries: list[tuple[str, dict[str, str]]]) -> None:
         watch.position_id = entry_id
         for follower in list(watch.followers):
             follower.push(entry)
+
+
+class ShardedStreamHub:
+    """The `StreamSource` port over sharded keys: one `RedisStreamHub` per shard.
+
+    A hub reads its feed, its followed streams and its wake key in one `XREAD`,
+    and job streams with the feed's counter in one `MULTI`: on a Redis Cluster
+    those must lie in one slot. Every key of a shard carries the shard's hash
+    tag (`offload_runtime.keys`), so each shard gets a hub of its own, fed by
+    the shard's outbox, and a followed stream goes to the hub of its shard.
+    A hub with nothing followed reads nothing.
+    """
+
+    def __init__(
+        self,
+        client: "aioredis.Redis",
+        keys: RedisKeys,
+        *,
+        consumer: str,
+        block_ms: int,
+        queue_limit: int,
+    ) -> None:
+        self._keys = keys
+        self.hubs = [
+            RedisStreamHub(
+                client,
+                wake_key=keys.notifier_wake(consumer, shard),
+                block_ms=block_ms,
+                queue_limit=queue_limit,
+                feed=keys.outbox(shard),
+                name=f"sse-reader shard {shard}",
+            )
+            for shard in keys.all_shards
+        ]
+
+    def _hub(self, key: str) -> RedisStreamHub:
+        shard = self._keys.shard_of_key(key)
+        if shard is None or shard >= len(self.hubs):
+            raise ValueError(f"not a key of one of the {len(self.hubs)} shards: {key!r}")
+        return self.hubs[shard]
+
+    def follow(self, key: str, after: str) -> AbstractAsyncContextManager[Follower]:
+        return self._hub(key).follow(key, after)
+
+    def follow_job(
+        self, job_id: str, key: str, after: str
+    ) -> AbstractAsyncContextManager[Follower]:
+        return self._hub(key).follow_job(job_id, key, after)
+
+    async def bounds(self, key: str) -> StreamBounds:
+        return await self._hub(key).bounds(key)
+
+    @property
+    def keys_followed(self) -> int:
+        return sum(hub.keys_followed for hub in self.hubs)
+
+    def start(self) -> None:
+        for hub in self.hubs:
+            hub.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(hub.stop() for hub in self.hubs))
+
+    @property
+    def running(self) -> bool:
+        return all(hub.running for hub in self.hubs)
