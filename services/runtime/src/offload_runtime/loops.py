@@ -1,7 +1,8 @@
 """Background loops: one way to start them, pace them and stop them.
 
-Every service runs loops beside its consumers: the gateway's sweep, the
-workers' in-flight reports and consumer watchdog, the notifier's stall watch.
+Every service runs loops beside its consumers: the gateway's sweep and broker
+link, the workers' in-flight reports, consumer watchdog and cancel listener,
+the notifier's outbox relay and stall watch.
 Each is a `step` run every `interval_s`, with these rules:
 
 - A step that fails is logged (the first of a run of failures in full, the
