@@ -12,7 +12,7 @@ install: ## create .venv from the lock file (installs uv with pip when missing)
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --locked --quiet
 
-lint: install ## ruff and mypy
+lint: install ## ruff, mypy, and the generated blocking client up to date
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
 	$(UV) run --locked mypy contracts/src services/*/src client/src deploy

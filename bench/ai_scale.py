@@ -1,4 +1,4 @@
-"""One ai worker process holding 500 concurrent LLM calls (issue 9, section 3).
+"""One ai worker process holding 500 concurrent LLM calls.
 
     uv run python -m bench.ai_scale [--jobs 500] [--llm-latency-s 5] [--sample-ms 20]
 

@@ -1,4 +1,4 @@
-"""Image jobs throughput with 1, 2 and 4 worker processes on this machine (issue 9, section 3).
+"""Image jobs throughput with 1, 2 and 4 worker processes on this machine.
 
     uv run python -m bench.image_scaling [--jobs 16] [--processes 1,2,4] [--size 4000x3000]
 

@@ -1,4 +1,4 @@
-"""Images per second through the whole path, against raw Pillow in a process pool (issue 4).
+"""Images per second through the whole path, against raw Pillow in a process pool.
 
     uv run python -m bench.image_throughput [--images 24] [--rounds 5] [--pool N] [--niceness N]
 

@@ -37,6 +37,9 @@ def _ctl(*args: str, timeout_s: float = 60) -> str:
     return done.stdout
 
 
+# The test suite's support has the same check (`tests/support/infra.py`). The
+# benchmarks import nothing from the tests, whose support code changes with the
+# tests' needs, and seven lines are not worth a shared module of their own.
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -1,4 +1,4 @@
-"""End-to-end latency at a paced rate: `POST /v1/jobs` → `completed` on SSE (issue 9, section 2).
+"""End-to-end latency at a paced rate: `POST /v1/jobs` → `completed` on SSE.
 
     uv run python -m bench.pipeline_latency [--rate 100] [--seconds 10] [--concurrency 64]
 

@@ -1,4 +1,4 @@
-"""The promise: a light request stays fast while heavy work runs (issue 9, section 1).
+"""The promise: a light request stays fast while heavy work runs.
 
     uv run python -m bench.promise [--llm-jobs 100] [--llm-latency-s 5] [--image-jobs 20]
                                    [--research-jobs 10] [--submit-rate 50] [--rate 50]

@@ -23,7 +23,7 @@ from typing import Literal
 from bench.infra import bench_infra
 from bench.report import Figure, report
 from offload_contracts import Contract, JobPolicy, JobRequestBase, topology
-from offload_runtime.broker import declare_service_topology, make_broker
+from offload_runtime.broker import declare_service_topology, make_broker, queue_counts
 from offload_runtime.keys import RedisKeys
 from offload_runtime.metrics import JOBS
 from offload_runtime.ports import JobContext
@@ -186,15 +186,12 @@ async def _one_run(jobs: int, concurrency: int, wrap: Sequence[str] = ()) -> dic
 
 
 async def _queue_depth(url: str, name: str) -> int:
-    import aio_pika
-
-    connection = await aio_pika.connect(url)
+    broker = make_broker(url, service="bench-checker")
     try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(name, passive=True)
-        return int(queue.declaration_result.message_count or 0)
+        ready, _consumers = await queue_counts(broker, name)
+        return ready
     finally:
-        await connection.close()
+        await broker.stop()
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ against RabbitMQ and Redis in a private vhost and key prefix. A small job warms
 the worker up first; then the peak RSS (VmHWM, reset through
 /proc/self/clear_refs) is compared with the RSS just before the big job (and,
 for information, with the RSS before the warm-up).
-Target (issue 6): RSS grows by less than 50 MB for a 500 MB download.
+Target: RSS grows by less than 50 MB for a 500 MB download.
 """
 
 import argparse

@@ -230,7 +230,11 @@ def prepare_upload(
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` as seconds, from either of its forms (delta-seconds or an HTTP date)."""
+    """`Retry-After` as seconds, from either of its forms (delta-seconds or an HTTP date).
+
+    The notifier parses the header too; the client installs with `contracts` alone,
+    so it keeps its own parser rather than depend on a service's code.
+    """
     if not value:
         return None
     value = value.strip()

@@ -2,6 +2,8 @@
 
 from typing import Final
 
+from offload_contracts.jobs import BUILTIN_SPECS
+
 JOBS_EXCHANGE: Final = "jobs"
 """Topic exchange for job requests; routing key = job type."""
 DEAD_EXCHANGE: Final = "jobs.dead"
@@ -9,21 +11,9 @@ DEAD_EXCHANGE: Final = "jobs.dead"
 EVENTS_EXCHANGE: Final = "jobs.events"
 """Topic exchange for job events; routing key = `<type>.<event>`."""
 
-SERVICE_OF_TYPE: Final[dict[str, str]] = {
-    "ai.generate": "ai",
-    "research.run": "research",
-    "video.generate": "video",
-    "image.process": "image",
-}
-"""Which service consumes each job type."""
-
-WORKER_SERVICES: Final = ("ai", "research", "video", "image")
+WORKER_SERVICES: Final = tuple(dict.fromkeys(spec.service for spec in BUILTIN_SPECS))
+"""Offload's own worker services, from the job specs (`JobSpec.service`)."""
 NOTIFIER_SERVICE: Final = "notifier"
-
-
-def service_of(job_type: str) -> str:
-    """The service that consumes `job_type` (its routing key's first segment)."""
-    return job_type.split(".", 1)[0]
 
 
 def work_queue(service: str) -> str:

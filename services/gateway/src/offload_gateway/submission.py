@@ -1,12 +1,14 @@
-"""Accepting a job: the gateway's one piece of domain logic (DESIGN §2, issue 3).
+"""Accepting a job: the gateway's one piece of domain logic (DESIGN §2).
 
-Order of work: admit (rate and queue-depth limits) → claim the
-`Idempotency-Key` → record the job `waiting` → publish the request with a
-publisher confirm → answer 202. If the publish fails the job is recorded
-`failed` (`not_accepted`) and its idempotency key released, so the client's
-retry starts afresh and nothing is left `waiting`. If this process dies
-between recording and publishing, the sweep (`sweep.py`) publishes the job
-later: no accepted job is lost.
+Order of work: refuse at once if the broker is unreachable → claim the
+`Idempotency-Key` (a key already held answers with its job, before any limit
+is counted) → admit (rate and queue-depth limits) → record the job `waiting`
+→ publish the request with a publisher confirm → answer 202. A refusal after
+the claim releases the key. If the publish fails the job is recorded `failed`
+(`not_accepted`) and its idempotency key released, so the client's retry
+starts afresh and nothing is left `waiting`. If this process dies between
+recording and publishing, the sweep (`sweep.py`) publishes the job later: no
+accepted job is lost.
 
 This module imports no broker, Redis or web framework: it works through the
 ports below, which `adapters/` implement.

@@ -182,7 +182,12 @@ async def attempt(
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date; None if absent or bad.
+
+    The Python client parses the same header (`offload.protocol.retry_after_seconds`)
+    on purpose: it installs with `contracts` alone and shares no code with the
+    services. This one takes the clock, so a delivery's schedule is tested without time.
+    """
     if not value:
         return None
     value = value.strip()

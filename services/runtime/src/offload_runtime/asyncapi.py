@@ -5,10 +5,10 @@
 Each document is built on a broker that is never connected, with the same
 queue and exchange declarations (`offload_runtime.broker`) and the same
 contract models the services use, so the documents cannot drift from the
-code: a new job type or a renamed queue changes them. The runner's real
-subscriber takes raw messages (it decodes them itself, for speed and to park
-poison), so its own signature would document nothing; the stand-in handlers
-here carry the contract types instead.
+code: a new job type or a renamed queue changes them. The retrying consumer's
+real subscriber takes raw messages (its work decodes them, for speed and to
+park poison), so its own signature would document nothing; the stand-in
+handlers here carry the contract types instead.
 
 The gateway serves these documents at `/asyncapi` and `/asyncapi/{service}`.
 """

@@ -26,7 +26,7 @@ class TransientError(JobFailure):
     """The attempt failed for a reason that may pass: a timeout, a 429, a 5xx, a dropped stream.
 
     `retry_after` (seconds) asks for a later attempt no sooner than that; the
-    runner picks the first retry tier at least that long.
+    retrying consumer picks the first retry tier at least that long.
     """
 
     retryable = True

@@ -1,7 +1,8 @@
 """Background loops: one way to start them, pace them and stop them.
 
-Every service runs loops beside its consumers: the gateway's sweep, the
-workers' in-flight reports and consumer watchdog, the notifier's stall watch.
+Every service runs loops beside its consumers: the gateway's sweep and broker
+link, the workers' in-flight reports, consumer watchdog and cancel listener,
+the notifier's outbox relay and stall watch.
 Each is a `step` run every `interval_s`, with these rules:
 
 - A step that fails is logged (the first of a run of failures in full, the
@@ -11,7 +12,7 @@ Each is a `step` run every `interval_s`, with these rules:
 - `stop()` asks: it sets an event that the pause between two steps waits on, so
   a loop between steps stops at once and a loop in a step stops when the step
   ends. Only a step still running after `stop_wait_s` is cancelled, and the
-  stop does not wait for that cancel to take either. Cancelling first would not
+  stop waits for that cancel at most `stop_wait_s` more. Cancelling first would not
   do: redis-py can lose a cancel that lands while it sets a connection up (and
   `await task` after `task.cancel()` then waits for ever), which is how the
   gateway's shutdown once hung behind its sweep.

@@ -38,7 +38,6 @@ from offload_runtime.errors import PermanentError, TransientError
 from offload_runtime.logging import get_logger, job_context
 from offload_runtime.loops import BackgroundLoop
 from offload_runtime.ports import JobContext
-from offload_runtime.retry_tiers import pick_tier
 from offload_runtime.settings import RetryTier
 from offload_runtime.store import JobStore, new_id, utcnow
 from offload_runtime.work import Delivery, Failure, InvalidMessage
@@ -444,4 +443,4 @@ def _job_id_of(body: bytes) -> str | None:
     return None
 
 
-__all__ = ["JobContext", "JobHandler", "JobRunner", "PermanentError", "TransientError", "pick_tier"]
+__all__ = ["JobContext", "JobHandler", "JobRunner", "PermanentError", "TransientError"]

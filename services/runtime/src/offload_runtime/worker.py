@@ -1,4 +1,4 @@
-"""One wiring for every worker service: broker, store, topology, runner, lifecycle.
+"""One wiring for every worker service: broker, store, topology, runner, watchdog, lifecycle.
 
 A worker's `app.py` calls `build_worker(...)` with its handlers, each made by
 `job_handler(spec, run)` from its job type's spec; this module owns the rest,

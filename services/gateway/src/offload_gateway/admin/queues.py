@@ -130,11 +130,11 @@ def _origin(url: Any) -> str | None:
 class DeadLetter:
     """One message in a dead queue, as an operator reads it.
 
-    Offload's runner sets the `x-offload-*` headers when it parks a job; a
-    message RabbitMQ parked by itself (over the delivery limit, say) has
-    `x-death` / `x-first-death-reason` instead and no Offload error. A webhook
-    delivery the notifier parked names its job inside its event, and says
-    where it was going in `webhook`.
+    Offload's retrying consumer sets the `x-offload-*` headers when it parks a
+    job or a webhook delivery; a message RabbitMQ parked by itself (over the
+    delivery limit, say) has `x-death` / `x-first-death-reason` instead and no
+    Offload error. A webhook delivery the notifier parked names its job inside
+    its event, and says where it was going in `webhook`.
     """
 
     position: int
