@@ -33,15 +33,16 @@ async def client(infra: Infra) -> AsyncIterator["aioredis.Redis"]:
 
 @pytest.fixture
 def keys(infra: Infra) -> RedisKeys:
-    return RedisKeys(f"{infra.redis_prefix}fan{uuid.uuid4().hex[:8]}:")
+    # One shard: one reader, fed by one outbox, as each shard's reader is.
+    return RedisKeys(f"{infra.redis_prefix}fan{uuid.uuid4().hex[:8]}:", 1)
 
 
 def _hub(client: "aioredis.Redis", keys: RedisKeys, **overrides: int) -> RedisStreamHub:
     options = {"block_ms": 300, "queue_limit": 10, **overrides}
     return RedisStreamHub(
         client,
-        wake_key=keys.notifier_wake("test"),
-        feed=keys.outbox,
+        wake_key=keys.notifier_wake("test", 0),
+        feed=keys.outbox(0),
         block_ms=options["block_ms"],
         queue_limit=options["queue_limit"],
     )
@@ -61,10 +62,10 @@ async def _transition(
     data = json.dumps({"job_id": job_id, "event": "progress", "n": n})
     async with client.pipeline(transaction=True) as pipe:
         pipe.xadd(keys.job_events(job_id), {"data": data})
-        pipe.xadd(keys.outbox, {"data": data})
+        pipe.xadd(keys.outbox(0), {"data": data})
         if not announce:
             # The relay trimmed the announcement before the hub read it.
-            pipe.xtrim(keys.outbox, maxlen=0, approximate=False)
+            pipe.xtrim(keys.outbox(0), maxlen=0, approximate=False)
         entry_id, *_ = await pipe.execute()
     return str(entry_id)
 

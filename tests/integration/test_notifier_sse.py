@@ -202,7 +202,8 @@ async def test_a_stream_that_fails_after_its_200_ends_cleanly_for_the_client_to_
     async def redis_gone(*args: object, **kwargs: object) -> None:
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr(notifier.parts.hub, "range_after", redis_gone)
+    for shard_hub in notifier.parts.hub.hubs:  # one reader per shard
+        monkeypatch.setattr(shard_hub, "range_after", redis_gone)
     async with notifier.client() as http, sse(http, f"/v1/jobs/{job.id}/events") as stream:
         # The end of a well-formed stream (not a connection cut mid-chunk), so an
         # EventSource or the Offload client reconnects with its Last-Event-ID.
