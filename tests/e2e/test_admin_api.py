@@ -20,19 +20,12 @@ from offload_contracts import BUILTIN_SPECS, topology
 from offload_runtime.worker import Worker
 from tests.support.gateway import RunningGateway, assert_problem, running_gateway
 from tests.support.infra import Infra, Rabbitmqctl
-from tests.support.ops import ADMIN_KEY, StubAi, admin_client, own_vhost
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client
 
 
 @pytest.fixture(scope="module")
-async def ops_infra(infra: Infra) -> AsyncIterator[Infra]:
-    async with own_vhost(infra) as own:
-        yield own
-
-
-@pytest.fixture(scope="module")
-async def gateway(ops_infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(ops_infra, admin_keys=ADMIN_KEY) as gw:
-        yield gw
+def gateway_infra(ops_infra: Infra) -> Infra:
+    return ops_infra
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 from offload_contracts import topology
 from offload_runtime.webhook_secrets import WebhookSecrets
 from offload_runtime.worker import Worker
-from tests.support.gateway import RunningGateway, assert_problem, running_gateway
+from tests.support.gateway import RunningGateway, assert_problem
 from tests.support.infra import Infra
 from tests.support.notifier import (
     Receiver,
@@ -31,21 +31,14 @@ from tests.support.notifier import (
     serve,
     verify,
 )
-from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier, own_vhost
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier
 
 DEAD = topology.dead_queue(topology.NOTIFIER_SERVICE)
 
 
 @pytest.fixture(scope="module")
-async def ops_infra(infra: Infra) -> AsyncIterator[Infra]:
-    async with own_vhost(infra) as own:
-        yield own
-
-
-@pytest.fixture(scope="module")
-async def gateway(ops_infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(ops_infra, admin_keys=ADMIN_KEY) as gw:
-        yield gw
+def gateway_infra(ops_infra: Infra) -> Infra:
+    return ops_infra
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from playwright.async_api import BrowserContext, Page, expect
 from offload_contracts import topology
 from offload_runtime.worker import Worker
 from tests.support.browser import ARTIFACTS, chromium
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import RunningGateway
 from tests.support.infra import Infra
 from tests.support.notifier import (
     Receiver,
@@ -29,19 +29,12 @@ from tests.support.notifier import (
     free_port,
     serve,
 )
-from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier, own_vhost
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier
 
 
 @pytest.fixture(scope="module")
-async def ops_infra(infra: Infra) -> AsyncIterator[Infra]:
-    async with own_vhost(infra) as own:
-        yield own
-
-
-@pytest.fixture(scope="module")
-async def gateway(ops_infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(ops_infra, admin_keys=ADMIN_KEY) as gw:
-        yield gw
+def gateway_infra(ops_infra: Infra) -> Infra:
+    return ops_infra
 
 
 @pytest.fixture(scope="module")
