@@ -8,7 +8,6 @@ it failed, and replays it, as DESIGN §2 and issue 11 ask.
 import asyncio
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from offload_runtime.worker import Worker
 from tests.support.gateway import RunningGateway, assert_problem, running_gateway
 from tests.support.infra import Infra, Rabbitmqctl
 from tests.support.ops import ADMIN_KEY, StubAi, admin_client
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +59,19 @@ async def submit(gateway: RunningGateway, prompt: str, tenant: str = "acme") -> 
 async def wait_status(
     gateway: RunningGateway, job_id: str, status: str, tenant: str = "acme", timeout: float = 10
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
     async with gateway.client(tenant) as http:
-        while True:
+
+        async def get() -> dict[str, Any]:
             job: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
-            if job["status"] == status:
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} never reached {status}: {job}")
-            await asyncio.sleep(0.02)
+            return job
+
+        return await wait_until(
+            get,
+            lambda job: job["status"] == status,
+            timeout=timeout,
+            what=f"job {job_id} {status}",
+            interval=0.02,
+        )
 
 
 async def dead_depth(admin: httpx.AsyncClient, queue: str = "ai.dead") -> int:
@@ -78,11 +82,12 @@ async def dead_depth(admin: httpx.AsyncClient, queue: str = "ai.dead") -> int:
 
 
 async def wait_dead_depth(admin: httpx.AsyncClient, expected: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while (depth := await dead_depth(admin)) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"ai.dead holds {depth}, expected {expected}")
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: dead_depth(admin),
+        lambda depth: depth == expected,
+        timeout=timeout,
+        what=f"ai.dead holding {expected}",
+    )
 
 
 # ---------------------------------------------------------------------- auth
@@ -170,10 +175,14 @@ async def test_a_work_queue_with_messages_and_no_consumer_shows_stalled(
         view = (await admin.get("/v1/admin/queues")).json()
         return {q["name"]: q for q in view["queues"]}
 
-    deadline = time.monotonic() + 10
-    while not (queues := await video_jobs())["video.jobs"]["ready"]:
-        assert time.monotonic() < deadline, queues["video.jobs"]
-        await asyncio.sleep(0.1)
+    queues = await wait_until(
+        video_jobs,
+        lambda queues: queues["video.jobs"]["ready"],
+        timeout=10,
+        what="a message ready in video.jobs",
+        interval=0.1,
+        describe=lambda queues: repr(queues["video.jobs"]),
+    )
     assert queues["video.jobs"]["consumers"] == 0 and queues["video.jobs"]["stalled"] is True
     assert queues["ai.jobs"]["consumers"] == 1 and queues["ai.jobs"]["stalled"] is False
     assert queues["video.dead"]["stalled"] is False  # only work queues stall
@@ -192,10 +201,13 @@ async def test_queues_show_the_deliveries_a_worker_holds_unacked(
         return queue
 
     async def until_unacked(expected: int) -> None:
-        deadline = time.monotonic() + 10
-        while (found := (await ai_jobs())["unacked"]) != expected:
-            assert time.monotonic() < deadline, f"unacked {found}, never {expected}"
-            await asyncio.sleep(0.1)
+        await wait_until(
+            ai_jobs,
+            lambda queue: queue["unacked"] == expected,
+            timeout=10,
+            what=f"{expected} unacked in ai.jobs",
+            interval=0.1,
+        )
 
     stub.gate.clear()
     ids = [await submit(gateway, f"hold: {n}") for n in range(3)]
@@ -432,13 +444,21 @@ async def test_admin_sees_every_tenants_jobs_and_live_events(
         await asyncio.wait_for(snapshot_seen.wait(), 10)
         acme = await submit(gateway, "live: acme")
         globex = await submit(gateway, "live: globex", "globex")
-        deadline = time.monotonic() + 10
-        while not {(e["job_id"], e["event"]) for kind, e in events if kind == "job"} >= {
-            (acme, "completed"),
-            (globex, "completed"),
-        }:
-            assert time.monotonic() < deadline, events[-5:]
-            await asyncio.sleep(0.02)
+
+        async def seen() -> list[tuple[str, dict[str, Any]]]:
+            return events
+
+        await wait_until(
+            seen,
+            lambda events: (
+                {(e["job_id"], e["event"]) for kind, e in events if kind == "job"}
+                >= {(acme, "completed"), (globex, "completed")}
+            ),
+            timeout=10,
+            what="both jobs completed on the admin stream",
+            interval=0.02,
+            describe=lambda events: repr(events[-5:]),
+        )
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)

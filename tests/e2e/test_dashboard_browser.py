@@ -11,9 +11,8 @@ replay).
 chromium` when /usr/bin/chromium is missing and we are root).
 """
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
@@ -30,6 +29,7 @@ from tests.support.notifier import (
     serve,
 )
 from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +154,19 @@ async def test_an_operator_replays_a_webhook_delivery_from_notifier_dead(
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
     async with admin_client(gateway.base_url) as admin:
-        deadline = time.monotonic() + 15
-        while not any(
-            item["job_id"] == job_id
-            for item in (await admin.get(f"/v1/admin/dead-letters/{dead}")).json()["items"]
-        ):
-            assert time.monotonic() < deadline, f"the delivery never reached {dead}"
-            await asyncio.sleep(0.05)
+
+        async def letters() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = (
+                await admin.get(f"/v1/admin/dead-letters/{dead}")
+            ).json()["items"]
+            return items
+
+        await wait_until(
+            letters,
+            lambda items: any(item["job_id"] == job_id for item in items),
+            timeout=15,
+            what=f"the delivery of {job_id} in {dead}",
+        )
 
     page = await open_dashboard(browser, gateway)
     await page.select_option("#dead-queue", dead)

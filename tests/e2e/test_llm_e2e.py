@@ -6,8 +6,6 @@ with a clear error; `sandbox-fail-99` ends in the dead queue after the type's
 max attempts; and `DELETE /v1/jobs/{id}` stops an active generation's stream.
 """
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -24,6 +22,7 @@ from tests.support.gateway import RunningGateway, poll_job, running_gateway
 from tests.support.infra import Infra
 from tests.support.sandbox import RunningSandbox, running_sandbox
 from tests.support.service_driver import ServiceDriver
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -142,18 +141,23 @@ async def test_delete_stops_an_active_generation(
     async with gateway.client() as http:
         # 5000 tokens at 400/s: ~12 s of streaming unless cancelled.
         job_id = await submit(http, "ai.generate", prompt="A long story.", max_tokens=5000)
-        deadline = time.monotonic() + 10
-        while not (calls := await sandbox_calls(sandbox, job_id)):
-            assert time.monotonic() < deadline, "the generation never started"
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: sandbox_calls(sandbox, job_id),
+            timeout=10,
+            what="the generation started",
+            interval=0.02,
+        )
 
         cancelled = await http.delete(f"/v1/jobs/{job_id}")
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "cancelled"
-        began = time.monotonic()
-        while (calls := await sandbox_calls(sandbox, job_id))[-1]["outcome"] == "streaming":
-            assert time.monotonic() - began < 3, "the stream was not closed"
-            await asyncio.sleep(0.02)
+        calls = await wait_until(
+            lambda: sandbox_calls(sandbox, job_id),
+            lambda calls: calls[-1]["outcome"] != "streaming",
+            timeout=3,
+            what="the stream closed",
+            interval=0.02,
+        )
         job = (await http.get(f"/v1/jobs/{job_id}")).json()
 
     assert job["status"] == "cancelled"
