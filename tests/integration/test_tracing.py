@@ -11,9 +11,7 @@ trace id, linked parent to child; the receiver gets that trace in its
 `traceparent` header.
 """
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -34,6 +32,7 @@ from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.infra import Infra
 from tests.support.notifier import Receiver, serve, sse, until
 from tests.support.ops import StubAi, own_vhost
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -103,18 +102,28 @@ async def test_one_trace_spans_the_gateway_request_the_queue_and_the_worker(
                 )
                 assert answer.status_code == 202, answer.text
                 job_id = answer.json()["id"]
-                deadline = time.monotonic() + 10
-                while (await http.get(f"/v1/jobs/{job_id}")).json()["status"] != "completed":
-                    assert time.monotonic() < deadline, "the job never completed"
-                    await asyncio.sleep(0.02)
+                await wait_until(
+                    lambda: http.get(f"/v1/jobs/{job_id}"),
+                    lambda answer: answer.json()["status"] == "completed",
+                    timeout=10,
+                    what=f"job {job_id} completed",
+                    interval=0.02,
+                    describe=lambda answer: answer.text,
+                )
             # The worker's process span ends just after the job is recorded.
-            deadline = time.monotonic() + 5
-            while not any(
-                s.kind == SpanKind.CONSUMER and s.name.endswith("process")
-                for s in exporter.get_finished_spans()
-            ):
-                assert time.monotonic() < deadline, "the worker recorded no span"
-                await asyncio.sleep(0.02)
+
+            async def finished_spans() -> tuple[ReadableSpan, ...]:
+                return exporter.get_finished_spans()
+
+            await wait_until(
+                finished_spans,
+                lambda spans: any(
+                    s.kind == SpanKind.CONSUMER and s.name.endswith("process") for s in spans
+                ),
+                timeout=5,
+                what="the worker's process span",
+                interval=0.02,
+            )
         finally:
             await worker.app.stop()
 
