@@ -46,16 +46,6 @@ async def admin(gateway: RunningGateway) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def submit(gateway: RunningGateway, prompt: str, tenant: str = "acme") -> str:
-    async with gateway.client(tenant) as http:
-        answer = await http.post(
-            "/v1/jobs", json={"type": "ai.generate", "input": {"prompt": prompt}}
-        )
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
-
-
 async def wait_status(
     gateway: RunningGateway, job_id: str, status: str, tenant: str = "acme", timeout: float = 10
 ) -> dict[str, Any]:
@@ -123,7 +113,7 @@ async def test_queues_show_depth_consumers_and_dead_letters(
 ) -> None:
     stub.failing.add("queues: refuse me")
     before = await dead_depth(admin)
-    job_id = await submit(gateway, "queues: refuse me")
+    job_id = await gateway.submit("ai.generate", {"prompt": "queues: refuse me"})
     await wait_status(gateway, job_id, "failed")
     await wait_dead_depth(admin, before + 1)
 
@@ -210,7 +200,7 @@ async def test_queues_show_the_deliveries_a_worker_holds_unacked(
         )
 
     stub.gate.clear()
-    ids = [await submit(gateway, f"hold: {n}") for n in range(3)]
+    ids = [await gateway.submit("ai.generate", {"prompt": f"hold: {n}"}) for n in range(3)]
     try:
         await until_unacked(3)  # the worker holds all three, running (concurrency 4)
         assert (await ai_jobs())["ready"] == 0
@@ -264,7 +254,7 @@ async def test_an_operator_finds_a_failed_job_reads_why_and_replays_it(
     prompts = ["replay: one", "replay: two", "replay: three"]
     stub.failing.update(prompts)
     ids = [
-        await submit(gateway, prompt, tenant)
+        await gateway.submit("ai.generate", {"prompt": prompt}, tenant)
         for prompt, tenant in zip(prompts, ["acme", "globex", "acme"], strict=True)
     ]
     for job_id, tenant in zip(ids, ["acme", "globex", "acme"], strict=True):
@@ -369,7 +359,7 @@ async def test_bad_replay_and_purge_requests_are_refused_and_change_nothing(
     gateway: RunningGateway, worker: Worker, stub: StubAi, admin: httpx.AsyncClient
 ) -> None:
     stub.failing.add("refused: keep me")
-    job_id = await submit(gateway, "refused: keep me")
+    job_id = await gateway.submit("ai.generate", {"prompt": "refused: keep me"})
     await wait_status(gateway, job_id, "failed")
     depth = await dead_depth(admin)
     assert depth >= 1
@@ -442,8 +432,8 @@ async def test_admin_sees_every_tenants_jobs_and_live_events(
     listener = asyncio.create_task(listen())
     try:
         await asyncio.wait_for(snapshot_seen.wait(), 10)
-        acme = await submit(gateway, "live: acme")
-        globex = await submit(gateway, "live: globex", "globex")
+        acme = await gateway.submit("ai.generate", {"prompt": "live: acme"})
+        globex = await gateway.submit("ai.generate", {"prompt": "live: globex"}, "globex")
 
         async def seen() -> list[tuple[str, dict[str, Any]]]:
             return events
@@ -476,7 +466,7 @@ async def test_admin_sees_every_tenants_jobs_and_live_events(
 async def test_a_last_event_id_redis_would_refuse_starts_the_admin_stream_afresh(
     gateway: RunningGateway, admin: httpx.AsyncClient
 ) -> None:
-    await submit(gateway, "so that the outbox is not empty")
+    await gateway.submit("ai.generate", {"prompt": "so that the outbox is not empty"})
     for last_event_id in ("1-99999999999999999999", "18446744073709551616-0"):
         headers = {"Last-Event-ID": last_event_id}
         async with admin.stream(

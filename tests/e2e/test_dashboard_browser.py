@@ -77,16 +77,6 @@ async def open_dashboard(browser: BrowserContext, gateway: RunningGateway) -> Pa
     return page
 
 
-async def submit(gateway: RunningGateway, prompt: str) -> str:
-    async with gateway.client("acme") as http:
-        answer = await http.post(
-            "/v1/jobs", json={"type": "ai.generate", "input": {"prompt": prompt}}
-        )
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
-
-
 async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
     browser: BrowserContext, gateway: RunningGateway, worker: Worker, stub: StubAi
 ) -> None:
@@ -96,7 +86,7 @@ async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
     await expect(cells.nth(3)).to_have_text("0")  # unacked: the idle worker's report
 
     # A job submitted elsewhere appears and completes on the page, without a reload.
-    job_id = await submit(gateway, "browser: hello")
+    job_id = await gateway.submit("ai.generate", {"prompt": "browser: hello"})
     row = page.locator(f'#jobs tr[data-job="{job_id}"]')
     await expect(row.locator("[data-status]")).to_have_attribute("data-status", "active")
     await expect(row.locator("[data-status]")).to_have_attribute(
@@ -106,7 +96,7 @@ async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
 
     # A job that fails for good shows up in the dead letters, with why.
     stub.failing.add("browser: fail me")
-    failed_id = await submit(gateway, "browser: fail me")
+    failed_id = await gateway.submit("ai.generate", {"prompt": "browser: fail me"})
     await expect(page.locator(f'#jobs tr[data-job="{failed_id}"] [data-status]')).to_have_attribute(
         "data-status", "failed"
     )

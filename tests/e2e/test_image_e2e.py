@@ -16,7 +16,7 @@ from PIL import Image
 
 from offload_image.app import build_app as build_image
 from offload_image.settings import ImageSettings
-from tests.support.gateway import RunningGateway, assert_problem, poll_job
+from tests.support.gateway import RunningGateway, assert_problem, poll_job, submit_job
 from tests.support.infra import Infra
 
 
@@ -61,13 +61,9 @@ async def upload(http: httpx.AsyncClient, data: bytes, content_type: str = "imag
 
 
 async def submit(http: httpx.AsyncClient, source: dict[str, Any], *operations: Any) -> str:
-    answer = await http.post(
-        "/v1/jobs",
-        json={"type": "image.process", "input": {"source": source, "operations": list(operations)}},
+    return await submit_job(
+        http, "image.process", {"source": source, "operations": list(operations)}
     )
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
 
 
 async def download(http: httpx.AsyncClient, file: dict[str, Any]) -> Image.Image:

@@ -17,7 +17,7 @@ import pytest
 
 from offload_video.app import build_app as build_video
 from offload_video.settings import VideoSettings
-from tests.support.gateway import RunningGateway, poll_job, running_gateway
+from tests.support.gateway import RunningGateway, poll_job, running_gateway, submit_job
 from tests.support.infra import Infra
 from tests.support.sandbox import RunningSandbox, running_sandbox
 from tests.support.waiting import wait_until
@@ -59,10 +59,7 @@ async def stack(infra: Infra) -> AsyncIterator[tuple[RunningGateway, RunningSand
 
 async def submit(http: httpx.AsyncClient, **spec: Any) -> str:
     video = {"prompt": "A paper boat on a rainy street", "duration_s": 30, "resolution": "1080p"}
-    answer = await http.post("/v1/jobs", json={"type": "video.generate", "input": video | spec})
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
+    return await submit_job(http, "video.generate", video | spec)
 
 
 async def renders(sandbox: RunningSandbox, job_id: str) -> list[dict[str, Any]]:

@@ -71,6 +71,13 @@ class RunningGateway:
             base_url=self.base_url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs
         )
 
+    async def submit(
+        self, job_type: str, job_input: dict[str, Any], tenant: str = TENANTS[0], **fields: Any
+    ) -> str:
+        """`submit_job` with a client of `tenant`'s own."""
+        async with self.client(tenant) as http:
+            return await submit_job(http, job_type, job_input, **fields)
+
     async def wait_ready(self, timeout: float = 15) -> None:
         """Wait until `/readyz` says ready (the broker link connects in the background)."""
         async with self.client(None) as http:
@@ -222,6 +229,16 @@ async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[st
     finally:
         await connection.close()
     raise AssertionError(f"no request for job {job_id} reached a work queue")
+
+
+async def submit_job(
+    http: httpx.AsyncClient, job_type: str, job_input: dict[str, Any], **fields: Any
+) -> str:
+    """POST the job as a client would (`fields`: `webhook`, ...); it must be accepted. Its id."""
+    answer = await http.post("/v1/jobs", json={"type": job_type, "input": job_input, **fields})
+    assert answer.status_code == 202, answer.text
+    job_id: str = answer.json()["id"]
+    return job_id
 
 
 async def poll_job(http: httpx.AsyncClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
