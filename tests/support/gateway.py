@@ -17,7 +17,6 @@ import json
 import shutil
 import socket
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -216,8 +215,8 @@ async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[st
     connection = await aio_pika.connect(infra.rabbitmq_url)
     try:
         channel = await connection.channel()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        async def take() -> dict[str, Any] | None:
             for service in topology.WORKER_SERVICES:
                 queue = await channel.get_queue(topology.work_queue(service), ensure=False)
                 while (message := await queue.get(no_ack=True, fail=False)) is not None:
@@ -225,10 +224,19 @@ async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[st
                     if body.get("id") == job_id:
                         assert message.routing_key == body["type"]
                         return body
-            await asyncio.sleep(0.02)
+            return None
+
+        found = await wait_until(
+            take,
+            lambda found: found is not None,
+            timeout=timeout,
+            what=f"the request for job {job_id} in a work queue",
+            interval=0.02,
+        )
+        assert found is not None
+        return found
     finally:
         await connection.close()
-    raise AssertionError(f"no request for job {job_id} reached a work queue")
 
 
 async def submit_job(
