@@ -15,7 +15,14 @@ from faststream.rabbit import TestRabbitBroker
 
 from offload_ai.app import AiDeps, build_app
 from offload_ai.settings import AiSettings
-from offload_contracts import AiGenerateInput, AiGenerateRequest, EventKind, JobStatus, topology
+from offload_contracts import (
+    AiGenerateInput,
+    AiGenerateRequest,
+    EventKind,
+    JobRequestBase,
+    JobStatus,
+    topology,
+)
 from offload_runtime.errors import PermanentError, TransientError
 from offload_runtime.llm.ports import ChatRequest
 from tests.support.component import ComponentRig
@@ -33,13 +40,15 @@ def reply(request: ChatRequest, n: int) -> Reply:
     return f"echo: {prompt}"
 
 
-def ai_request(prompt: str, **input_fields: object) -> AiGenerateRequest:
-    return AiGenerateRequest(
-        id=uuid.uuid4().hex,
-        tenant="acme",
-        max_attempts=3,
-        created_at=datetime.now(UTC),
-        input=AiGenerateInput.model_validate({"prompt": prompt, **input_fields}),
+def ai_request(prompt: str, **input_fields: object) -> JobRequestBase[AiGenerateInput]:
+    return AiGenerateRequest.model_validate(
+        {
+            "id": uuid.uuid4().hex,
+            "tenant": "acme",
+            "max_attempts": 3,
+            "created_at": datetime.now(UTC),
+            "input": {"prompt": prompt, **input_fields},
+        }
     )
 
 

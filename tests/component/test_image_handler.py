@@ -16,7 +16,13 @@ import pytest
 from faststream.rabbit import TestRabbitBroker
 from PIL import Image
 
-from offload_contracts import ImageProcessRequest, JobStatus, topology
+from offload_contracts import (
+    ImageProcessInput,
+    ImageProcessRequest,
+    JobRequestBase,
+    JobStatus,
+    topology,
+)
 from offload_image.adapters.pool import PipelinePool
 from offload_image.app import ImageDeps, build_app
 from offload_image.settings import ImageSettings
@@ -35,7 +41,9 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def image_request(source: dict[str, Any], *operations: dict[str, Any]) -> ImageProcessRequest:
+def image_request(
+    source: dict[str, Any], *operations: dict[str, Any]
+) -> JobRequestBase[ImageProcessInput]:
     return ImageProcessRequest.model_validate(
         {
             "id": uuid.uuid4().hex,
