@@ -23,10 +23,11 @@ from offload_notifier.app import build_app as build_notifier
 from offload_notifier.settings import NotifierSettings
 from tests.support.gateway import RunningGateway, assert_problem, poll_job, running_gateway
 from tests.support.infra import Infra
-from tests.support.notifier import sse, until
+from tests.support.notifier import sse
 from tests.support.processes import ServiceProcess
 from tests.support.serving import free_port, serve
 from tests.support.topologies import delete_queues, service_queue_names
+from tests.support.waiting import sync_probe, wait_until
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "add-a-workload.md"
 _BLOCK = re.compile(r"```python\n# (?P<path>\S+\.py)\n(?P<code>.*?)```", re.DOTALL)
@@ -101,7 +102,14 @@ async def deployment(
         )
         worker.start()
         stack.callback(worker.stop)
-        await until(lambda: "worker starting" in worker.logs(), 60, "the text worker to start")
+        await wait_until(
+            sync_probe(worker.logs),
+            lambda logs: "worker starting" in logs,
+            timeout=60,
+            what="the text worker to start",
+            interval=0.02,
+            describe=lambda logs: logs[-2000:],
+        )
         yield Deployment(gateway, worker)
 
 

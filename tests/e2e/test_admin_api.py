@@ -8,7 +8,6 @@ it failed, and replays it, as DESIGN §2 and issue 11 ask.
 import asyncio
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,19 +19,13 @@ from offload_contracts import BUILTIN_SPECS, topology
 from offload_runtime.worker import Worker
 from tests.support.gateway import RunningGateway, assert_problem, running_gateway
 from tests.support.infra import Infra, Rabbitmqctl
-from tests.support.ops import ADMIN_KEY, StubAi, admin_client, own_vhost
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
-async def ops_infra(infra: Infra) -> AsyncIterator[Infra]:
-    async with own_vhost(infra) as own:
-        yield own
-
-
-@pytest.fixture(scope="module")
-async def gateway(ops_infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(ops_infra, admin_keys=ADMIN_KEY) as gw:
-        yield gw
+def gateway_infra(ops_infra: Infra) -> Infra:
+    return ops_infra
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +46,22 @@ async def admin(gateway: RunningGateway) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def submit(gateway: RunningGateway, prompt: str, tenant: str = "acme") -> str:
-    async with gateway.client(tenant) as http:
-        answer = await http.post(
-            "/v1/jobs", json={"type": "ai.generate", "input": {"prompt": prompt}}
-        )
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
-
-
 async def wait_status(
     gateway: RunningGateway, job_id: str, status: str, tenant: str = "acme", timeout: float = 10
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
     async with gateway.client(tenant) as http:
-        while True:
+
+        async def get() -> dict[str, Any]:
             job: dict[str, Any] = (await http.get(f"/v1/jobs/{job_id}")).json()
-            if job["status"] == status:
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} never reached {status}: {job}")
-            await asyncio.sleep(0.02)
+            return job
+
+        return await wait_until(
+            get,
+            lambda job: job["status"] == status,
+            timeout=timeout,
+            what=f"job {job_id} {status}",
+            interval=0.02,
+        )
 
 
 async def dead_depth(admin: httpx.AsyncClient, queue: str = "ai.dead") -> int:
@@ -85,11 +72,12 @@ async def dead_depth(admin: httpx.AsyncClient, queue: str = "ai.dead") -> int:
 
 
 async def wait_dead_depth(admin: httpx.AsyncClient, expected: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while (depth := await dead_depth(admin)) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"ai.dead holds {depth}, expected {expected}")
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: dead_depth(admin),
+        lambda depth: depth == expected,
+        timeout=timeout,
+        what=f"ai.dead holding {expected}",
+    )
 
 
 # ---------------------------------------------------------------------- auth
@@ -125,7 +113,7 @@ async def test_queues_show_depth_consumers_and_dead_letters(
 ) -> None:
     stub.failing.add("queues: refuse me")
     before = await dead_depth(admin)
-    job_id = await submit(gateway, "queues: refuse me")
+    job_id = await gateway.submit("ai.generate", {"prompt": "queues: refuse me"})
     await wait_status(gateway, job_id, "failed")
     await wait_dead_depth(admin, before + 1)
 
@@ -177,10 +165,14 @@ async def test_a_work_queue_with_messages_and_no_consumer_shows_stalled(
         view = (await admin.get("/v1/admin/queues")).json()
         return {q["name"]: q for q in view["queues"]}
 
-    deadline = time.monotonic() + 10
-    while not (queues := await video_jobs())["video.jobs"]["ready"]:
-        assert time.monotonic() < deadline, queues["video.jobs"]
-        await asyncio.sleep(0.1)
+    queues = await wait_until(
+        video_jobs,
+        lambda queues: queues["video.jobs"]["ready"],
+        timeout=10,
+        what="a message ready in video.jobs",
+        interval=0.1,
+        describe=lambda queues: repr(queues["video.jobs"]),
+    )
     assert queues["video.jobs"]["consumers"] == 0 and queues["video.jobs"]["stalled"] is True
     assert queues["ai.jobs"]["consumers"] == 1 and queues["ai.jobs"]["stalled"] is False
     assert queues["video.dead"]["stalled"] is False  # only work queues stall
@@ -199,13 +191,16 @@ async def test_queues_show_the_deliveries_a_worker_holds_unacked(
         return queue
 
     async def until_unacked(expected: int) -> None:
-        deadline = time.monotonic() + 10
-        while (found := (await ai_jobs())["unacked"]) != expected:
-            assert time.monotonic() < deadline, f"unacked {found}, never {expected}"
-            await asyncio.sleep(0.1)
+        await wait_until(
+            ai_jobs,
+            lambda queue: queue["unacked"] == expected,
+            timeout=10,
+            what=f"{expected} unacked in ai.jobs",
+            interval=0.1,
+        )
 
     stub.gate.clear()
-    ids = [await submit(gateway, f"hold: {n}") for n in range(3)]
+    ids = [await gateway.submit("ai.generate", {"prompt": f"hold: {n}"}) for n in range(3)]
     try:
         await until_unacked(3)  # the worker holds all three, running (concurrency 4)
         assert (await ai_jobs())["ready"] == 0
@@ -259,7 +254,7 @@ async def test_an_operator_finds_a_failed_job_reads_why_and_replays_it(
     prompts = ["replay: one", "replay: two", "replay: three"]
     stub.failing.update(prompts)
     ids = [
-        await submit(gateway, prompt, tenant)
+        await gateway.submit("ai.generate", {"prompt": prompt}, tenant)
         for prompt, tenant in zip(prompts, ["acme", "globex", "acme"], strict=True)
     ]
     for job_id, tenant in zip(ids, ["acme", "globex", "acme"], strict=True):
@@ -364,7 +359,7 @@ async def test_bad_replay_and_purge_requests_are_refused_and_change_nothing(
     gateway: RunningGateway, worker: Worker, stub: StubAi, admin: httpx.AsyncClient
 ) -> None:
     stub.failing.add("refused: keep me")
-    job_id = await submit(gateway, "refused: keep me")
+    job_id = await gateway.submit("ai.generate", {"prompt": "refused: keep me"})
     await wait_status(gateway, job_id, "failed")
     depth = await dead_depth(admin)
     assert depth >= 1
@@ -437,15 +432,23 @@ async def test_admin_sees_every_tenants_jobs_and_live_events(
     listener = asyncio.create_task(listen())
     try:
         await asyncio.wait_for(snapshot_seen.wait(), 10)
-        acme = await submit(gateway, "live: acme")
-        globex = await submit(gateway, "live: globex", "globex")
-        deadline = time.monotonic() + 10
-        while not {(e["job_id"], e["event"]) for kind, e in events if kind == "job"} >= {
-            (acme, "completed"),
-            (globex, "completed"),
-        }:
-            assert time.monotonic() < deadline, events[-5:]
-            await asyncio.sleep(0.02)
+        acme = await gateway.submit("ai.generate", {"prompt": "live: acme"})
+        globex = await gateway.submit("ai.generate", {"prompt": "live: globex"}, "globex")
+
+        async def seen() -> list[tuple[str, dict[str, Any]]]:
+            return events
+
+        await wait_until(
+            seen,
+            lambda events: (
+                {(e["job_id"], e["event"]) for kind, e in events if kind == "job"}
+                >= {(acme, "completed"), (globex, "completed")}
+            ),
+            timeout=10,
+            what="both jobs completed on the admin stream",
+            interval=0.02,
+            describe=lambda events: repr(events[-5:]),
+        )
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
@@ -463,7 +466,7 @@ async def test_admin_sees_every_tenants_jobs_and_live_events(
 async def test_a_last_event_id_redis_would_refuse_starts_the_admin_stream_afresh(
     gateway: RunningGateway, admin: httpx.AsyncClient
 ) -> None:
-    await submit(gateway, "so that the outbox is not empty")
+    await gateway.submit("ai.generate", {"prompt": "so that the outbox is not empty"})
     for last_event_id in ("1-99999999999999999999", "18446744073709551616-0"):
         headers = {"Last-Event-ID": last_event_id}
         async with admin.stream(

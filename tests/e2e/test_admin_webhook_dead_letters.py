@@ -11,8 +11,7 @@ import asyncio
 import json
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -22,7 +21,7 @@ import pytest
 from offload_contracts import topology
 from offload_runtime.webhook_secrets import WebhookSecrets
 from offload_runtime.worker import Worker
-from tests.support.gateway import RunningGateway, assert_problem, running_gateway
+from tests.support.gateway import RunningGateway, assert_problem
 from tests.support.infra import Infra
 from tests.support.notifier import (
     Receiver,
@@ -31,21 +30,15 @@ from tests.support.notifier import (
     serve,
     verify,
 )
-from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier, own_vhost
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier
+from tests.support.waiting import wait_until
 
 DEAD = topology.dead_queue(topology.NOTIFIER_SERVICE)
 
 
 @pytest.fixture(scope="module")
-async def ops_infra(infra: Infra) -> AsyncIterator[Infra]:
-    async with own_vhost(infra) as own:
-        yield own
-
-
-@pytest.fixture(scope="module")
-async def gateway(ops_infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(ops_infra, admin_keys=ADMIN_KEY) as gw:
-        yield gw
+def gateway_infra(ops_infra: Infra) -> Infra:
+    return ops_infra
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +61,6 @@ async def notifier(ops_infra: Infra, gateway: RunningGateway) -> AsyncIterator[R
 async def admin(gateway: RunningGateway) -> AsyncIterator[httpx.AsyncClient]:
     async with admin_client(gateway.base_url) as http:
         yield http
-
-
-async def until(
-    check: Callable[[], Awaitable[Any]], what: str, timeout: float = 15
-) -> Any:  # a deadline, never a fixed sleep
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 async def dead_page(admin: httpx.AsyncClient) -> dict[str, Any]:
@@ -106,7 +88,13 @@ async def test_a_parked_webhook_delivery_is_listed_then_replayed_to_the_receiver
     job_id = answer.json()["id"]
 
     # Two refused attempts, then the dead queue; the admin API lists it meaningfully.
-    page = await until(lambda: _with_letters(admin, 1), f"the delivery of {job_id} to reach {DEAD}")
+    page = await wait_until(
+        lambda: dead_page(admin),
+        lambda page: page["total"] >= 1,
+        timeout=15,
+        what=f"the delivery of {job_id} to reach {DEAD}",
+        interval=0.02,
+    )
     [letter] = page["items"]
     assert letter["job_id"] == job_id
     assert letter["tenant"] == "acme" and letter["type"] == "ai.generate"
@@ -153,7 +141,9 @@ async def test_a_parked_webhook_delivery_is_listed_then_replayed_to_the_receiver
         [jobs] = [q for q in queues if q["name"] == topology.work_queue("notifier")]
         return bool(jobs["consumers"] == 1 and jobs["unacked"] == 0)
 
-    await until(notifier_jobs_unacked, "the notifier's unacked report")
+    await wait_until(
+        notifier_jobs_unacked, timeout=15, what="the notifier's unacked report", interval=0.02
+    )
 
     # The receiver is up now: replay it by job id.
     hooks = Receiver()
@@ -164,7 +154,12 @@ async def test_a_parked_webhook_delivery_is_listed_then_replayed_to_the_receiver
         assert answer.status_code == 200, answer.text
         report = answer.json()
         [request] = await hooks.wait_for("hooks/s3cret-path", 1)
-        await until(lambda: _outcome(notifier, job_id, "delivered"), "the delivery to be recorded")
+        await wait_until(
+            lambda: _outcome(notifier, job_id, "delivered"),
+            timeout=15,
+            what="the delivery to be recorded",
+            interval=0.02,
+        )
 
     assert report["replayed"] == [job_id]
     assert report["webhook_ids"] == [webhook["webhook_id"]]
@@ -212,7 +207,13 @@ async def test_bad_requests_and_letters_that_are_not_deliveries(
         await exchange.publish(
             aio_pika.Message(b'{"not": "a delivery"}'), routing_key=topology.NOTIFIER_SERVICE
         )
-    page = await until(lambda: _with_letters(admin, 1), f"the letter to reach {DEAD}")
+    page = await wait_until(
+        lambda: dead_page(admin),
+        lambda page: page["total"] >= 1,
+        timeout=15,
+        what=f"the letter to reach {DEAD}",
+        interval=0.02,
+    )
     [letter] = page["items"]
     assert letter["job_id"] is None and letter["webhook"] is None and letter["valid_json"]
 
@@ -232,11 +233,6 @@ async def test_bad_requests_and_letters_that_are_not_deliveries(
     assert (await dead_page(admin))["total"] == 0
     audit = (await admin.get("/v1/admin/audit", params={"limit": 1})).json()[0]
     assert audit["action"] == "purge" and audit["queue"] == DEAD
-
-
-async def _with_letters(admin: httpx.AsyncClient, count: int) -> dict[str, Any] | None:
-    page = await dead_page(admin)
-    return page if page["total"] >= count else None
 
 
 async def _outcome(notifier: RunningNotifier, job_id: str, outcome: str) -> bool:

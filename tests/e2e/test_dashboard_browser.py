@@ -11,9 +11,8 @@ replay).
 chromium` when /usr/bin/chromium is missing and we are root).
 """
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
@@ -21,7 +20,7 @@ from playwright.async_api import BrowserContext, Page, expect
 from offload_contracts import topology
 from offload_runtime.worker import Worker
 from tests.support.browser import ARTIFACTS, chromium
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import RunningGateway
 from tests.support.infra import Infra
 from tests.support.notifier import (
     Receiver,
@@ -29,19 +28,13 @@ from tests.support.notifier import (
     free_port,
     serve,
 )
-from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier, own_vhost
+from tests.support.ops import ADMIN_KEY, StubAi, admin_client, deployed_notifier
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
-async def ops_infra(infra: Infra) -> AsyncIterator[Infra]:
-    async with own_vhost(infra) as own:
-        yield own
-
-
-@pytest.fixture(scope="module")
-async def gateway(ops_infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(ops_infra, admin_keys=ADMIN_KEY) as gw:
-        yield gw
+def gateway_infra(ops_infra: Infra) -> Infra:
+    return ops_infra
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +77,6 @@ async def open_dashboard(browser: BrowserContext, gateway: RunningGateway) -> Pa
     return page
 
 
-async def submit(gateway: RunningGateway, prompt: str) -> str:
-    async with gateway.client("acme") as http:
-        answer = await http.post(
-            "/v1/jobs", json={"type": "ai.generate", "input": {"prompt": prompt}}
-        )
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
-
-
 async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
     browser: BrowserContext, gateway: RunningGateway, worker: Worker, stub: StubAi
 ) -> None:
@@ -103,7 +86,7 @@ async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
     await expect(cells.nth(3)).to_have_text("0")  # unacked: the idle worker's report
 
     # A job submitted elsewhere appears and completes on the page, without a reload.
-    job_id = await submit(gateway, "browser: hello")
+    job_id = await gateway.submit("ai.generate", {"prompt": "browser: hello"})
     row = page.locator(f'#jobs tr[data-job="{job_id}"]')
     await expect(row.locator("[data-status]")).to_have_attribute("data-status", "active")
     await expect(row.locator("[data-status]")).to_have_attribute(
@@ -113,7 +96,7 @@ async def test_an_operator_watches_a_job_live_and_replays_a_dead_letter(
 
     # A job that fails for good shows up in the dead letters, with why.
     stub.failing.add("browser: fail me")
-    failed_id = await submit(gateway, "browser: fail me")
+    failed_id = await gateway.submit("ai.generate", {"prompt": "browser: fail me"})
     await expect(page.locator(f'#jobs tr[data-job="{failed_id}"] [data-status]')).to_have_attribute(
         "data-status", "failed"
     )
@@ -161,13 +144,19 @@ async def test_an_operator_replays_a_webhook_delivery_from_notifier_dead(
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
     async with admin_client(gateway.base_url) as admin:
-        deadline = time.monotonic() + 15
-        while not any(
-            item["job_id"] == job_id
-            for item in (await admin.get(f"/v1/admin/dead-letters/{dead}")).json()["items"]
-        ):
-            assert time.monotonic() < deadline, f"the delivery never reached {dead}"
-            await asyncio.sleep(0.05)
+
+        async def letters() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = (
+                await admin.get(f"/v1/admin/dead-letters/{dead}")
+            ).json()["items"]
+            return items
+
+        await wait_until(
+            letters,
+            lambda items: any(item["job_id"] == job_id for item in items),
+            timeout=15,
+            what=f"the delivery of {job_id} in {dead}",
+        )
 
     page = await open_dashboard(browser, gateway)
     await page.select_option("#dead-queue", dead)

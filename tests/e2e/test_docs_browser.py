@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import BrowserContext, Page, Route, expect
 
 from tests.support.browser import ARTIFACTS, chromium
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import RunningGateway
 from tests.support.infra import Infra
 from tests.support.notifier import RunningNotifier, notifier_space, running_notifier
 from tests.support.sandbox import RunningSandbox, running_sandbox
@@ -51,12 +51,6 @@ async def offline() -> AsyncIterator[Offline]:
         browser = Offline(context)
         await context.route("**/*", browser.route)
         yield browser
-
-
-@pytest.fixture(scope="module")
-async def gateway(infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(infra) as gw:
-        yield gw
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,6 @@
 """Webhook secrets, health, metrics and the OpenAPI document, over real HTTP."""
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from tests.support.gateway import RunningGateway, ai_job, assert_problem, running_gateway
-from tests.support.infra import Infra
-
-
-@pytest.fixture(scope="module")
-async def gateway(infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(infra) as gw:
-        yield gw
+from tests.support.gateway import RunningGateway, ai_job, assert_problem
 
 
 async def test_webhook_secret_is_per_tenant_and_rotates_with_overlap(

@@ -5,6 +5,7 @@ import io
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -52,9 +53,8 @@ def current_rss_bytes() -> int:
 
 
 @pytest.fixture(scope="module")
-async def gateway(infra: Infra) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(infra, max_upload_bytes=60 * MB) as gw:
-        yield gw
+def gateway_overrides() -> dict[str, Any]:
+    return {"max_upload_bytes": 60 * MB}
 
 
 async def test_a_50_mb_upload_streams_and_its_ranges_download(gateway: RunningGateway) -> None:

@@ -5,10 +5,12 @@ import math
 import time
 
 import aio_pika
+import httpx
 
 from offload_contracts import topology
 from tests.support.gateway import INPUTS, ai_job, assert_problem, running_gateway
 from tests.support.infra import Infra
+from tests.support.waiting import wait_until
 
 
 async def queue_depths(infra: Infra, *services: str) -> dict[str, int]:
@@ -56,18 +58,24 @@ async def test_a_full_queue_gets_429_and_other_queues_still_accept(infra: Infra)
     limit = max(before.values()) + 2
     async with running_gateway(infra, queue_depth_limit=limit) as gw, gw.client() as http:
         video = {"type": "video.generate", "input": INPUTS["video.generate"]}
-        deadline = time.monotonic() + 20
-        refused = None
         accepted = 0
-        while refused is None and time.monotonic() < deadline:
+
+        async def submit_video() -> httpx.Response:
+            nonlocal accepted
             answer = await http.post("/v1/jobs", json=video)
-            if answer.status_code == 429:
-                refused = answer
-            else:
+            if answer.status_code != 429:
                 assert answer.status_code == 202, answer.text
                 accepted += 1
-                await asyncio.sleep(0.02)
-        assert refused is not None, "the video queue never reported full"
+            return answer
+
+        refused = await wait_until(
+            submit_video,
+            lambda answer: answer.status_code == 429,
+            timeout=20,
+            what="the video queue reported full",
+            interval=0.02,
+            describe=lambda answer: answer.text,
+        )
         problem = assert_problem(refused, 429)
         assert "video.generate queue is full" in problem["detail"]
         assert int(refused.headers["retry-after"]) >= 1

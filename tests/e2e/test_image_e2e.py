@@ -8,7 +8,6 @@ permanent error, at once.
 
 import io
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -17,30 +16,28 @@ from PIL import Image
 
 from offload_image.app import build_app as build_image
 from offload_image.settings import ImageSettings
-from tests.support.gateway import RunningGateway, assert_problem, poll_job, running_gateway
+from tests.support.gateway import RunningGateway, assert_problem, poll_job, submit_job
 from tests.support.infra import Infra
 
 
 @pytest.fixture(scope="module")
-async def gateway(infra: Infra) -> AsyncIterator[RunningGateway]:
-    """The gateway and an image worker sharing its Redis prefix and storage."""
-    async with AsyncExitStack() as stack:
-        gateway = await stack.enter_async_context(running_gateway(infra))
-        worker = build_image(
-            ImageSettings(
-                rabbitmq_url=infra.rabbitmq_url,
-                redis_url=infra.redis_url,
-                redis_prefix=gateway.settings.redis_prefix,
-                storage_dir=gateway.settings.storage_dir,
-                retry_tiers=gateway.settings.retry_tiers,
-                image_pool_size=2,
-                shutdown_grace_s=1,
-                log_level="warning",
-            )
+async def image_worker(infra: Infra, gateway: RunningGateway) -> AsyncIterator[None]:
+    """An image worker sharing the gateway's Redis prefix and storage."""
+    worker = build_image(
+        ImageSettings(
+            rabbitmq_url=infra.rabbitmq_url,
+            redis_url=infra.redis_url,
+            redis_prefix=gateway.settings.redis_prefix,
+            storage_dir=gateway.settings.storage_dir,
+            retry_tiers=gateway.settings.retry_tiers,
+            image_pool_size=2,
+            shutdown_grace_s=1,
+            log_level="warning",
         )
-        await worker.app.start()
-        stack.push_async_callback(worker.app.stop)
-        yield gateway
+    )
+    await worker.app.start()
+    yield
+    await worker.app.stop()
 
 
 def photo(width: int = 1200, height: int = 900, *, orientation: int | None = None) -> bytes:
@@ -64,13 +61,9 @@ async def upload(http: httpx.AsyncClient, data: bytes, content_type: str = "imag
 
 
 async def submit(http: httpx.AsyncClient, source: dict[str, Any], *operations: Any) -> str:
-    answer = await http.post(
-        "/v1/jobs",
-        json={"type": "image.process", "input": {"source": source, "operations": list(operations)}},
+    return await submit_job(
+        http, "image.process", {"source": source, "operations": list(operations)}
     )
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
 
 
 async def download(http: httpx.AsyncClient, file: dict[str, Any]) -> Image.Image:
@@ -83,7 +76,9 @@ async def download(http: httpx.AsyncClient, file: dict[str, Any]) -> Image.Image
     return image
 
 
-async def test_upload_a_photo_get_a_320x240_webp_and_thumbnails(gateway: RunningGateway) -> None:
+async def test_upload_a_photo_get_a_320x240_webp_and_thumbnails(
+    gateway: RunningGateway, image_worker: None
+) -> None:
     async with gateway.client("acme") as http:
         # 1200×900 on disk, stored sideways: upright it is 900×1200.
         file_id = await upload(http, photo(orientation=6))
@@ -159,7 +154,9 @@ async def test_impossible_parameters_are_a_422_and_nothing_is_queued(
         assert after.json()["items"] == before.json()["items"]  # no job was recorded
 
 
-async def test_bad_images_fail_at_once_with_a_clear_message(gateway: RunningGateway) -> None:
+async def test_bad_images_fail_at_once_with_a_clear_message(
+    gateway: RunningGateway, image_worker: None
+) -> None:
     async with gateway.client("acme") as http:
         not_image = await upload(http, b"%PDF-1.7 quarterly report", "application/pdf")
         whole = photo(400, 300)

@@ -6,8 +6,6 @@ with a clear error; `sandbox-fail-99` ends in the dead queue after the type's
 max attempts; and `DELETE /v1/jobs/{id}` stops an active generation's stream.
 """
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -20,10 +18,11 @@ from offload_ai.settings import AiSettings
 from offload_contracts import topology
 from offload_research.app import build_app as build_research
 from offload_research.settings import ResearchSettings
-from tests.support.gateway import RunningGateway, poll_job, running_gateway
+from tests.support.gateway import RunningGateway, poll_job, running_gateway, submit_job
 from tests.support.infra import Infra
 from tests.support.sandbox import RunningSandbox, running_sandbox
 from tests.support.service_driver import ServiceDriver
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +50,6 @@ async def stack(infra: Infra) -> AsyncIterator[tuple[RunningGateway, RunningSand
         yield gateway, sandbox
 
 
-async def submit(http: httpx.AsyncClient, job_type: str, **spec: Any) -> str:
-    answer = await http.post("/v1/jobs", json={"type": job_type, "input": spec})
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
-
-
 async def sandbox_calls(sandbox: RunningSandbox, job_id: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient() as http:
         answer = await http.get(sandbox.url("/v1/sandbox/llm/calls"), params={"job": job_id})
@@ -68,7 +60,7 @@ async def sandbox_calls(sandbox: RunningSandbox, job_id: str) -> list[dict[str, 
 async def test_ai_generate_completes(stack: tuple[RunningGateway, RunningSandbox]) -> None:
     gateway, _ = stack
     async with gateway.client() as http:
-        job_id = await submit(http, "ai.generate", prompt="Write a haiku about queues.")
+        job_id = await submit_job(http, "ai.generate", {"prompt": "Write a haiku about queues."})
         job = await poll_job(http, job_id)
 
     assert job["status"] == "completed" and job["attempt"] == 1
@@ -81,7 +73,7 @@ async def test_ai_generate_completes(stack: tuple[RunningGateway, RunningSandbox
 async def test_research_run_completes(stack: tuple[RunningGateway, RunningSandbox]) -> None:
     gateway, sandbox = stack
     async with gateway.client() as http:
-        job_id = await submit(http, "research.run", question="How do quorum queues work?")
+        job_id = await submit_job(http, "research.run", {"question": "How do quorum queues work?"})
         job = await poll_job(http, job_id)
 
     assert job["status"] == "completed" and job["attempt"] == 1
@@ -96,7 +88,9 @@ async def test_sandbox_fail_2_completes_on_attempt_3(
 ) -> None:
     gateway, _ = stack
     async with gateway.client() as http:
-        job_id = await submit(http, "ai.generate", prompt="Hello", model="sandbox-fail-2")
+        job_id = await submit_job(
+            http, "ai.generate", {"prompt": "Hello", "model": "sandbox-fail-2"}
+        )
         job = await poll_job(http, job_id)
     assert job["status"] == "completed"
     assert job["attempt"] == 3
@@ -107,7 +101,9 @@ async def test_sandbox_reject_fails_on_attempt_1_with_a_clear_error(
 ) -> None:
     gateway, _ = stack
     async with gateway.client() as http:
-        job_id = await submit(http, "ai.generate", prompt="Hello", model="sandbox-reject")
+        job_id = await submit_job(
+            http, "ai.generate", {"prompt": "Hello", "model": "sandbox-reject"}
+        )
         job = await poll_job(http, job_id)
     assert job["status"] == "failed"
     assert job["attempt"] == 1
@@ -124,7 +120,9 @@ async def test_sandbox_fail_99_ends_in_the_dead_queue_after_max_attempts(
 ) -> None:
     gateway, sandbox = stack
     async with gateway.client() as http:
-        job_id = await submit(http, "ai.generate", prompt="Hello", model="sandbox-fail-99")
+        job_id = await submit_job(
+            http, "ai.generate", {"prompt": "Hello", "model": "sandbox-fail-99"}
+        )
         job = await poll_job(http, job_id)
 
     assert job["status"] == "failed"
@@ -141,19 +139,26 @@ async def test_delete_stops_an_active_generation(
     gateway, sandbox = stack
     async with gateway.client() as http:
         # 5000 tokens at 400/s: ~12 s of streaming unless cancelled.
-        job_id = await submit(http, "ai.generate", prompt="A long story.", max_tokens=5000)
-        deadline = time.monotonic() + 10
-        while not (calls := await sandbox_calls(sandbox, job_id)):
-            assert time.monotonic() < deadline, "the generation never started"
-            await asyncio.sleep(0.02)
+        job_id = await submit_job(
+            http, "ai.generate", {"prompt": "A long story.", "max_tokens": 5000}
+        )
+        await wait_until(
+            lambda: sandbox_calls(sandbox, job_id),
+            timeout=10,
+            what="the generation started",
+            interval=0.02,
+        )
 
         cancelled = await http.delete(f"/v1/jobs/{job_id}")
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "cancelled"
-        began = time.monotonic()
-        while (calls := await sandbox_calls(sandbox, job_id))[-1]["outcome"] == "streaming":
-            assert time.monotonic() - began < 3, "the stream was not closed"
-            await asyncio.sleep(0.02)
+        calls = await wait_until(
+            lambda: sandbox_calls(sandbox, job_id),
+            lambda calls: calls[-1]["outcome"] != "streaming",
+            timeout=3,
+            what="the stream closed",
+            interval=0.02,
+        )
         job = (await http.get(f"/v1/jobs/{job_id}")).json()
 
     assert job["status"] == "cancelled"

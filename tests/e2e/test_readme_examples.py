@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pytest
 from tests.support.infra import Infra
 from tests.support.make_run import ROOT, Output, free_ports, make_run_env, running
 from tests.support.ops import own_vhost
+from tests.support.waiting import wait_until
 
 MARKER = "<!-- run as written by tests/e2e/test_readme_examples.py, against make run -->"
 README_PORTS = {"gateway": 8000, "notifier": 8001, "sandbox": 8002}
@@ -119,14 +119,19 @@ def json_objects(text: str) -> list[Any]:
 
 
 async def webhooks_received(make_run: MakeRun, kind: str, timeout: float = 20) -> list[Any]:
-    deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=make_run.url("sandbox")) as http:
-        while True:
-            received = (await http.get("/v1/sandbox/webhooks")).json()["webhooks"]
-            if any(hook["body"]["type"] == kind for hook in received):
-                return list(received)
-            assert time.monotonic() < deadline, f"no {kind} webhook: {received}"
-            await asyncio.sleep(0.2)
+
+        async def received() -> list[Any]:
+            hooks: list[Any] = (await http.get("/v1/sandbox/webhooks")).json()["webhooks"]
+            return hooks
+
+        return await wait_until(
+            received,
+            lambda hooks: any(hook["body"]["type"] == kind for hook in hooks),
+            timeout=timeout,
+            what=f"a {kind} webhook",
+            interval=0.2,
+        )
 
 
 async def test_the_readme_examples_work_as_written(make_run: MakeRun) -> None:

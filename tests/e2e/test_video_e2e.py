@@ -6,7 +6,6 @@ halfway resumes (the sandbox's byte count shows it); a flaky provider
 completes after retries with one render; cancel stops the provider's render.
 """
 
-import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -18,9 +17,10 @@ import pytest
 
 from offload_video.app import build_app as build_video
 from offload_video.settings import VideoSettings
-from tests.support.gateway import RunningGateway, poll_job, running_gateway
+from tests.support.gateway import RunningGateway, poll_job, running_gateway, submit_job
 from tests.support.infra import Infra
 from tests.support.sandbox import RunningSandbox, running_sandbox
+from tests.support.waiting import wait_until
 
 RATE = 100_000  # sandbox bytes per second of 1080p video
 
@@ -59,10 +59,7 @@ async def stack(infra: Infra) -> AsyncIterator[tuple[RunningGateway, RunningSand
 
 async def submit(http: httpx.AsyncClient, **spec: Any) -> str:
     video = {"prompt": "A paper boat on a rainy street", "duration_s": 30, "resolution": "1080p"}
-    answer = await http.post("/v1/jobs", json={"type": "video.generate", "input": video | spec})
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["id"]
-    return job_id
+    return await submit_job(http, "video.generate", video | spec)
 
 
 async def renders(sandbox: RunningSandbox, job_id: str) -> list[dict[str, Any]]:
@@ -156,18 +153,25 @@ async def test_cancel_stops_the_providers_render(
     gateway, sandbox = stack
     async with gateway.client("acme") as http:
         job_id = await submit(http, duration_s=600)  # renders for 0.2 + 6 s
-        deadline = time.monotonic() + 15
-        while not await renders(sandbox, job_id):  # the render is ordered and being polled
-            assert time.monotonic() < deadline, "no render was submitted"
-            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 15  # for the render to start, then to be cancelled
+        await wait_until(
+            lambda: renders(sandbox, job_id),  # the render is ordered and being polled
+            timeout=15,
+            what="a render submitted",
+            interval=0.02,
+        )
 
         answer = await http.delete(f"/v1/jobs/{job_id}")
 
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] == "cancelled"
-        while not (await renders(sandbox, job_id))[0]["cancelled"]:
-            assert time.monotonic() < deadline, "the provider's render was not cancelled"
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: renders(sandbox, job_id),
+            lambda found: found[0]["cancelled"],
+            timeout=deadline - time.monotonic(),
+            what="the provider's render cancelled",
+            interval=0.02,
+        )
         job = (await http.get(f"/v1/jobs/{job_id}")).json()
         again = await http.delete(f"/v1/jobs/{job_id}")
     [render] = await renders(sandbox, job_id)

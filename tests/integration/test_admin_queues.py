@@ -18,6 +18,7 @@ from offload_runtime.redis import connect_redis
 from offload_runtime.settings import parse_retry_tiers
 from tests.support.harness import Harness
 from tests.support.testjob import Recorder
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -169,10 +170,12 @@ async def test_workers_report_the_deliveries_they_hold_unacked(harness: Harness)
         return (await read_unacked(harness.redis, harness.keys, [work_queue]))[work_queue]
 
     async def until_unacked(expected: int) -> None:
-        deadline = asyncio.get_running_loop().time() + 10
-        while (found := await unacked()) != expected:
-            assert asyncio.get_running_loop().time() < deadline, f"unacked {found}, not {expected}"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            unacked,
+            lambda found: found == expected,
+            timeout=10,
+            what=f"{expected} unacked in {work_queue}",
+        )
 
     await until_unacked(0)  # reporting, holding nothing
     jobs = [await harness.submit(block=True) for _ in range(3)]

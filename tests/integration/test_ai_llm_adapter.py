@@ -14,6 +14,7 @@ from offload_runtime.errors import PermanentError, TransientError
 from offload_runtime.llm.openai_compatible import LlmSettings, OpenAICompatibleClient
 from offload_runtime.llm.ports import ChatMessage, ChatRequest, collect
 from tests.support.sandbox import RunningSandbox, running_sandbox
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +192,13 @@ async def test_cancelling_the_consumer_closes_the_stream_at_once() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
 
-        deadline = time.monotonic() + 2
-        while (await sandbox_calls(slow, job))[0]["outcome"] == "streaming":
-            assert time.monotonic() < deadline, "the sandbox still streams to a cancelled job"
-            await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: sandbox_calls(slow, job),
+            lambda calls: calls[0]["outcome"] != "streaming",
+            timeout=2,
+            what="the sandbox to stop streaming to a cancelled job",
+            interval=0.01,
+        )
         [call] = await sandbox_calls(slow, job)
         await client.aclose()
     assert call["outcome"] == "disconnected"

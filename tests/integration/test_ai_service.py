@@ -3,7 +3,7 @@
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ from offload_runtime.worker import Worker
 from tests.support.infra import Infra
 from tests.support.sandbox import RunningSandbox, running_sandbox
 from tests.support.service_driver import ServiceDriver
+from tests.support.waiting import sync_probe, wait_until
 
 
 @pytest.fixture
@@ -62,19 +63,6 @@ async def sandbox_calls(sandbox: RunningSandbox, job_id: str) -> list[dict[str, 
         answer = await http.get(sandbox.url("/v1/sandbox/llm/calls"), params={"job": job_id})
     calls: list[dict[str, Any]] = answer.json()["calls"]
     return calls
-
-
-async def until(condition: Callable[[], Any], timeout: float = 5) -> float:
-    """Poll an (async) condition until true; returns the seconds it took."""
-    began = time.monotonic()
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return time.monotonic() - began
-        assert time.monotonic() - began < timeout, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_ai_generate_streams_the_sandbox_answer_into_the_result(
@@ -216,15 +204,32 @@ async def test_cancelling_an_active_job_closes_its_stream_at_once(
     async with ai_worker(driver, sandbox) as worker:
         # 2000 tokens at 40/s would stream for ~50 s.
         job = await driver.submit("ai.generate", prompt="Write a novel.", max_tokens=2000)
-        await until(lambda: _first_progress(driver, job.id))
+        await wait_until(
+            lambda: _first_progress(driver, job.id),
+            timeout=5,
+            what="the first progress event",
+            interval=0.01,
+        )
         active = await driver.store.get(job.id)
         assert active is not None and active.status == JobStatus.ACTIVE
 
         assert (await driver.store.cancel(active)).applied
-        stopped_after = await until(lambda: worker.runner.running_jobs == 0, timeout=2)
-        closed_after = await until(
-            lambda: _sandbox_outcome(sandbox, job.id, "disconnected"), timeout=2
+        began = time.monotonic()
+        await wait_until(
+            sync_probe(lambda: worker.runner.running_jobs == 0),
+            timeout=2,
+            what="the job's task stopped",
+            interval=0.01,
         )
+        stopped_after = time.monotonic() - began
+        began = time.monotonic()
+        await wait_until(
+            lambda: _sandbox_outcome(sandbox, job.id, "disconnected"),
+            timeout=2,
+            what="the sandbox's stream closed",
+            interval=0.01,
+        )
+        closed_after = time.monotonic() - began
 
     print(f"\ncancel: task stopped after {stopped_after:.3f}s, stream closed {closed_after:.3f}s")
     record = await driver.store.get(job.id)

@@ -5,7 +5,6 @@ import asyncio
 import io
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from offload_contracts import ImageProcessInput
 from offload_image.adapters.pool import PipelinePool
 from offload_image.pipeline import Operation
 from offload_runtime.errors import PermanentError, TransientError
+from tests.support.waiting import sync_probe, wait_until
 
 
 def ops(*operations: dict[str, object]) -> list[Operation]:
@@ -70,9 +70,13 @@ async def test_outputs_and_progress_come_back_and_the_files_go_after_the_block(
             assert image.format == "WEBP"
         # Progress travels on its own queue and may trail the result a little;
         # reports that come after the block are dropped (the job is done).
-        deadline = time.monotonic() + 10
-        while len(reports) < 3 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_until(
+            sync_probe(lambda: reports),
+            lambda reports: len(reports) >= 3,
+            timeout=10,
+            what="three progress reports",
+            interval=0.01,
+        )
     assert reports == [
         (pytest.approx(100 / 3), "decoded png 64×48"),
         (pytest.approx(200 / 3), "resize → 32×24"),
@@ -116,9 +120,12 @@ async def test_a_cancelled_render_leaves_nothing_behind_once_its_process_finishe
         await task
     # Its output directory goes once the process has finished with it.
     image_dir = tmp_path / "scratch" / "image"
-    deadline = time.monotonic() + 60
-    while list(image_dir.iterdir()) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_until(
+        sync_probe(lambda: list(image_dir.iterdir())),
+        lambda left: not left,
+        timeout=60,
+        what="the output directory emptied",
+    )
     assert list(image_dir.iterdir()) == []
     # The pool is unharmed.
     async with pool.render(small_png(tmp_path), ops(), lambda p, m: None) as rendered:

@@ -26,28 +26,27 @@ import httpx
 import pytest
 from PIL import Image
 
-from offload_contracts import EventKind, ImageProcessRequest, JobStatus, topology
+from offload_contracts import EventKind, ImageProcessRequest, JobStatus
 from offload_image.adapters.pool import PipelinePool
 from offload_image.app import ImageDeps, build_app
 from offload_image.settings import ImageSettings
-from offload_runtime.broker import make_broker, publish_confirmed
-from offload_runtime.keys import RedisKeys
-from offload_runtime.redis import connect_redis
 from offload_runtime.storage import FileStore, StoredFile
-from offload_runtime.store import JobRecord, JobStore, new_id
+from offload_runtime.store import JobRecord, new_id
 from offload_runtime.worker import Worker
 from tests.support.infra import Infra
-from tests.support.notifier import until
 from tests.support.processes import ServiceProcess
+from tests.support.rig import JobRig
 from tests.support.scrape import metric_samples
 from tests.support.serving import free_port
+from tests.support.waiting import wait_until
 
-TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
 TENANT = "acme"
 
 
-class ImageRig:
+class ImageRig(JobRig):
     """The image worker on the real broker, plus what a test needs to submit and inspect jobs."""
+
+    wait_timeout = 30
 
     def __init__(self, infra: Infra, storage: Path, **overrides: Any) -> None:
         values: dict[str, Any] = {
@@ -63,11 +62,14 @@ class ImageRig:
         }
         values.update(overrides)
         self.settings = ImageSettings(**values)
-        self.keys = RedisKeys(self.settings.redis_prefix)
-        self.redis = connect_redis(infra.redis_url)
-        self.store = JobStore(self.redis, self.keys, retention_s=3600, events_maxlen=200)
-        self.files = FileStore(storage, self.redis, self.keys)
-        self.broker = make_broker(infra.rabbitmq_url, service=f"image-test-{uuid.uuid4().hex[:6]}")
+        super().__init__(
+            rabbitmq_url=infra.rabbitmq_url,
+            redis_url=infra.redis_url,
+            redis_prefix=self.settings.redis_prefix,
+            name=f"image-test-{uuid.uuid4().hex[:6]}",
+            events_maxlen=200,
+        )
+        self.files = FileStore(storage, self.store.client, self.keys)
         self.pool = PipelinePool(
             size=self.settings.image_pool_size,
             scratch_dir=self.files.scratch_dir,
@@ -81,7 +83,7 @@ class ImageRig:
         deps = dataclasses.replace(deps, pool=deps.pool or self.pool)
         self.worker = build_app(self.settings, deps)
         await self.worker.app.start()
-        await self.broker.connect()
+        await self.open()
         return self.worker
 
     async def start_process(self, **overrides: Any) -> ServiceProcess:
@@ -99,8 +101,18 @@ class ImageRig:
         settings = {name: getattr(self.settings, name) for name in names} | overrides
         self.process = ServiceProcess("offload_image", settings={"log_level": "info", **settings})
         process = self.process.start()
-        await until(lambda: "worker starting" in process.logs(), 60, "the image worker to start")
-        await self.broker.connect()
+
+        async def logs() -> str:
+            return process.logs()
+
+        await wait_until(
+            logs,
+            lambda logs: "worker starting" in logs,
+            timeout=60,
+            what="the image worker to start",
+            describe=lambda logs: logs[-2000:],
+        )
+        await self.open()
         return process
 
     async def close(self) -> None:
@@ -108,8 +120,7 @@ class ImageRig:
             await self.worker.app.stop()
         if self.process is not None:
             self.process.stop()
-        await self.broker.stop()
-        await self.redis.aclose()
+        await super().close()
 
     # ------------------------------------------------------------------ submitting
 
@@ -123,7 +134,6 @@ class ImageRig:
         tenant: str = TENANT,
         **source: Any,
     ) -> ImageProcessRequest:
-        """What the gateway does: record `waiting`, then publish with a confirm."""
         request = ImageProcessRequest.model_validate(
             {
                 "id": new_id(),
@@ -133,32 +143,9 @@ class ImageRig:
                 "input": {"source": source, "operations": list(operations)},
             }
         )
-        assert (await self.store.create(request)).applied
-        await publish_confirmed(
-            self.broker,
-            request.model_dump_json().encode(),
-            exchange=topology.JOBS_EXCHANGE,
-            routing_key=request.type,
-        )
-        return request
+        return await self.submit_request(request, routing_key=request.type)
 
     # ------------------------------------------------------------------ observing
-
-    async def wait(self, job_id: str, timeout: float = 30) -> JobRecord:
-        deadline = time.monotonic() + timeout
-        record = None
-        while time.monotonic() < deadline:
-            record = await self.store.get(job_id)
-            if record is not None and record.status in TERMINAL:
-                return record
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"job {job_id} did not finish in {timeout}s; last seen: {record}")
-
-    async def events(self, job_id: str) -> list[Any]:
-        from offload_contracts import JobEvent
-
-        entries = await self.redis.xrange(self.keys.job_events(job_id))
-        return [JobEvent.model_validate_json(fields["data"]) for _, fields in entries]
 
     async def output(self, file_id: str) -> tuple[Image.Image, StoredFile]:
         """Open a stored output as a user downloading it would."""
@@ -252,7 +239,7 @@ async def test_a_photo_becomes_a_320x240_webp_and_thumbnails(rig: ImageRig) -> N
         {"op": "strip_metadata"},
         file_id=photo.id,
     )
-    record = await rig.wait(job.id)
+    record = await rig.wait_status(job.id)
 
     assert record.status == JobStatus.COMPLETED, record.error
     result = record.result
@@ -280,7 +267,7 @@ async def test_a_source_of_another_tenant_is_not_found(rig: ImageRig) -> None:
     await rig.start()
     theirs = await rig.files.save_bytes("other-tenant", jpeg_bytes(40, 30), "image/jpeg")
     job = await rig.submit({"op": "resize", "width": 10}, file_id=theirs.id)
-    record = await rig.wait(job.id)
+    record = await rig.wait_status(job.id)
     assert record.status == JobStatus.FAILED
     assert record.error is not None and record.error.message == f"source file {theirs.id} not found"
 
@@ -318,19 +305,19 @@ async def test_bad_input_fails_at_once_with_a_clear_message_and_the_worker_carri
     missing = await rig.submit(file_id="doesnotexist")
 
     for expected, job in jobs.items():
-        record = await rig.wait(job.id)
+        record = await rig.wait_status(job.id)
         assert record.status == JobStatus.FAILED, (expected, record)
         assert record.attempt == 1  # no retry
         assert record.error is not None and record.error.type == "permanent"
         assert not record.error.retryable
         assert expected in record.error.message, record.error.message
-    record = await rig.wait(missing.id)
+    record = await rig.wait_status(missing.id)
     assert record.error is not None and record.error.message == "source file doesnotexist not found"
 
     # The worker and its pool are unharmed: same processes, and the next job completes.
     good = await rig.upload(jpeg_bytes(400, 300))
     job = await rig.submit({"op": "resize", "width": 100}, file_id=good.id)
-    record = await rig.wait(job.id)
+    record = await rig.wait_status(job.id)
     assert record.status == JobStatus.COMPLETED and record.result is not None
     assert (record.result["width"], record.result["height"]) == (100, 75)
     assert sorted(rig.pool.pids()) == pids and rig.pool.rebuilds == 0
@@ -356,15 +343,17 @@ async def test_a_killed_pool_process_is_replaced_and_the_job_retried(
 
     # Kill once a pool process has spent 30 ms of CPU on it (progress events are
     # throttled, so they cannot tell when the work starts).
-    deadline = time.monotonic() + 30
-    while not any(cpu_ticks(pid) - idle_cpu[pid] >= 3 for pid in first_pids):
-        assert time.monotonic() < deadline, "the job never reached the pool"
+    async def in_the_pool() -> bool:
+        if any(cpu_ticks(pid) - idle_cpu[pid] >= 3 for pid in first_pids):
+            return True
         assert (await rig.store.get(job.id)).status != JobStatus.COMPLETED  # type: ignore[union-attr]
-        await asyncio.sleep(0.005)
+        return False
+
+    await wait_until(in_the_pool, timeout=30, what="the job reaching the pool", interval=0.005)
     for pid in first_pids:
         os.kill(pid, signal.SIGKILL)
 
-    record = await rig.wait(job.id, timeout=60)
+    record = await rig.wait_status(job.id, timeout=60)
 
     assert record.status == JobStatus.COMPLETED, record.error
     assert record.attempt == 2
@@ -379,7 +368,7 @@ async def test_a_killed_pool_process_is_replaced_and_the_job_retried(
     # And the worker keeps working.
     small = await rig.upload(jpeg_bytes(200, 100))
     after = await rig.submit({"op": "resize", "width": 50}, file_id=small.id)
-    assert (await rig.wait(after.id)).status == JobStatus.COMPLETED
+    assert (await rig.wait_status(after.id)).status == JobStatus.COMPLETED
 
 
 # ---------------------------------------------------------------------- event loop
@@ -451,7 +440,7 @@ async def test_event_loop_lag_stays_under_50ms_while_8_large_photos_are_processe
     # first job (the first use of each code path); in production a worker runs job
     # after job. The bound below is unchanged.
     warm = await rig.submit({"op": "resize", "width": 64}, file_id=photo.id)
-    assert statuses([await rig.wait(warm.id, timeout=90)]) == [JobStatus.COMPLETED]
+    assert statuses([await rig.wait_status(warm.id, timeout=90)]) == [JobStatus.COMPLETED]
     amqp_port = urlsplit(rig.settings.rabbitmq_url).port or 5672
     amqp = worker.connections_to(amqp_port)
     assert amqp, "the worker holds no connection to RabbitMQ"
@@ -469,7 +458,7 @@ async def test_event_loop_lag_stays_under_50ms_while_8_large_photos_are_processe
             )
             for _ in range(8)
         ]
-        records = [await rig.wait(job.id, timeout=90) for job in jobs]
+        records = [await rig.wait_status(job.id, timeout=90) for job in jobs]
         elapsed = time.perf_counter() - began
         after = metric_samples((await http.get(scrape_url)).text)  # ... and ends here
         machine = await control.worst_lag()

@@ -23,9 +23,9 @@ from tests.support.notifier import (
     notifier_space,
     running_notifier,
     serve,
-    until,
     verify,
 )
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -129,7 +129,12 @@ async def test_a_receiver_failing_twice_gets_three_attempts_with_one_webhook_id(
         await space.jobs.start(job)
         await space.jobs.complete(job)
         attempts = await hooks.wait_for("flaky", 3)
-        await until(lambda: _delivered(nt, job.id), what="the delivery to be recorded")
+        await wait_until(
+            lambda: _delivered(nt, job.id),
+            timeout=10,
+            what="the delivery to be recorded",
+            interval=0.02,
+        )
         records = await _records(nt, job.id)
 
     secrets = await space.secrets()
@@ -174,10 +179,17 @@ async def test_a_receiver_down_for_a_while_gets_the_delivery_when_it_comes_back(
         job = await space.jobs.create(webhook={"url": f"http://127.0.0.1:{port}/late"})
         await space.jobs.start(job)
         await space.jobs.complete(job)
-        await until(lambda: _outcome_is(notifier, job.id, "retried"), what="a failed first attempt")
+        await wait_until(
+            lambda: _outcome_is(notifier, job.id, "retried"),
+            timeout=10,
+            what="a failed first attempt",
+            interval=0.02,
+        )
         async with serve(hooks.app, port):
             [request] = await hooks.wait_for("late", 1)
-            await until(lambda: _delivered(notifier, job.id), what="the delivery")
+            await wait_until(
+                lambda: _delivered(notifier, job.id), timeout=10, what="the delivery", interval=0.02
+            )
         [record] = (await _records(notifier, job.id)).values()
 
     assert verify(request, await space.secrets())["type"] == "note.job.completed"
@@ -201,7 +213,12 @@ async def test_a_private_url_is_refused_when_not_allowed_and_parked_with_an_aler
         await space.jobs.complete(job)
         [alert] = await hooks.wait_for("ops", 1)
         # The alert (a copy of the dead letter) may arrive before the outcome is recorded.
-        await until(lambda: _outcome_is(notifier, job.id, "refused"), what="the record")
+        await wait_until(
+            lambda: _outcome_is(notifier, job.id, "refused"),
+            timeout=10,
+            what="the record",
+            interval=0.02,
+        )
         [record] = (await _records(notifier, job.id)).values()
 
     assert hooks.at("private") == []  # no request was ever made
@@ -225,7 +242,12 @@ async def test_410_stops_deliveries_at_once(
         job = await space.jobs.create(webhook={"url": f"{base}/gone"})
         await space.jobs.start(job)
         await space.jobs.complete(job)
-        await until(lambda: _outcome_is(notifier, job.id, "gone"), what="the 410 to be recorded")
+        await wait_until(
+            lambda: _outcome_is(notifier, job.id, "gone"),
+            timeout=10,
+            what="the 410 to be recorded",
+            interval=0.02,
+        )
 
     # Recorded as gone after one attempt: no retry was scheduled, nothing was parked.
     assert len(hooks.at("gone")) == 1
@@ -244,7 +266,9 @@ async def test_a_redirect_is_not_followed_but_counted_as_a_failed_attempt(
         await space.jobs.start(job)
         await space.jobs.complete(job)
         await hooks.wait_for("moved", 2)
-        await until(lambda: _delivered(notifier, job.id), what="the delivery")
+        await wait_until(
+            lambda: _delivered(notifier, job.id), timeout=10, what="the delivery", interval=0.02
+        )
 
     assert hooks.at("elsewhere") == []
 
@@ -288,7 +312,12 @@ async def test_a_parked_delivery_carries_the_receivers_last_http_status(
         job = await space.jobs.create(webhook={"url": f"{base}/busy"})
         await space.jobs.start(job)
         await space.jobs.complete(job)
-        await until(lambda: _outcome_is(notifier, job.id, "dead"), what="the delivery parked")
+        await wait_until(
+            lambda: _outcome_is(notifier, job.id, "dead"),
+            timeout=10,
+            what="the delivery parked",
+            interval=0.02,
+        )
 
     [dead] = await _take_all(space.infra, topology.dead_queue(space.service))
     assert dead.headers[topology.HEADER_HTTP_STATUS] == "503"

@@ -1,6 +1,5 @@
 """The sandbox LLM over real HTTP: OpenAI's wire format, pacing and failure injection."""
 
-import asyncio
 import json
 import time
 import uuid
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from tests.support.sandbox import RunningSandbox, running_sandbox
+from tests.support.waiting import wait_until
 
 FAST = {"x-sandbox-ttft-ms": "0", "x-sandbox-tokens-per-s": "100000"}
 
@@ -241,10 +241,13 @@ async def test_a_client_that_goes_away_mid_stream_is_recorded_as_disconnected(
             if '"content":"' in line and '"content":""' not in line:
                 break  # leaving the block closes the connection mid-stream
 
-    deadline = time.monotonic() + 5
-    while (await calls(http, job))[0]["outcome"] == "streaming":
-        assert time.monotonic() < deadline, "the sandbox never saw the client go away"
-        await asyncio.sleep(0.02)
+    await wait_until(
+        lambda: calls(http, job),
+        lambda found: found[0]["outcome"] != "streaming",
+        timeout=5,
+        what="the sandbox seeing the client go away",
+        interval=0.02,
+    )
     [call] = await calls(http, job)
     assert call["outcome"] == "disconnected"
     assert call["completion_tokens"] < 10

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.support.sandbox import RunningSandbox, running_sandbox
+from tests.support.waiting import wait_until
 
 RATE = 100_000  # bytes per second of 1080p video: 10 s of it = 1 MB
 
@@ -38,13 +39,17 @@ async def submit(client: httpx.AsyncClient, key: str | None = None, **spec: Any)
 
 
 async def finished(client: httpx.AsyncClient, video_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    async def get() -> dict[str, Any]:
         body: dict[str, Any] = (await client.get(f"/v1/videos/{video_id}")).json()
-        if body["status"] not in ("queued", "processing"):
-            return body
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"video {video_id} never finished")
+        return body
+
+    return await wait_until(
+        get,
+        lambda body: body["status"] not in ("queued", "processing"),
+        timeout=10,
+        what=f"video {video_id} finished",
+        interval=0.02,
+    )
 
 
 async def stats(client: httpx.AsyncClient, key: str) -> list[dict[str, Any]]:
@@ -63,13 +68,19 @@ async def test_a_render_goes_queued_processing_succeeded_with_rising_progress(
     assert video["status"] == "queued" and video["progress"] == 0
 
     seen: list[tuple[str, int]] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        body = (await client.get(f"/v1/videos/{video['id']}")).json()
+
+    async def get() -> dict[str, Any]:
+        body: dict[str, Any] = (await client.get(f"/v1/videos/{video['id']}")).json()
         seen.append((body["status"], body["progress"]))
-        if body["status"] == "succeeded":
-            break
-        await asyncio.sleep(0.01)
+        return body
+
+    body = await wait_until(
+        get,
+        lambda body: body["status"] == "succeeded",
+        timeout=10,
+        what=f"video {video['id']} succeeded",
+        interval=0.01,
+    )
 
     statuses = [status for status, _ in seen]
     assert "processing" in statuses and statuses[-1] == "succeeded"

@@ -11,9 +11,7 @@ trace id, linked parent to child; the receiver gets that trace in its
 `traceparent` header.
 """
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -32,8 +30,9 @@ from offload_notifier.settings import NotifierSettings
 from offload_runtime import telemetry
 from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.infra import Infra
-from tests.support.notifier import Receiver, serve, sse, until
+from tests.support.notifier import Receiver, serve, sse
 from tests.support.ops import StubAi, own_vhost
+from tests.support.waiting import sync_probe, wait_until
 
 
 @pytest.fixture
@@ -86,8 +85,14 @@ async def _finished(
     exporter: InMemorySpanExporter, found: Callable[[ReadableSpan], bool], what: str
 ) -> ReadableSpan:
     """The first finished span `found` accepts, waiting for it (spans end after the work)."""
-    await until(lambda: any(found(s) for s in exporter.get_finished_spans()), 5, what)
-    return next(s for s in exporter.get_finished_spans() if found(s))
+    spans = await wait_until(
+        sync_probe(exporter.get_finished_spans),
+        lambda spans: any(found(s) for s in spans),
+        timeout=5,
+        what=what,
+        interval=0.02,
+    )
+    return next(s for s in spans if found(s))
 
 
 async def test_one_trace_spans_the_gateway_request_the_queue_and_the_worker(
@@ -103,18 +108,24 @@ async def test_one_trace_spans_the_gateway_request_the_queue_and_the_worker(
                 )
                 assert answer.status_code == 202, answer.text
                 job_id = answer.json()["id"]
-                deadline = time.monotonic() + 10
-                while (await http.get(f"/v1/jobs/{job_id}")).json()["status"] != "completed":
-                    assert time.monotonic() < deadline, "the job never completed"
-                    await asyncio.sleep(0.02)
+                await wait_until(
+                    lambda: http.get(f"/v1/jobs/{job_id}"),
+                    lambda answer: answer.json()["status"] == "completed",
+                    timeout=10,
+                    what=f"job {job_id} completed",
+                    interval=0.02,
+                    describe=lambda answer: answer.text,
+                )
             # The worker's process span ends just after the job is recorded.
-            deadline = time.monotonic() + 5
-            while not any(
-                s.kind == SpanKind.CONSUMER and s.name.endswith("process")
-                for s in exporter.get_finished_spans()
-            ):
-                assert time.monotonic() < deadline, "the worker recorded no span"
-                await asyncio.sleep(0.02)
+            await wait_until(
+                sync_probe(exporter.get_finished_spans),
+                lambda spans: any(
+                    s.kind == SpanKind.CONSUMER and s.name.endswith("process") for s in spans
+                ),
+                timeout=5,
+                what="the worker's process span",
+                interval=0.02,
+            )
         finally:
             await worker.app.stop()
 
@@ -163,7 +174,12 @@ async def test_tracing_is_off_by_default_and_adds_no_middleware(ops_infra: Infra
                 )
                 assert answer.status_code == 202, answer.text
                 job_id = answer.json()["id"]
-                await until(lambda: _status(http, job_id, "completed"), 10, "the job to complete")
+                await wait_until(
+                    lambda: _status(http, job_id, "completed"),
+                    timeout=10,
+                    what="the job to complete",
+                    interval=0.02,
+                )
             stored: Any = await gateway.deps.redis.xrange(gateway.keys.job_events(job_id))
             assert len(stored) == 4
             assert not [f for _, f in stored if "traceparent" in json.loads(f["data"])]
@@ -216,7 +232,12 @@ async def test_the_trace_goes_on_through_the_outbox_to_the_webhook_request(
                     taken.append(message)
                 return bool(taken)
 
-            await until(event_published, 5, "the completed event on jobs.events")
+            await wait_until(
+                event_published,
+                timeout=5,
+                what="the completed event on jobs.events",
+                interval=0.02,
+            )
             [published] = taken
             # What users see: the job's SSE stream, from its history to its terminal event.
             headers = {"Authorization": f"Bearer {gateway.api_keys['acme']}"}

@@ -2,13 +2,13 @@
 
 import asyncio
 import re
-import time
 from pathlib import Path
 
 from offload_contracts import JobStatus
 from tests.support.infra import Infra
 from tests.support.sandbox import running_sandbox
 from tests.support.video import VideoRig
+from tests.support.waiting import wait_until
 
 MB = 1_000_000
 
@@ -46,14 +46,16 @@ async def test_the_download_is_written_progressively_with_flat_memory(
             job = await rig.submit(duration_s=48)
             partial = rig.partial_dir / f"{job.id}.part"
             sizes: list[int] = []
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+
+            async def finished() -> bool:
                 record = await rig.store.get(job.id)
                 if record is not None and record.status.is_terminal:
-                    break
+                    return True
                 if partial.exists():
                     sizes.append(partial.stat().st_size)
-                await asyncio.sleep(0.02)
+                return False
+
+            await wait_until(finished, timeout=60, what=f"job {job.id} finished", interval=0.02)
             peak_kb = _status_kb("VmHWM")
             record = await rig.wait_status(job.id, {JobStatus.COMPLETED})
         finally:

@@ -2,7 +2,6 @@
 
 import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from offload_contracts import EventKind, JobStatus
 from tests.support.infra import Infra
 from tests.support.sandbox import RunningSandbox, running_sandbox
 from tests.support.video import VideoRig
+from tests.support.waiting import sync_probe, wait_until
 
 TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
 RATE = 100_000  # sandbox bytes per second of 1080p: a 40 s video is 4 MB
@@ -159,12 +159,19 @@ async def test_cancel_stops_the_providers_render(infra: Infra, tmp_path: Path) -
         await rig.start()
         try:
             job = await rig.submit()
-            await _until_async(lambda: _has_render(rig, job.id))
+            await wait_until(
+                lambda: _has_render(rig, job.id), timeout=15, what="a render", interval=0.02
+            )
             active = await rig.wait_status(job.id, {JobStatus.ACTIVE})
 
             assert (await rig.store.cancel(active)).applied
 
-            await _until_async(lambda: _render_cancelled(rig, job.id))
+            await wait_until(
+                lambda: _render_cancelled(rig, job.id),
+                timeout=15,
+                what="the render cancelled",
+                interval=0.02,
+            )
             [render] = await rig.renders(job.id)
             record = await rig.store.get(job.id)
             kinds = [e.event for e in await rig.events(job.id)]
@@ -190,13 +197,28 @@ async def test_cancel_during_the_download_removes_the_partial_file(
         try:
             job = await rig.submit(duration_s=80)
             partial = rig.partial_dir / f"{job.id}.part"
-            await _until(lambda: partial.exists() and partial.stat().st_size > 500_000)
+            await wait_until(
+                sync_probe(lambda: partial.exists() and partial.stat().st_size > 500_000),
+                timeout=15,
+                what="over 500 kB downloaded",
+                interval=0.01,
+            )
             active = await rig.wait_status(job.id, {JobStatus.ACTIVE})
 
             assert (await rig.store.cancel(active)).applied
 
-            await _until(lambda: not partial.exists())
-            await _until(lambda: rig.worker is not None and rig.worker.runner.running_jobs == 0)
+            await wait_until(
+                sync_probe(lambda: not partial.exists()),
+                timeout=15,
+                what="the partial file removed",
+                interval=0.01,
+            )
+            await wait_until(
+                sync_probe(lambda: rig.worker is not None and rig.worker.runner.running_jobs == 0),
+                timeout=15,
+                what="no job running",
+                interval=0.01,
+            )
             [render] = await rig.renders(job.id)
             record = await rig.store.get(job.id)
         finally:
@@ -226,8 +248,18 @@ async def test_a_job_cancelled_between_attempts_has_its_render_and_partial_file_
 
         # No task runs it, so no worker hears the cancel notice; its next delivery
         # (the retry, when the tier comes due) finds it cancelled and cleans up.
-        await _until(lambda: not partial.exists())
-        await _until_async(lambda: _render_deleted(rig, job.id))
+        await wait_until(
+            sync_probe(lambda: not partial.exists()),
+            timeout=15,
+            what="the partial file removed",
+            interval=0.01,
+        )
+        await wait_until(
+            lambda: _render_deleted(rig, job.id),
+            timeout=15,
+            what="the render deleted",
+            interval=0.02,
+        )
         [render] = await rig.renders(job.id)
         record = await rig.store.get(job.id)
         kinds = [e.event for e in await rig.events(job.id)]
@@ -268,19 +300,3 @@ async def _render_cancelled(rig: VideoRig, job_id: str) -> bool:
 async def _render_deleted(rig: VideoRig, job_id: str) -> bool:
     renders = await rig.renders(job_id)
     return bool(renders) and renders[0]["deleted"]
-
-
-async def _until_async(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
-async def _until(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)

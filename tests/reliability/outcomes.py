@@ -6,13 +6,13 @@ completed, lost and duplicated jobs, and records the row; the session prints
 the table (`docs/reliability.md` is written from it).
 """
 
-import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
 
 from offload_contracts import JobEvent, JobStatus
-from offload_runtime.store import JobStore
+from offload_runtime.store import JobRecord, JobStore
+from tests.support.waiting import wait_until
 
 TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
 RESULTS: list[dict[str, object]] = []
@@ -37,18 +37,27 @@ class Outcome:
         assert self.completed == self.accepted, detail
 
 
+def _unfinished(record: JobRecord | None) -> bool:
+    return record is None or record.status not in TERMINAL
+
+
 async def settle(
     store: JobStore, job_ids: list[str], *, scenario: str, load: str, timeout: float = 60
 ) -> Outcome:
     began = time.monotonic()
-    deadline = began + timeout
-    while True:
-        records = [await store.get(job_id) for job_id in job_ids]
-        if all(r is not None and r.status in TERMINAL for r in records):
-            break
-        if time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
+
+    async def read() -> list[JobRecord | None]:
+        return [await store.get(job_id) for job_id in job_ids]
+
+    try:
+        records = await wait_until(
+            read,
+            lambda records: not any(_unfinished(r) for r in records),
+            timeout=timeout,
+            what=f"{len(job_ids)} jobs finished ({scenario})",
+        )
+    except AssertionError:
+        records = await read()  # past the deadline: the outcome counts what never finished
     duplicated = 0
     unfinished: list[str] = []
     for job_id, record in zip(job_ids, records, strict=True):

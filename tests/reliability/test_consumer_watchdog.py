@@ -18,9 +18,10 @@ from tests.reliability.outcomes import settle
 from tests.support.amqp_proxy import AmqpProxy, amqp_proxy
 from tests.support.harness import Harness
 from tests.support.infra import Infra
-from tests.support.notifier import Receiver, notifier_space, running_notifier, serve, until
+from tests.support.notifier import Receiver, notifier_space, running_notifier, serve
 from tests.support.processes import ServiceProcess
 from tests.support.serving import free_port
+from tests.support.waiting import wait_until
 
 CHECK_S = 0.2
 GIVE_UP_S = 4.0
@@ -87,7 +88,9 @@ async def test_a_broker_restart_during_start_up_leaves_the_worker_consuming(
         assert worker.process and worker.process.poll() is None, worker.logs()[-3000:]
         outcome.assert_nothing_lost_or_duplicated()
         # Readiness trails the consumer by up to one check.
-        await until(lambda: _ready(base_url), timeout=RECOVERY_BOUND_S, what="/readyz")
+        await wait_until(
+            lambda: _ready(base_url), timeout=RECOVERY_BOUND_S, what="/readyz", interval=0.02
+        )
 
 
 @pytest.mark.parametrize("tell_clients", [False, True], ids=["silently", "with-cancel-notice"])
@@ -97,7 +100,9 @@ async def test_a_consumer_dropped_by_the_broker_is_back_within_the_bound(
     async with amqp_proxy(_broker_port(harness)) as proxy:
         worker, base_url = _watched_worker(harness, proxy)
         worker.start()
-        await until(lambda: _ready(base_url), timeout=30, what="the worker's /readyz")
+        await wait_until(
+            lambda: _ready(base_url), timeout=30, what="the worker's /readyz", interval=0.02
+        )
         first = await harness.submit_many(10, sleep_s=0.01)
         await harness.wait_all(first, {JobStatus.COMPLETED}, timeout=15)
 
@@ -126,11 +131,18 @@ async def test_a_worker_that_cannot_consume_again_is_not_ready_then_exits_non_ze
     async with amqp_proxy(_broker_port(harness)) as proxy:
         worker, base_url = _watched_worker(harness, proxy)
         worker.start()
-        await until(lambda: _ready(base_url), timeout=30, what="the worker's /readyz")
+        await wait_until(
+            lambda: _ready(base_url), timeout=30, what="the worker's /readyz", interval=0.02
+        )
 
         proxy.go_down(600)  # the broker is gone for good, as far as this worker can tell
         gone_at = time.monotonic()
-        await until(lambda: _not_ready(base_url), timeout=5, what="/readyz to say not ready (503)")
+        await wait_until(
+            lambda: _not_ready(base_url),
+            timeout=5,
+            what="/readyz to say not ready (503)",
+            interval=0.02,
+        )
         assert worker.process is not None
         code = await asyncio.to_thread(worker.process.wait, GIVE_UP_S + 10)
         took = time.monotonic() - gone_at

@@ -14,6 +14,7 @@ from tests.reliability.outcomes import settle
 from tests.support.dedicated import DedicatedRabbit, DedicatedRedis
 from tests.support.harness import Harness
 from tests.support.infra import Infra
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -25,14 +26,11 @@ def redis_server() -> Iterator[DedicatedRedis]:
 
 
 async def _until(harness: Harness, ids: list[str], status: JobStatus, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while True:
+    async def reached() -> int:
         records = [await harness.store.get(i) for i in ids]
-        if sum(1 for r in records if r and r.status == status) >= count:
-            return
-        assert loop.time() < deadline, f"fewer than {count} jobs reached {status}"
-        await asyncio.sleep(0.05)
+        return sum(1 for r in records if r and r.status == status)
+
+    await wait_until(reached, lambda n: n >= count, timeout=30, what=f"{count} jobs {status}")
 
 
 @pytest.fixture

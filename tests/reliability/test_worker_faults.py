@@ -1,6 +1,5 @@
 """Faults in and around a worker process lose nothing and complete nothing twice."""
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -11,8 +10,8 @@ from offload_contracts import JobStatus, topology
 from tests.reliability.outcomes import settle
 from tests.support.harness import Harness
 from tests.support.infra import Infra
-from tests.support.notifier import until
 from tests.support.processes import ServiceProcess
+from tests.support.waiting import sync_probe, wait_until
 
 
 async def _completed(harness: Harness, job_ids: list[str]) -> int:
@@ -21,11 +20,13 @@ async def _completed(harness: Harness, job_ids: list[str]) -> int:
 
 
 async def _until_completed(harness: Harness, job_ids: list[str], count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while await _completed(harness, job_ids) < count:
-        assert loop.time() < deadline, "jobs stopped completing"
-        await asyncio.sleep(0.02)
+    await wait_until(
+        lambda: _completed(harness, job_ids),
+        lambda completed: completed >= count,
+        timeout=30,
+        what=f"{count} jobs completed",
+        interval=0.02,
+    )
 
 
 async def test_kill_9_of_a_worker_mid_batch_loses_and_duplicates_nothing(harness: Harness) -> None:
@@ -110,11 +111,13 @@ async def test_a_thousand_malformed_messages_are_parked_while_real_jobs_complete
     )
     outcome.assert_nothing_lost_or_duplicated()
     dead = topology.dead_queue(harness.service)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while await harness.queue_depth(dead) < 1000:
-        assert loop.time() < deadline, f"only {await harness.queue_depth(dead)} parked"
-        await asyncio.sleep(0.1)
+    await wait_until(
+        lambda: harness.queue_depth(dead),
+        lambda parked: parked >= 1000,
+        timeout=30,
+        what=f"1,000 messages parked in {dead}",
+        interval=0.1,
+    )
     assert await harness.queue_depth(dead) == 1000
     assert await harness.queue_depth(topology.work_queue(harness.service)) == 0
 
@@ -152,7 +155,14 @@ async def _image_worker(infra: Infra, tmp_path: Path):  # type: ignore[no-untype
         },
     ).start(own_group=True)
     try:
-        await until(lambda: "worker starting" in worker.logs(), 30, "the worker to start")
+        await wait_until(
+            sync_probe(worker.logs),
+            lambda logs: "worker starting" in logs,
+            timeout=30,
+            what="the worker to start",
+            interval=0.02,
+            describe=lambda logs: logs[-2000:],
+        )
         # The worker, the forkserver and two pool processes, warmed up.
         assert len(_process_group(worker.pid)) >= 4
         yield worker
@@ -170,7 +180,7 @@ async def test_sigterm_to_the_image_workers_process_group_leaves_no_process_behi
     async with _image_worker(infra, tmp_path) as worker:
         os.killpg(worker.pid, signal.SIGTERM)
         assert worker.process is not None and worker.process.wait(30) == 0, worker.logs()
-        await until(lambda: not _process_group(worker.pid), 10, "the pool processes to exit")
+        await _until_the_group_is_gone(worker)
 
 
 async def test_kill_9_of_the_image_worker_leaves_no_pool_process_behind(
@@ -178,4 +188,14 @@ async def test_kill_9_of_the_image_worker_leaves_no_pool_process_behind(
 ) -> None:
     async with _image_worker(infra, tmp_path) as worker:
         worker.kill()
-        await until(lambda: not _process_group(worker.pid), 10, "the pool processes to exit")
+        await _until_the_group_is_gone(worker)
+
+
+async def _until_the_group_is_gone(worker: ServiceProcess) -> None:
+    await wait_until(
+        sync_probe(lambda: _process_group(worker.pid)),
+        lambda left: not left,
+        timeout=10,
+        what="the pool processes to exit",
+        interval=0.02,
+    )

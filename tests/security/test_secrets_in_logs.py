@@ -19,7 +19,6 @@ whose traceback must be logged in full yet hold no header and stay bounded.
 import asyncio
 import base64
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -35,16 +34,21 @@ from tests.support.infra import Infra
 from tests.support.notifier import Receiver, verify
 from tests.support.serving import free_port, serve
 from tests.support.stack import API_KEY, Stack, running_stack
+from tests.support.waiting import wait_until
 
 
 async def wait_finished(stack: Stack, job_id: str, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def get() -> dict[str, object]:
         job: dict[str, object] = (await stack.http.get(f"/v1/jobs/{job_id}")).json()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-        assert time.monotonic() < deadline, (job, stack.logs()[-3000:])
-        await asyncio.sleep(0.05)
+        return job
+
+    return await wait_until(
+        get,
+        lambda job: job["status"] in ("completed", "failed", "cancelled"),
+        timeout=timeout,
+        what=f"job {job_id} finished",
+        describe=lambda job: f"{job}; logs: {stack.logs()[-3000:]}",
+    )
 
 
 def variants(secret: str) -> set[str]:

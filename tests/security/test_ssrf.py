@@ -58,8 +58,8 @@ from tests.support.notifier import (
     notifier_space,
     running_notifier,
     serve,
-    until,
 )
+from tests.support.waiting import wait_until
 
 
 def inside_targets(port: int) -> dict[str, str]:
@@ -197,7 +197,9 @@ async def test_the_notifier_refuses_inside_webhook_urls_at_delivery_time(
                     return False
             return True
 
-        await until(all_refused, timeout=20, what="every delivery to be refused")
+        await wait_until(
+            all_refused, timeout=20, what="every delivery to be refused", interval=0.02
+        )
         errors = [
             str(r["error"])
             for job_id in jobs.values()
@@ -243,7 +245,9 @@ async def test_the_notifier_never_follows_a_redirect(
                         return False
                 return True
 
-            await until(delivered, timeout=20, what="deliveries after the redirects")
+            await wait_until(
+                delivered, timeout=20, what="deliveries after the redirects", interval=0.02
+            )
             attempts = [
                 r["attempts"]
                 for job_id in jobs.values()
@@ -307,7 +311,9 @@ async def test_with_private_targets_allowed_metadata_is_still_refused_everywhere
                     return False
             return True
 
-        await until(all_refused, timeout=20, what="every delivery to be refused")
+        await wait_until(
+            all_refused, timeout=20, what="every delivery to be refused", interval=0.02
+        )
         errors = [
             str(r["error"])
             for job_id in jobs.values()
@@ -536,7 +542,7 @@ async def test_a_webhook_whose_dns_turns_inside_after_the_check_is_refused(
             records = await notifier.parts.deliveries.outcomes(job.id)
             return bool(records) and all(r["outcome"] == "refused" for r in records.values())
 
-        await until(refused, timeout=20, what="the delivery to be refused")
+        await wait_until(refused, timeout=20, what="the delivery to be refused", interval=0.02)
         [outcome] = (await notifier.parts.deliveries.outcomes(job.id)).values()
     assert rebinding[:2] == ["localhost", "localhost"]  # checked, then resolved to connect
     assert outcome["attempts"] == 1 and "non-public address" in str(outcome["error"])

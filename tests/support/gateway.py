@@ -17,7 +17,6 @@ import json
 import shutil
 import socket
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,6 +69,13 @@ class RunningGateway:
         return httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs
         )
+
+    async def submit(
+        self, job_type: str, job_input: dict[str, Any], tenant: str = TENANTS[0], **fields: Any
+    ) -> str:
+        """`submit_job` with a client of `tenant`'s own."""
+        async with self.client(tenant) as http:
+            return await submit_job(http, job_type, job_input, **fields)
 
     async def wait_ready(self, timeout: float = 15) -> None:
         """Wait until `/readyz` says ready (the broker link connects in the background)."""
@@ -209,8 +215,8 @@ async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[st
     connection = await aio_pika.connect(infra.rabbitmq_url)
     try:
         channel = await connection.channel()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        async def take() -> dict[str, Any] | None:
             for service in topology.WORKER_SERVICES:
                 queue = await channel.get_queue(topology.work_queue(service), ensure=False)
                 while (message := await queue.get(no_ack=True, fail=False)) is not None:
@@ -218,10 +224,29 @@ async def take_request(infra: Infra, job_id: str, timeout: float = 5) -> dict[st
                     if body.get("id") == job_id:
                         assert message.routing_key == body["type"]
                         return body
-            await asyncio.sleep(0.02)
+            return None
+
+        found = await wait_until(
+            take,
+            lambda found: found is not None,
+            timeout=timeout,
+            what=f"the request for job {job_id} in a work queue",
+            interval=0.02,
+        )
+        assert found is not None
+        return found
     finally:
         await connection.close()
-    raise AssertionError(f"no request for job {job_id} reached a work queue")
+
+
+async def submit_job(
+    http: httpx.AsyncClient, job_type: str, job_input: dict[str, Any], **fields: Any
+) -> str:
+    """POST the job as a client would (`fields`: `webhook`, ...); it must be accepted. Its id."""
+    answer = await http.post("/v1/jobs", json={"type": job_type, "input": job_input, **fields})
+    assert answer.status_code == 202, answer.text
+    job_id: str = answer.json()["id"]
+    return job_id
 
 
 async def poll_job(http: httpx.AsyncClient, job_id: str, timeout: float = 60) -> dict[str, Any]:

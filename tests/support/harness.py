@@ -1,7 +1,6 @@
 """A runtime test harness: real broker and Redis, a worker on a unique service name."""
 
 import asyncio
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +20,7 @@ from tests.support.rig import JobRig
 from tests.support.rig import job_events as job_events  # imported from here by some tests
 from tests.support.testjob import ProbeInput, ProbeRequest
 from tests.support.topologies import delete_queues, service_queue_names
+from tests.support.waiting import wait_until
 
 
 class Harness(JobRig):
@@ -122,13 +122,22 @@ class Harness(JobRig):
         try:
             channel = await connection.channel()
             queue = await channel.get_queue(topology.dead_queue(self.service), ensure=False)
-            deadline = time.monotonic() + timeout
-            while len(taken) < expected and time.monotonic() < deadline:
-                message = await queue.get(no_ack=True, fail=False)
-                if message is None:
-                    await asyncio.sleep(0.02)
-                else:
+
+            async def take() -> list[AbstractIncomingMessage]:
+                while len(taken) < expected:
+                    if (message := await queue.get(no_ack=True, fail=False)) is None:
+                        break
                     taken.append(message)
+                return taken
+
+            await wait_until(
+                take,
+                lambda taken: len(taken) >= expected,
+                timeout=timeout,
+                what=f"{expected} messages in {topology.dead_queue(self.service)}",
+                interval=0.02,
+                describe=lambda taken: f"{len(taken)} taken",
+            )
         finally:
             await connection.close()
         return taken

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tests.support.infra import Infra
 from tests.support.serving import free_port
+from tests.support.waiting import sync_probe, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_SERVICES = ("gateway", "notifier", "sandbox")
@@ -29,28 +30,24 @@ class Output:
 
     def __init__(self, stream: asyncio.StreamReader) -> None:
         self.lines: list[str] = []
-        self._changed = asyncio.Event()
         self._task = asyncio.create_task(self._read(stream))
 
     async def _read(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
             self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-            self._changed.set()
 
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
 
     async def wait_for(self, pattern: str, timeout: float) -> None:
-        async def found() -> None:
-            while not re.search(pattern, self.text):
-                self._changed.clear()
-                await self._changed.wait()
-
-        try:
-            await asyncio.wait_for(found(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"never saw {pattern!r}; output:\n{self.text[-4000:]}") from None
+        await wait_until(
+            sync_probe(lambda: self.text),
+            lambda text: re.search(pattern, text) is not None,
+            timeout=timeout,
+            what=f"{pattern!r} in the output",
+            describe=lambda text: f"output:\n{text[-4000:]}",
+        )
 
     async def close(self) -> None:
         await self._task

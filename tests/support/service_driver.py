@@ -6,9 +6,7 @@ Each driver works under its own Redis key prefix inside the run's vhost, and
 hands out the settings values a service's `build_app` needs to join it.
 """
 
-import asyncio
 import json
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +19,7 @@ from offload_contracts.jobs import REQUEST_MODELS, JobRequestBase
 from offload_runtime.store import new_id
 from tests.support.infra import Infra
 from tests.support.rig import JobRig
+from tests.support.waiting import wait_until
 
 
 class ServiceDriver(JobRig):
@@ -73,16 +72,25 @@ class ServiceDriver(JobRig):
         try:
             channel = await connection.channel()
             queue = await channel.get_queue(topology.dead_queue(self.service), ensure=False)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                message = await queue.get(no_ack=True, fail=False)
-                if message is None:
-                    await asyncio.sleep(0.02)
-                elif _job_id_of(message.body) == job_id:
-                    return message
+
+            async def take() -> AbstractIncomingMessage | None:
+                # Letters of other jobs met on the way are taken and dropped.
+                while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                    if _job_id_of(message.body) == job_id:
+                        return message
+                return None
+
+            found = await wait_until(
+                take,
+                lambda found: found is not None,
+                timeout=timeout,
+                what=f"a dead letter for job {job_id} in {self.service}.dead",
+                interval=0.02,
+            )
+            assert found is not None
+            return found
         finally:
             await connection.close()
-        raise AssertionError(f"no dead letter for job {job_id} in {self.service}.dead")
 
 
 def _job_id_of(body: bytes) -> object:

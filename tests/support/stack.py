@@ -8,8 +8,6 @@ dedicated servers a test restarts. Every process's log is kept for the test
 (`stack.logs()`), so it can be searched, e.g. for secrets.
 """
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +25,7 @@ from tests.reliability.outcomes import Outcome
 from tests.support.infra import Infra
 from tests.support.processes import ServiceProcess
 from tests.support.serving import free_port
+from tests.support.waiting import wait_until
 
 API_KEY = f"key-{uuid.uuid4().hex}"
 TENANT = "acme"
@@ -57,33 +56,45 @@ class Stack:
         }
 
     async def wait_ready(self, url: str, path: str = "/healthz", timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(base_url=url, timeout=2) as client:
-            while time.monotonic() < deadline:
+
+            async def status() -> int | str:
                 try:
-                    if (await client.get(path)).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{url}{path} not ready in {timeout}s; logs:\n{self.logs()[-4000:]}")
+                    return (await client.get(path)).status_code
+                except httpx.TransportError as exc:
+                    return repr(exc)
+
+            await wait_until(
+                status,
+                lambda status: status == 200,
+                timeout=timeout,
+                what=f"{url}{path} ready",
+                interval=0.1,
+                describe=lambda status: f"{status}; logs:\n{self.logs()[-4000:]}",
+            )
 
     async def wait_jobs(
         self, job_ids: list[str], statuses: set[JobStatus], timeout: float = 60
     ) -> list[JobRecord]:
-        deadline = time.monotonic() + timeout
-        while True:
-            records = [await self.store.get(job_id) for job_id in job_ids]
-            if all(r is not None and r.status in statuses for r in records):
-                return [r for r in records if r is not None]
-            if time.monotonic() > deadline:
-                behind = [
-                    (i, r.status if r else None)
-                    for i, r in zip(job_ids, records, strict=True)
-                    if r is None or r.status not in statuses
-                ]
-                raise AssertionError(f"{len(behind)} jobs not in {statuses}: {behind[:10]}")
-            await asyncio.sleep(0.1)
+        async def records() -> list[JobRecord | None]:
+            return [await self.store.get(job_id) for job_id in job_ids]
+
+        def behind(found: list[JobRecord | None]) -> list[tuple[str, JobStatus | None]]:
+            return [
+                (i, r.status if r else None)
+                for i, r in zip(job_ids, found, strict=True)
+                if r is None or r.status not in statuses
+            ]
+
+        found = await wait_until(
+            records,
+            lambda found: not behind(found),
+            timeout=timeout,
+            what=f"{len(job_ids)} jobs in {statuses}",
+            interval=0.1,
+            describe=lambda found: f"{len(behind(found))} behind: {behind(found)[:10]}",
+        )
+        return [r for r in found if r is not None]
 
     def logs(self) -> str:
         return "\n".join(f"--- {name}\n{p.logs()}" for name, p in self.processes.items())

@@ -48,3 +48,12 @@ async def wait_until(
         if loop.time() >= deadline:
             raise AssertionError(f"waited {timeout} s for {what}; last seen: {describe(answer)}")
         await asyncio.sleep(min(interval, max(deadline - loop.time(), 0)))
+
+
+def sync_probe(check: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """`check` as a probe for `wait_until`, for what is read without awaiting (a file, a count)."""
+
+    async def probe() -> T:
+        return check()
+
+    return probe

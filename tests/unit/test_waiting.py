@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from tests.support.waiting import wait_until
+from tests.support.waiting import sync_probe, wait_until
 
 
 class Counter:
@@ -58,3 +58,11 @@ async def test_at_the_timeout_it_fails_naming_what_it_waited_for_and_the_last_an
     assert 0.2 <= took < 2
     # Asked at once, every 50 ms at most, and once more at the deadline.
     assert 2 <= counter.asked <= 6
+
+
+async def test_a_plain_function_is_a_probe_through_sync_probe() -> None:
+    answers = iter([0, 0, 7])
+
+    found = await wait_until(sync_probe(lambda: next(answers)), timeout=5, what="seven", interval=0)
+
+    assert found == 7
