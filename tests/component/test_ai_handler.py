@@ -69,7 +69,7 @@ async def ai(infra: Infra, llm: FakeChatModel) -> AsyncIterator[ComponentRig]:
     rig = ComponentRig(build_app(settings, AiDeps(llm=llm)), service="ai")
     async with TestRabbitBroker(rig.worker.broker):
         yield rig
-    await rig.store.client.aclose()
+    await rig.store.aclose()
 
 
 async def test_a_request_is_answered_by_the_llm_and_recorded_completed(

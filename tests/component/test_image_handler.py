@@ -85,7 +85,7 @@ async def image(settings: ImageSettings, files: FileStore) -> AsyncIterator[Comp
             yield rig
     finally:
         await pool.close()
-        await rig.store.client.aclose()
+        await rig.store.aclose()
 
 
 async def test_a_stored_png_is_resized_to_webp_and_stored_as_the_tenants_file(

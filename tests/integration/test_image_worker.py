@@ -69,7 +69,7 @@ class ImageRig(JobRig):
             name=f"image-test-{uuid.uuid4().hex[:6]}",
             events_maxlen=200,
         )
-        self.files = FileStore(storage, self.store.client, self.keys)
+        self.files = FileStore(storage, self.redis, self.keys)
         self.pool = PipelinePool(
             size=self.settings.image_pool_size,
             scratch_dir=self.files.scratch_dir,
