@@ -184,6 +184,11 @@ def client_ports(redis_port: int, pids: dict[int, str]) -> dict[str, str]:
     return ports
 
 
+def redis_cpu_s(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def commandstats(client: redis.Redis) -> Counter[str]:
     stats = client.info("commandstats")
     out: Counter[str] = Counter()
@@ -240,6 +245,7 @@ class Window:
     stats: Counter[str]
     by_sender: Counter[tuple[str, str]]
     messages: Counter[str]
+    redis_cpu_s: float
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -303,23 +309,32 @@ async def _main(args: argparse.Namespace) -> int:
         await firehose.start(infra.rabbitmq_url)
         webhook_body = {**JOB, "webhook": {"url": f"{llm_url}/sandbox/webhooks"}}
 
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        # As many connections as bench.gateway_submit uses.
+        connector = aiohttp.TCPConnector(limit=32)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             print("  warm-up: 20 jobs (with webhooks: the tenant's secret is made once)")
             await submit(session, gateway, 20, args.rate, webhook_body, idempotency=True)
             await wait_quiet(firehose, 20)
             firehose.take()
 
-            async def window(name: str, run: Any) -> Window:
-                monitor = Monitor(redis_port, Path(procs.log_dir) / f"monitor-{name}.log")
-                await asyncio.sleep(0.2)
+            async def window(name: str, run: Any, *, monitored: bool = True) -> Window:
+                monitor = None
+                if monitored:
+                    monitor = Monitor(redis_port, Path(procs.log_dir) / f"monitor-{name}.log")
+                    await asyncio.sleep(0.2)
                 client.config_resetstat()
+                cpu_before = redis_cpu_s(client)
                 began = time.monotonic()
                 await run()
                 stats = commandstats(client)
+                cpu = redis_cpu_s(client) - cpu_before
                 seconds = time.monotonic() - began
-                monitor.stop()
-                senders = client_ports(redis_port, pids)
-                return Window(seconds, stats, monitor.commands(senders, scripts), firehose.take())
+                by_sender: Counter[tuple[str, str]] = Counter()
+                if monitor is not None:
+                    monitor.stop()
+                    by_sender = monitor.commands(client_ports(redis_port, pids), scripts)
+                return Window(seconds, stats, by_sender, firehose.take(), cpu)
 
             print(f"  idle: {IDLE_S:g} s")
             idle = await window("idle", lambda: asyncio.sleep(IDLE_S))
@@ -337,6 +352,16 @@ async def _main(args: argparse.Namespace) -> int:
                     await wait_quiet(firehose, args.jobs)
 
                 phases[name] = await window(name, run)
+
+            # MONITOR makes Redis copy every command to its client: Redis's own CPU per
+            # job is measured on a plain phase of its own, without it.
+            print(f"  plain again, without MONITOR (Redis CPU): {args.jobs} jobs")
+
+            async def unmonitored() -> None:
+                await submit(session, gateway, args.jobs, args.rate, JOB, False)
+                await wait_quiet(firehose, args.jobs)
+
+            cpu_phase = await window("cpu", unmonitored, monitored=False)
 
             print(f"  poll: GET /v1/jobs/{{id}} once for {args.jobs} finished jobs")
 
@@ -410,6 +435,19 @@ async def _main(args: argparse.Namespace) -> int:
                 "messages",
             ),
         ]
+    redis_cpu_us = (
+        1e6
+        * (cpu_phase.redis_cpu_s - idle.redis_cpu_s * cpu_phase.seconds / idle.seconds)
+        / args.jobs
+    )
+    figures.append(
+        Figure(
+            "plain: Redis CPU per job (one node, MONITOR off)",
+            redis_cpu_us,
+            "µs",
+            note=f"idle: {1000 * idle.redis_cpu_s / idle.seconds:.1f} ms of CPU a second",
+        )
+    )
     idle_rows = [
         {"phase": "idle, per second", "command": c, "per job": n / idle.seconds}
         for c, n in sorted(idle.stats.items())
@@ -424,6 +462,8 @@ async def _main(args: argparse.Namespace) -> int:
         shards=args.shards,
         idle_s=idle.seconds,
         phase_s={name: phase.seconds for name, phase in phases.items()},
+        cpu_phase_s=cpu_phase.seconds,
+        redis_cpu_s={"idle": idle.redis_cpu_s, "plain without MONITOR": cpu_phase.redis_cpu_s},
     )
     return 0
 
