@@ -189,6 +189,10 @@ def redis_cpu_s(client: redis.Redis) -> float:
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
+def redis_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
 def commandstats(client: redis.Redis) -> Counter[str]:
     stats = client.info("commandstats")
     out: Counter[str] = Counter()
@@ -246,6 +250,7 @@ class Window:
     by_sender: Counter[tuple[str, str]]
     messages: Counter[str]
     redis_cpu_s: float
+    redis_memory_bytes: int
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -324,17 +329,18 @@ async def _main(args: argparse.Namespace) -> int:
                     monitor = Monitor(redis_port, Path(procs.log_dir) / f"monitor-{name}.log")
                     await asyncio.sleep(0.2)
                 client.config_resetstat()
-                cpu_before = redis_cpu_s(client)
+                cpu_before, memory_before = redis_cpu_s(client), redis_memory(client)
                 began = time.monotonic()
                 await run()
                 stats = commandstats(client)
                 cpu = redis_cpu_s(client) - cpu_before
+                memory = redis_memory(client) - memory_before
                 seconds = time.monotonic() - began
                 by_sender: Counter[tuple[str, str]] = Counter()
                 if monitor is not None:
                     monitor.stop()
                     by_sender = monitor.commands(client_ports(redis_port, pids), scripts)
-                return Window(seconds, stats, by_sender, firehose.take(), cpu)
+                return Window(seconds, stats, by_sender, firehose.take(), cpu, memory)
 
             print(f"  idle: {IDLE_S:g} s")
             idle = await window("idle", lambda: asyncio.sleep(IDLE_S))
@@ -446,6 +452,15 @@ async def _main(args: argparse.Namespace) -> int:
             redis_cpu_us,
             "µs",
             note=f"idle: {1000 * idle.redis_cpu_s / idle.seconds:.1f} ms of CPU a second",
+        )
+    )
+    figures.append(
+        Figure(
+            "plain: Redis memory kept per finished job (until OFFLOAD_JOB_RETENTION_S)",
+            cpu_phase.redis_memory_bytes / args.jobs,
+            "bytes",
+            note="used_memory after minus before: the job, its events, the tenant's stream "
+            "and index entries; the outbox entries are trimmed once relayed",
         )
     )
     idle_rows = [
