@@ -1,10 +1,11 @@
 """What one job costs Redis and RabbitMQ: commands and messages per job, measured.
 
-    uv run python -m bench.costs [--jobs 300] [--rate 50] [--shards 16]
+    uv run python -m bench.costs [--jobs 300] [--rate 50] [--shards 16] [--cluster]
 
 Runs the gateway, the notifier, one ai worker and the sandbox as `make run` does,
 against a Redis server of its own (started here on a free port, so its counters
-hold nothing but Offload's) and a private RabbitMQ vhost with RabbitMQ's firehose
+hold nothing but Offload's; with `--cluster`, a Redis Cluster of 3 masters and 3
+replicas, counters summed over the masters) and a private RabbitMQ vhost with RabbitMQ's firehose
 tracer on (`rabbitmqctl trace_on`: every publish and every delivery in the vhost is
 copied to `amq.rabbitmq.trace`, which this process counts; no management plugin
 needed). The job is `ai.generate` with `max_tokens=1` against the sandbox LLM.
@@ -164,43 +165,104 @@ class Monitor:
         return out
 
 
-def client_ports(redis_port: int, pids: dict[int, str]) -> dict[str, str]:
-    """The local port of every connection to our Redis → the service that holds it."""
-    done = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( dport = :{redis_port} )"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    ports = {}
-    for line in done.stdout.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        local = fields[2].rsplit(":", 1)[-1]
-        found = re.search(r"pid=(\d+)", line)
-        if found:
-            ports[local] = pids.get(int(found.group(1)), "other")
-    return ports
+class RedisServers:
+    """The run's own Redis: one node, or a Redis Cluster of 3 masters and 3 replicas.
+
+    Counters are summed over the masters (replicas apply what their master did; Offload
+    does not read from them)."""
+
+    def __init__(self, url: str, masters: list[int]) -> None:
+        self.url = url
+        self.masters = masters
+        self._clients = [redis.Redis(port=port) for port in masters]
+
+    @classmethod
+    async def start(cls, procs: Processes, root: Path, *, cluster: bool) -> "RedisServers":
+        ports = [free_port() for _ in range(6 if cluster else 1)]
+        for port in ports:
+            (root / str(port)).mkdir()
+            argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+            argv += ["--save", "", "--appendonly", "no", "--dir", str(root / str(port))]
+            if cluster:
+                argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+                argv += ["--cluster-node-timeout", "1000"]
+            procs.spawn(f"redis-{port}", argv, {})
+        for port in ports:
+            await _until_ping(port)
+        if not cluster:
+            return cls(f"redis://127.0.0.1:{ports[0]}/0", ports)
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "1"]
+        await asyncio.to_thread(
+            subprocess.run, [*create, "--cluster-yes"], check=True, capture_output=True
+        )
+        await asyncio.to_thread(_until_cluster_ok, ports)
+        masters = [p for p in ports if redis.Redis(port=p).info("replication")["role"] == "master"]
+        return cls("redis+cluster://" + ",".join(nodes[:3]), masters)
+
+    def reset_stats(self) -> None:
+        for client in self._clients:
+            client.config_resetstat()
+
+    def commandstats(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for client in self._clients:
+            for key, value in client.info("commandstats").items():
+                name = key.removeprefix("cmdstat_")
+                if name not in OWN_COMMANDS:
+                    out[name] += int(value["calls"])
+        return out
+
+    def commands_per_master(self) -> list[int]:
+        return [
+            sum(int(v["calls"]) for v in c.info("commandstats").values()) for c in self._clients
+        ]
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for client in self._clients:
+            cpu = client.info("cpu")
+            total += float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        return total
+
+    def memory(self) -> int:
+        return sum(int(client.info("memory")["used_memory"]) for client in self._clients)
+
+    def client_ports(self, pids: dict[int, str]) -> dict[str, str]:
+        """The local port of every connection to a master → the service that holds it."""
+        ports = {}
+        for redis_port in self.masters:
+            done = subprocess.run(
+                ["ss", "-tnpH", "state", "established", f"( dport = :{redis_port} )"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            for line in done.stdout.splitlines():
+                fields = line.split()
+                found = re.search(r"pid=(\d+)", line)
+                if len(fields) >= 4 and found:
+                    ports[fields[2].rsplit(":", 1)[-1]] = pids.get(int(found.group(1)), "other")
+        return ports
 
 
-def redis_cpu_s(client: redis.Redis) -> float:
-    cpu = client.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+async def _until_ping(port: int) -> None:
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        with contextlib.suppress(redis.ConnectionError):
+            if client.ping():
+                return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"redis-server on {port} did not answer")
 
 
-def redis_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])
-
-
-def commandstats(client: redis.Redis) -> Counter[str]:
-    stats = client.info("commandstats")
-    out: Counter[str] = Counter()
-    for key, value in stats.items():
-        name = key.removeprefix("cmdstat_")
-        if name not in OWN_COMMANDS:
-            out[name] = int(value["calls"])
-    return out
+def _until_cluster_ok(ports: list[int]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(redis.Redis(port=p).cluster("info")["cluster_state"] == "ok" for p in ports):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the Redis Cluster did not reach cluster_state:ok in 30 s")
 
 
 async def submit(
@@ -251,6 +313,7 @@ class Window:
     messages: Counter[str]
     redis_cpu_s: float
     redis_memory_bytes: int
+    commands_per_master: list[int]
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -265,31 +328,8 @@ async def _main(args: argparse.Namespace) -> int:
         Processes("costs") as procs,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        redis_port = free_port()
-        procs.spawn(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            {},
-        )
-        client = redis.Redis(port=redis_port)
-        for _ in range(100):
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            await asyncio.sleep(0.05)
-        infra = BenchInfra(shared.rabbitmq_url, f"redis://127.0.0.1:{redis_port}/0", "offload:")
+        servers = await RedisServers.start(procs, Path(tmp), cluster=args.cluster)
+        infra = BenchInfra(shared.rabbitmq_url, servers.url, "offload:")
         vhost = shared.rabbitmq_url.rsplit("/", 1)[-1]
         await asyncio.to_thread(
             subprocess.run,
@@ -324,23 +364,34 @@ async def _main(args: argparse.Namespace) -> int:
             firehose.take()
 
             async def window(name: str, run: Any, *, monitored: bool = True) -> Window:
-                monitor = None
+                monitors = []
                 if monitored:
-                    monitor = Monitor(redis_port, Path(procs.log_dir) / f"monitor-{name}.log")
+                    monitors = [
+                        Monitor(port, Path(procs.log_dir) / f"monitor-{name}-{port}.log")
+                        for port in servers.masters
+                    ]
                     await asyncio.sleep(0.2)
-                client.config_resetstat()
-                cpu_before, memory_before = redis_cpu_s(client), redis_memory(client)
+                servers.reset_stats()
+                cpu_before, memory_before = servers.cpu_s(), servers.memory()
                 began = time.monotonic()
                 await run()
-                stats = commandstats(client)
-                cpu = redis_cpu_s(client) - cpu_before
-                memory = redis_memory(client) - memory_before
+                stats = servers.commandstats()
+                cpu = servers.cpu_s() - cpu_before
+                memory = servers.memory() - memory_before
                 seconds = time.monotonic() - began
                 by_sender: Counter[tuple[str, str]] = Counter()
-                if monitor is not None:
+                for monitor in monitors:
                     monitor.stop()
-                    by_sender = monitor.commands(client_ports(redis_port, pids), scripts)
-                return Window(seconds, stats, by_sender, firehose.take(), cpu, memory)
+                    by_sender += monitor.commands(servers.client_ports(pids), scripts)
+                return Window(
+                    seconds,
+                    stats,
+                    by_sender,
+                    firehose.take(),
+                    cpu,
+                    memory,
+                    servers.commands_per_master(),
+                )
 
             print(f"  idle: {IDLE_S:g} s")
             idle = await window("idle", lambda: asyncio.sleep(IDLE_S))
@@ -441,6 +492,7 @@ async def _main(args: argparse.Namespace) -> int:
                 "messages",
             ),
         ]
+    redis_kind = "3-master cluster, summed" if args.cluster else "one node"
     redis_cpu_us = (
         1e6
         * (cpu_phase.redis_cpu_s - idle.redis_cpu_s * cpu_phase.seconds / idle.seconds)
@@ -448,7 +500,7 @@ async def _main(args: argparse.Namespace) -> int:
     )
     figures.append(
         Figure(
-            "plain: Redis CPU per job (one node, MONITOR off)",
+            f"plain: Redis CPU per job ({redis_kind}, MONITOR off)",
             redis_cpu_us,
             "µs",
             note=f"idle: {1000 * idle.redis_cpu_s / idle.seconds:.1f} ms of CPU a second",
@@ -478,6 +530,9 @@ async def _main(args: argparse.Namespace) -> int:
         idle_s=idle.seconds,
         phase_s={name: phase.seconds for name, phase in phases.items()},
         cpu_phase_s=cpu_phase.seconds,
+        redis=redis_kind,
+        # Commands each master ran in the phase without MONITOR: how the shards spread.
+        commands_per_master=cpu_phase.commands_per_master,
         redis_cpu_s={"idle": idle.redis_cpu_s, "plain without MONITOR": cpu_phase.redis_cpu_s},
     )
     return 0
@@ -488,6 +543,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run against a Redis Cluster of 3 masters and 3 replicas started here",
+    )
     sys.exit(asyncio.run(_main(parser.parse_args())))
 
 
