@@ -17,8 +17,9 @@ alone on the machine. Target: Offload's p50 at most 1.5× the reference's.
 
 Requests are sent open loop: job k is due at `start + k / rate` and every time
 counts from that moment. Each hop is printed as its time since the job was
-due: for Offload, from the events' own timestamps (`at`: recorded by the
-gateway, started and completed by the worker) and the tenant stream's entry id
+due: for Offload, from the events' own timestamps (`at`, taken just before
+the Lua call that records the event: queued by the gateway, started and
+completed by the worker) and the tenant stream's entry id
 (relayed by the notifier, a millisecond clock); for the reference, from the
 times each part returns.
 """
@@ -106,7 +107,7 @@ class Hops:
 
 
 OFFLOAD_HOPS = (
-    "recorded (gateway, queued)",
+    "recording (gateway: queued `at`)",
     "POST answered (202)",
     "started (worker)",
     "completed recorded (worker)",
@@ -176,12 +177,17 @@ class StackRun:
     seconds: float
 
     def cpu_ms_per_job(self, idle_pct: dict[str, float]) -> dict[str, float]:
-        """CPU per job by process: the run's CPU minus what it burns when idle, per job."""
+        """CPU per job by process: the run's CPU minus what it burns when idle, per job.
+
+        RabbitMQ's and Redis's CPU (shared) counts whatever else uses them too, so
+        their idle share is not subtracted: another suite's load would make it negative.
+        """
         jobs = max(1, len(self.hops.seen))
-        return {
-            name: 1000 * (cpu - idle_pct.get(name, 0.0) / 100 * self.seconds) / jobs
-            for name, cpu in self.cpu_s_by_process.items()
-        }
+        per_job = {}
+        for name, cpu in self.cpu_s_by_process.items():
+            idle = 0.0 if "(shared)" in name else idle_pct.get(name, 0.0)
+            per_job[name] = 1000 * (cpu - idle / 100 * self.seconds) / jobs
+        return per_job
 
 
 # --------------------------------------------------------------------------- Offload
@@ -208,7 +214,7 @@ async def listen_sse(
                 continue
             at = datetime.fromisoformat(payload["at"]).timestamp() - offset
             if kind == "queued":
-                hops.stamp(job_id, "recorded (gateway, queued)", at)
+                hops.stamp(job_id, "recording (gateway: queued `at`)", at)
             elif kind == "started":
                 hops.stamp(job_id, "started (worker)", at)
             elif kind in ("completed", "failed"):
