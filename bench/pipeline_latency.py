@@ -31,6 +31,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -132,7 +133,7 @@ async def paced(
     count: int,
     hops: Hops,
     headers: dict[str, str],
-    on_answer: Any = None,
+    on_answer: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> list[str]:
     """POST `count` times at `rate`, open loop; each job's due time and answer go to `hops`."""
     interval = 1 / rate
@@ -283,7 +284,9 @@ async def measure_offload(
     return run, idle_pct
 
 
-async def _paced_run(procs: Processes, hops: Hops, sending: Any) -> StackRun:
+async def _paced_run(
+    procs: Processes, hops: Hops, sending: Coroutine[Any, Any, list[str]]
+) -> StackRun:
     cpu_before, machine_before = procs.cpu_s(), MachineCpu.now()
     began = time.perf_counter()
     ids = await sending
