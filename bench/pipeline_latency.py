@@ -1,6 +1,7 @@
 """End-to-end latency at 100 jobs/s: `POST /v1/jobs` → `completed` on SSE, and a bare reference.
 
     uv run python -m bench.pipeline_latency [--rate 100] [--seconds 10] [--concurrency 64]
+        [--rounds 4]
 
 The job does nothing (`bench.noop`, bench/noop.py: its run costs ≈ 0), so the
 figure is the pipeline's own cost: gateway (auth, validation, idempotency,
@@ -12,8 +13,10 @@ In the same run, the bare reference (bench/pipeline_reference.py) does the
 least such a pipeline can: an HTTP endpoint records one Redis hash and
 publishes with confirm, a consumer acks and publishes the completion on Redis
 pub/sub, and the client listens there. Each part of both runs in its own
-process, as in production; the two are measured one after the other, each
-alone on the machine. Target: Offload's p50 at most 1.5× the reference's.
+process, as in production. Both are up at once and take `--seconds` worth of
+jobs each in rounds that alternate between them (Offload, reference,
+reference, Offload, ...), so a change in the machine's load meets both.
+Target: Offload's p50 at most 1.5× the reference's.
 
 Requests are sent open loop: job k is due at `start + k / rate` and every time
 counts from that moment. Each hop is printed as its time since the job was
@@ -169,33 +172,72 @@ async def paced(
     return ids
 
 
+class Sink:
+    """Where a stack's listener puts what it hears: the current phase's `Hops`."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.hops = Hops(names)
+
+
 @dataclass
-class StackRun:
-    hops: Hops
-    missing: int
-    cpu_s_by_process: dict[str, float]
-    machine_busy_pct: float
-    seconds: float
+class Stack:
+    """One of the two pipelines: how to send it jobs, and what its rounds measured."""
+
+    name: str
+    processes: tuple[str, ...]
+    sink: Sink
+    send: Callable[[Hops, int], Coroutine[Any, Any, list[str]]]
+    measured: Hops
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    busy_s: float = 0.0
+
+    @property
+    def missing(self) -> int:
+        hops = self.measured
+        return len(hops.due) - len(hops.seen.keys() & hops.due.keys()) + hops.errors
 
     def cpu_ms_per_job(self, idle_pct: dict[str, float]) -> dict[str, float]:
-        """CPU per job by process: the run's CPU minus what it burns when idle, per job.
+        """CPU per job by process: the rounds' CPU minus what it burns when idle, per job.
 
         RabbitMQ's and Redis's CPU (shared) counts whatever else uses them too, so
         their idle share is not subtracted: another suite's load would make it negative.
         """
-        jobs = max(1, len(self.hops.seen))
+        jobs = max(1, len(self.measured.seen))
         per_job = {}
-        for name, cpu in self.cpu_s_by_process.items():
+        for name, cpu in self.cpu_s.items():
             idle = 0.0 if "(shared)" in name else idle_pct.get(name, 0.0)
             per_job[name] = 1000 * (cpu - idle / 100 * self.seconds) / jobs
         return per_job
+
+
+async def one_round(procs: Processes, stack: Stack, hops: Hops, jobs: int) -> None:
+    """`jobs` jobs into `hops` at the paced rate; waits until all are delivered (30 s at most)."""
+    stack.sink.hops = hops
+    mine = {*stack.processes, "redis (shared)", "rabbitmq (shared)", "bench client"}
+    cpu_before, machine_before = procs.cpu_s(), MachineCpu.now()
+    began = time.perf_counter()
+    await stack.send(hops, jobs)
+    hops.expected = set(hops.due)
+    hops.completed = asyncio.Event()
+    hops.check()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(hops.completed.wait(), 30)
+    cpu_after, machine_after = procs.cpu_s(), MachineCpu.now()
+    seconds = time.perf_counter() - began
+    if hops is stack.measured:
+        stack.seconds += seconds
+        stack.busy_s += seconds * machine_after.busy_since(machine_before)
+        for name in mine & cpu_after.keys():
+            used = cpu_after[name] - cpu_before.get(name, 0.0)
+            stack.cpu_s[name] = stack.cpu_s.get(name, 0.0) + used
 
 
 # --------------------------------------------------------------------------- Offload
 
 
 async def listen_sse(
-    session: aiohttp.ClientSession, url: str, hops: Hops, connected: asyncio.Event
+    session: aiohttp.ClientSession, url: str, sink: Sink, connected: asyncio.Event
 ) -> None:
     offset = wall_offset()
     async with session.get(url, headers={**AUTH, "Accept": "text/event-stream"}) as resp:
@@ -213,6 +255,7 @@ async def listen_sse(
             job_id, kind = payload.get("job_id"), payload.get("event")
             if not isinstance(job_id, str) or not isinstance(kind, str):
                 continue
+            hops = sink.hops
             at = datetime.fromisoformat(payload["at"]).timestamp() - offset
             if kind == "queued":
                 hops.stamp(job_id, "recording (gateway: queued `at`)", at)
@@ -230,87 +273,28 @@ async def listen_sse(
                 hops.delivered(job_id, arrived)
 
 
-async def measure_offload(
-    args: argparse.Namespace, infra: BenchInfra, files: Path
-) -> tuple[StackRun, dict[str, float]]:
-    """Offload's run, and what each of its processes burns idle (% of a core)."""
-    count = int(args.rate * args.seconds)
-    with Processes("pipeline") as procs:
-        env = offload_env(
-            infra,
-            files,
-            OFFLOAD_JOB_SPECS="bench.noop:NOOP",
-            PYTHONPATH=str(REPO),
-        )
-        _, gateway = await procs.gateway(env)
-        _, notifier = await procs.notifier(env)
-        worker_env = {**env, "OFFLOAD_CONCURRENCY": str(args.concurrency)}
-        worker = procs.module("bench worker", "bench.noop", worker_env)
-        await worker.wait_consumers(infra.rabbitmq_url, "bench")
-
-        # What each process burns doing nothing, so the per-job cost can be told apart.
-        idle_s = 5.0
-        idle_before = procs.cpu_s()
-        await asyncio.sleep(idle_s)
-        idle_after = procs.cpu_s()
-        idle_pct = {k: 100 * (idle_after[k] - idle_before.get(k, 0.0)) / idle_s for k in idle_after}
-
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
-            ) as sse_session,
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
-            ) as session,
-        ):
-            # Warm-up (connections, imports, cache-warm paths), then the paced run.
-            for phase, n in (("warm-up", max(20, int(args.rate))), ("measured", count)):
-                hops = Hops(OFFLOAD_HOPS)
-                connected = asyncio.Event()
-                listener = asyncio.create_task(
-                    listen_sse(sse_session, f"{notifier}/v1/events", hops, connected)
-                )
-                await asyncio.wait_for(connected.wait(), 10)
-                await asyncio.sleep(0.2)
-                print(f"  Offload {phase}: {n} jobs at {args.rate:g}/s", flush=True)
-                run = await _paced_run(
-                    procs,
-                    hops,
-                    paced(session, f"{gateway}/v1/jobs", JOB, args.rate, n, hops, AUTH),
-                )
-                listener.cancel()
-                await asyncio.gather(listener, return_exceptions=True)
-    return run, idle_pct
-
-
-async def _paced_run(
-    procs: Processes, hops: Hops, sending: Coroutine[Any, Any, list[str]]
-) -> StackRun:
-    cpu_before, machine_before = procs.cpu_s(), MachineCpu.now()
-    began = time.perf_counter()
-    ids = await sending
-    hops.expected = set(ids)
-    hops.check()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(hops.completed.wait(), 30)
-    cpu_after, machine_after = procs.cpu_s(), MachineCpu.now()
-    return StackRun(
-        hops,
-        missing=len(hops.due) - len(hops.seen.keys() & hops.due.keys()) + hops.errors,
-        cpu_s_by_process={k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
-        machine_busy_pct=100 * machine_after.busy_since(machine_before),
-        seconds=time.perf_counter() - began,
-    )
+async def start_offload(
+    procs: Processes, args: argparse.Namespace, infra: BenchInfra, files: Path
+) -> tuple[str, str]:
+    """Gateway, notifier and the no-op worker, each in its own process; their base URLs."""
+    env = offload_env(infra, files, OFFLOAD_JOB_SPECS="bench.noop:NOOP", PYTHONPATH=str(REPO))
+    _, gateway = await procs.gateway(env)
+    _, notifier = await procs.notifier(env)
+    worker_env = {**env, "OFFLOAD_CONCURRENCY": str(args.concurrency)}
+    worker = procs.module("bench worker", "bench.noop", worker_env)
+    await worker.wait_consumers(infra.rabbitmq_url, "bench")
+    return gateway, notifier
 
 
 # --------------------------------------------------------------------------- reference
 
 
-async def measure_reference(args: argparse.Namespace, infra: BenchInfra) -> StackRun:
+async def start_reference(
+    procs: Processes, args: argparse.Namespace, infra: BenchInfra
+) -> tuple[str, str]:
+    """The reference's HTTP part and consumer, each in its own process; URL and channel."""
     from bench.pipeline_reference import ReferenceSettings
 
-    count = int(args.rate * args.seconds)
     port = free_port()
     prefix = f"{infra.redis_prefix}reference:"
     env = {
@@ -322,52 +306,16 @@ async def measure_reference(args: argparse.Namespace, infra: BenchInfra) -> Stac
         "REF_REDIS_PREFIX": prefix,
         "REF_PREFETCH": str(args.concurrency),
     }
-    channel = ReferenceSettings(redis_prefix=prefix).channel
-    with Processes("pipeline-reference") as procs:
-        http = procs.spawn(
-            "reference http", [sys.executable, "-m", "bench.pipeline_reference", "http"], env
-        )
-        base = f"http://127.0.0.1:{port}"
-        await http.wait_http(f"{base}/healthz")
-        consumer = procs.spawn(
-            "reference consumer",
-            [sys.executable, "-m", "bench.pipeline_reference", "consumer"],
-            env,
-        )
-        await _wait_reference_consumer(consumer, infra.rabbitmq_url)
-
-        redis = aioredis.from_url(infra.redis_url, decode_responses=True)
-        pubsub = redis.pubsub()
-        try:
-            await pubsub.subscribe(channel)
-            offset = wall_offset()
-            async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
-            ) as session:
-                for phase, n in (("warm-up", max(20, int(args.rate))), ("measured", count)):
-                    hops = Hops(REFERENCE_HOPS)
-                    listener = asyncio.create_task(listen_pubsub(pubsub, hops))
-                    await asyncio.sleep(0.2)
-                    print(f"  reference {phase}: {n} jobs at {args.rate:g}/s", flush=True)
-
-                    def answered(job_id: str, answer: dict[str, Any], hops: Hops = hops) -> None:
-                        hops.stamp(job_id, "recorded (Redis hash)", answer["recorded"] - offset)
-                        hops.stamp(job_id, "published (confirmed)", answer["published"] - offset)
-
-                    run = await _paced_run(
-                        procs,
-                        hops,
-                        paced(session, f"{base}/jobs", {}, args.rate, n, hops, {}, answered),
-                    )
-                    listener.cancel()
-                    await asyncio.gather(listener, return_exceptions=True)
-        finally:
-            await pubsub.aclose()
-            await redis.aclose()
-    return run
+    module = [sys.executable, "-m", "bench.pipeline_reference"]
+    http = procs.spawn("reference http", [*module, "http"], env)
+    base = f"http://127.0.0.1:{port}"
+    await http.wait_http(f"{base}/healthz")
+    consumer = procs.spawn("reference consumer", [*module, "consumer"], env)
+    await _wait_reference_consumer(consumer, infra.rabbitmq_url)
+    return base, ReferenceSettings(redis_prefix=prefix).channel
 
 
-async def listen_pubsub(pubsub: Any, hops: Hops) -> None:
+async def listen_pubsub(pubsub: Any, sink: Sink) -> None:
     import json
 
     offset = wall_offset()
@@ -377,6 +325,7 @@ async def listen_pubsub(pubsub: Any, hops: Hops) -> None:
             continue
         arrived = time.perf_counter()
         done = json.loads(message["data"])
+        hops = sink.hops
         hops.stamp(done["id"], "consumed", done["consumed"] - offset)
         hops.stamp(done["id"], "completion published", done["completed"] - offset)
         hops.stamp(done["id"], "delivered (pub/sub)", arrived)
@@ -408,6 +357,97 @@ async def _wait_reference_consumer(process: Any, rabbitmq_url: str) -> None:
 # --------------------------------------------------------------------------- both
 
 
+async def measure(
+    args: argparse.Namespace, infra: BenchInfra, files: Path
+) -> tuple[Stack, Stack, dict[str, float]]:
+    """Both stacks up at once, then rounds alternating between them (ABBA), so a change in
+    the machine's load meets both; and what each process burns idle (% of a core)."""
+    with Processes("pipeline") as procs:
+        gateway, notifier = await start_offload(procs, args, infra, files)
+        base, channel = await start_reference(procs, args, infra)
+
+        idle_s = 5.0
+        idle_before = procs.cpu_s()
+        await asyncio.sleep(idle_s)
+        idle_after = procs.cpu_s()
+        idle_pct = {k: 100 * (idle_after[k] - idle_before.get(k, 0.0)) / idle_s for k in idle_after}
+
+        redis = aioredis.from_url(infra.redis_url, decode_responses=True)
+        pubsub = redis.pubsub()
+        offset = wall_offset()
+        listeners: list[asyncio.Task[None]] = []
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+                ) as sse_session,
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0),
+                    timeout=aiohttp.ClientTimeout(total=30),
+                ) as session,
+            ):
+
+                def offload_send(hops: Hops, n: int) -> Coroutine[Any, Any, list[str]]:
+                    url = f"{gateway}/v1/jobs"
+                    return paced(session, url, JOB, args.rate, n, hops, AUTH)
+
+                def reference_send(hops: Hops, n: int) -> Coroutine[Any, Any, list[str]]:
+                    def answered(job_id: str, answer: dict[str, Any]) -> None:
+                        hops.stamp(job_id, "recorded (Redis hash)", answer["recorded"] - offset)
+                        hops.stamp(job_id, "published (confirmed)", answer["published"] - offset)
+
+                    return paced(session, f"{base}/jobs", {}, args.rate, n, hops, {}, answered)
+
+                offload = Stack(
+                    "Offload",
+                    ("gateway", "notifier", "bench worker"),
+                    Sink(OFFLOAD_HOPS),
+                    offload_send,
+                    Hops(OFFLOAD_HOPS),
+                )
+                reference = Stack(
+                    "reference",
+                    ("reference http", "reference consumer"),
+                    Sink(REFERENCE_HOPS),
+                    reference_send,
+                    Hops(REFERENCE_HOPS),
+                )
+                connected = asyncio.Event()
+                listeners.append(
+                    asyncio.create_task(
+                        listen_sse(sse_session, f"{notifier}/v1/events", offload.sink, connected)
+                    )
+                )
+                await asyncio.wait_for(connected.wait(), 10)
+                await pubsub.subscribe(channel)
+                listeners.append(asyncio.create_task(listen_pubsub(pubsub, reference.sink)))
+                await asyncio.sleep(0.2)
+
+                # Warm-up (connections, imports, cache-warm paths), then the rounds.
+                warm_up = max(20, int(args.rate))
+                print(f"  warm-up: {warm_up} jobs at {args.rate:g}/s on each", flush=True)
+                for stack in (offload, reference):
+                    await one_round(procs, stack, Hops(stack.measured.names), warm_up)
+                per_round = max(1, int(args.rate * args.seconds) // args.rounds)
+                print(
+                    f"  measured: {args.rounds} rounds of {per_round} jobs at {args.rate:g}/s "
+                    "on each, alternating",
+                    flush=True,
+                )
+                for k in range(args.rounds):
+                    order = (offload, reference) if k % 2 == 0 else (reference, offload)
+                    for stack in order:
+                        await one_round(procs, stack, stack.measured, per_round)
+        finally:
+            for listener in listeners:
+                listener.cancel()
+            await asyncio.gather(*listeners, return_exceptions=True)
+            await pubsub.aclose()
+            await redis.aclose()
+    return offload, reference, idle_pct
+
+
 def _not_run(reason: str) -> int:
     print(f"pipeline_latency: not run: {reason}", file=sys.stderr)
     figures = [
@@ -433,11 +473,10 @@ async def _main(args: argparse.Namespace) -> int:
         return _not_run(str(exc))
 
     with bench_infra("pipeline") as infra, tempfile.TemporaryDirectory() as files:
-        offload, idle_pct = await measure_offload(args, infra, Path(files))
-        reference = await measure_reference(args, infra)
+        offload, reference, idle_pct = await measure(args, infra, Path(files))
 
-    ours, ref = latency_summary(offload.hops.e2e()), latency_summary(reference.hops.e2e())
-    rows = [*offload.hops.rows("Offload"), *reference.hops.rows("reference")]
+    ours, ref = latency_summary(offload.measured.e2e()), latency_summary(reference.measured.e2e())
+    rows = [*offload.measured.rows("Offload"), *reference.measured.rows("reference")]
     ok = offload.missing == 0 and reference.missing == 0
     ratio = ours["p50"] / ref["p50"] if ref["n"] else None
     figures = [
@@ -469,7 +508,7 @@ async def _main(args: argparse.Namespace) -> int:
             note="reference: HTTP → Redis hash + confirmed publish → consumer → Redis pub/sub",
         ),
     ]
-    count = int(args.rate * args.seconds)
+    count = args.rounds * max(1, int(args.rate * args.seconds) // args.rounds)
     report(
         "pipeline_latency",
         rows,
@@ -477,26 +516,24 @@ async def _main(args: argparse.Namespace) -> int:
         job=JOB_NAME,
         rate_per_s=args.rate,
         jobs=count,
+        rounds=args.rounds,
         jobs_missing={"offload": offload.missing, "reference": reference.missing},
         worker_concurrency=args.concurrency,
-        # CPU seconds per process over each measured run, and the machine's busy share.
-        cpu_s_by_process={
-            "offload": offload.cpu_s_by_process,
-            "reference": reference.cpu_s_by_process,
-        },
+        # CPU seconds per process over each stack's rounds, and the machine's busy share.
+        cpu_s_by_process={"offload": offload.cpu_s, "reference": reference.cpu_s},
         idle_cpu_pct_by_process=idle_pct,
         cpu_ms_per_job_by_process={
             "offload": offload.cpu_ms_per_job(idle_pct),
-            "reference": reference.cpu_ms_per_job({}),
+            "reference": reference.cpu_ms_per_job(idle_pct),
         },
         machine_busy_pct={
-            "offload": offload.machine_busy_pct,
-            "reference": reference.machine_busy_pct,
+            stack.name: 100 * stack.busy_s / max(stack.seconds, 1e-9)
+            for stack in (offload, reference)
         },
     )
     for stack, per_job in (
         ("Offload", offload.cpu_ms_per_job(idle_pct)),
-        ("reference", reference.cpu_ms_per_job({})),
+        ("reference", reference.cpu_ms_per_job(idle_pct)),
     ):
         parts = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(per_job.items()))
         print(f"CPU ms per job, {stack}: {parts}")
@@ -513,6 +550,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="measured rounds per stack, alternating"
+    )
     sys.exit(asyncio.run(_main(parser.parse_args())))
 
 
