@@ -1,9 +1,11 @@
 """A private RabbitMQ vhost and Redis prefix for one benchmark run, removed afterwards.
 
-Both names carry the run's pid, so a later run removes what a killed run left
-behind (its pid is gone) without touching a run that is still going. Removing
-them at the end never fails the benchmark: a broker too busy to delete a vhost
-in time gets a warning, and the next run tidies up.
+The Redis is `OFFLOAD_REDIS_URL`'s unless the benchmark names another (one
+node, or a Redis Cluster as `redis+cluster://host:port,...`). Both names carry
+the run's pid, so a later run removes what a killed run left behind (its pid
+is gone) without touching a run that is still going. Removing them at the end
+never fails the benchmark: a broker too busy to delete a vhost in time gets a
+warning, and the next run tidies up.
 """
 
 import os
@@ -13,9 +15,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from offload_runtime.settings import RuntimeSettings
 
@@ -38,8 +41,8 @@ def _ctl(*args: str, timeout_s: float = 60) -> str:
 
 
 # The test suite's support has the same check (`tests/support/infra.py`). The
-# benchmarks import nothing from the tests, whose support code changes with the
-# tests' needs, and seven lines are not worth a shared module of their own.
+# benchmarks import from the tests only the cluster launcher (`runner_throughput
+# --cluster`); seven lines are not worth tying this module to the tests' support.
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -74,7 +77,7 @@ def _delete(vhost: str, redis_url: str, prefix: str) -> None:
         print(
             f"warning: could not delete vhost {vhost} ({exc}); the next run will", file=sys.stderr
         )
-    client = redis.Redis.from_url(redis_url)
+    client = _sync_client(redis_url)
     try:
         for key in client.scan_iter(match=f"{prefix}*", count=5000):
             client.delete(key)
@@ -82,16 +85,33 @@ def _delete(vhost: str, redis_url: str, prefix: str) -> None:
         client.close()
 
 
+def _sync_client(url: str) -> "redis.Redis | RedisCluster":
+    """A blocking client of one node or, for `redis+cluster://host:port,...`, of the cluster."""
+    parts = urlsplit(url)
+    if not parts.scheme.endswith("+cluster"):
+        return redis.Redis.from_url(url)
+    credentials, _, addresses = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = []
+    for address in filter(None, addresses.split(",")):
+        host, _, port = address.rpartition(":")
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    return RedisCluster(
+        startup_nodes=nodes, username=unquote(username) or None, password=unquote(password) or None
+    )
+
+
 @contextmanager
-def bench_infra(name: str) -> Iterator[BenchInfra]:
+def bench_infra(name: str, *, redis_url: str | None = None) -> Iterator[BenchInfra]:
     base = RuntimeSettings()
     _remove_stale(base.redis_url)
+    redis_url = redis_url or base.redis_url
     vhost = f"{VHOST_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     _ctl("add_vhost", vhost)
     _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     parts = urlsplit(base.rabbitmq_url)
     prefix = f"{REDIS_PREFIX}{vhost}:"
     try:
-        yield BenchInfra(urlunsplit(parts._replace(path="/" + vhost)), base.redis_url, prefix)
+        yield BenchInfra(urlunsplit(parts._replace(path="/" + vhost)), redis_url, prefix)
     finally:
-        _delete(vhost, base.redis_url, prefix)
+        _delete(vhost, redis_url, prefix)

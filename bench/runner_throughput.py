@@ -1,10 +1,17 @@
 """One worker process draining N pre-published no-op jobs, every transition and event included.
 
     uv run python -m bench.runner_throughput [--jobs 20000] [--concurrency 100] [--runs 3]
+        [--redis-url URL] [--cluster]
 
 Prints jobs/s and the worker's CPU per job (median of the runs). The worker runs
 in its own process (uvloop), exactly as a service does: `build_worker` with a
 no-op handler; the publisher and the checks run in this process.
+
+The Redis is `OFFLOAD_REDIS_URL`'s, or `--redis-url` (one node, or a Redis
+Cluster as `redis+cluster://host:port,...`). With `--cluster`, the same runs
+follow on a Redis Cluster of 3 masters and 3 replicas started for the purpose
+(tests/support/clusters.py) and stopped after: its jobs/s against the single
+node's (target: at least 0.8×).
 """
 
 import argparse
@@ -16,44 +23,24 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any
 
 from bench.infra import bench_infra
+from bench.noop import HANDLER, NOOP, SERVICE, NoopInput
 from bench.report import Figure, report
-from offload_contracts import Contract, JobPolicy, JobRequestBase, topology
+from offload_contracts import topology
 from offload_runtime.broker import declare_service_topology, make_broker, queue_counts
 from offload_runtime.keys import RedisKeys
 from offload_runtime.metrics import JOBS
-from offload_runtime.ports import JobContext
 from offload_runtime.redis import connect_redis
-from offload_runtime.runner import JobHandler
 from offload_runtime.settings import WorkerSettings
 from offload_runtime.store import JobStore, new_id
 
-SERVICE = "bench"
-
-
-class NoopInput(Contract):
-    n: int = 0
-
-
-class NoopRequest(JobRequestBase):
-    type: Literal["bench.noop"] = "bench.noop"
-    input: NoopInput
-
-
-class NoopResult(Contract):
-    ok: bool
-
-
-async def noop(request: NoopRequest, ctx: JobContext) -> NoopResult:
-    return NoopResult(ok=True)
-
-
-HANDLER = JobHandler(NoopRequest, noop, JobPolicy(max_attempts=3, timeout_s=60))
-
+CLUSTER_TARGET = 0.8
+"""A Redis Cluster should keep at least this share of one node's jobs/s."""
 
 # --------------------------------------------------------------------------- worker process
 
@@ -104,7 +91,8 @@ async def _prepublish(settings: WorkerSettings, jobs: int) -> JobStore:
     batch = 500
     for start in range(0, jobs, batch):
         requests = [
-            NoopRequest(
+            NOOP.request(
+                type=NOOP.type,
                 id=new_id(),
                 tenant="bench",
                 max_attempts=3,
@@ -131,9 +119,11 @@ async def _prepublish(settings: WorkerSettings, jobs: int) -> JobStore:
     return store
 
 
-async def _one_run(jobs: int, concurrency: int, wrap: Sequence[str] = ()) -> dict[str, float]:
+async def _one_run(
+    jobs: int, concurrency: int, wrap: Sequence[str] = (), *, redis_url: str | None = None
+) -> dict[str, float]:
     """One run; `wrap` prefixes the worker's command line (a profiler, for bench.profile)."""
-    with bench_infra("runner") as infra:
+    with bench_infra("runner", redis_url=redis_url) as infra:
         env = {
             **os.environ,
             "OFFLOAD_RABBITMQ_URL": infra.rabbitmq_url,
@@ -194,12 +184,26 @@ async def _queue_depth(url: str, name: str) -> int:
         await broker.stop()
 
 
-async def _main(args: argparse.Namespace) -> None:
-    runs = [await _one_run(args.jobs, args.concurrency) for _ in range(args.runs)]
-    rows = [
+@contextmanager
+def local_redis_cluster() -> Iterator[str]:
+    """A Redis Cluster of 3 masters and 3 replicas on free ports; its `redis+cluster://` URL."""
+    from tests.support.clusters import RedisCluster, remove_stale
+
+    remove_stale()  # what a killed run left behind
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield "redis+cluster://" + ",".join(cluster.addresses)
+    finally:
+        cluster.stop()
+
+
+def _rows(redis: str, runs: list[dict[str, float]], jobs: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
         {
+            "redis": redis,
             "run": i + 1,
-            "jobs": args.jobs,
+            "jobs": jobs,
             "jobs_per_s": r["measured"] / r["wall_s"],
             "worker_cpu_ms_per_job": 1000 * r["cpu_s"] / r["measured"],
         }
@@ -207,12 +211,41 @@ async def _main(args: argparse.Namespace) -> None:
     ]
     rows.append(
         {
+            "redis": redis,
             "run": "median",
-            "jobs": args.jobs,
+            "jobs": jobs,
             "jobs_per_s": statistics.median(row["jobs_per_s"] for row in rows),
             "worker_cpu_ms_per_job": statistics.median(r["worker_cpu_ms_per_job"] for r in rows),
         }
     )
+    return rows
+
+
+async def _main(args: argparse.Namespace) -> int:
+    load_before = os.getloadavg()
+    where = "single Redis" if args.redis_url is None else args.redis_url
+    single: list[dict[str, float]] = []
+    on_cluster: list[dict[str, float]] = []
+    cluster_error = ""
+    with ExitStack() as stack:
+        cluster_url = None
+        if args.cluster:
+            try:
+                cluster_url = stack.enter_context(local_redis_cluster())
+            except Exception as exc:
+                cluster_error = f"the Redis Cluster did not start: {exc}"
+        # Runs alternate between the two, so a change in the machine's load meets both.
+        for _ in range(args.runs):
+            single.append(await _one_run(args.jobs, args.concurrency, redis_url=args.redis_url))
+            if cluster_url is not None and not cluster_error:
+                print(f"  on the Redis Cluster {cluster_url}", flush=True)
+                try:
+                    on_cluster.append(
+                        await _one_run(args.jobs, args.concurrency, redis_url=cluster_url)
+                    )
+                except Exception as exc:  # a figure that could not be measured, in the table
+                    cluster_error = f"{type(exc).__name__}: {exc}"
+    rows = _rows(where, single, args.jobs)
     median = rows[-1]
     figures = [
         Figure(
@@ -222,17 +255,41 @@ async def _main(args: argparse.Namespace) -> None:
             target="≥ 1,000 jobs/s",
             met=median["jobs_per_s"] >= 1000,
             reference="Celery 363, Taskiq 463, BullMQ 4,600",
-            note=f"worker CPU {median['worker_cpu_ms_per_job']:.2f} ms/job",
+            note=f"{where}; worker CPU {median['worker_cpu_ms_per_job']:.2f} ms/job",
         )
     ]
+    if args.cluster:
+        name = "runner: tiny jobs/s, one worker process, Redis Cluster (3+3)"
+        target = f"≥ {CLUSTER_TARGET:g}× single ({CLUSTER_TARGET * median['jobs_per_s']:,.0f})"
+        if cluster_error:
+            print(f"runner_throughput: on the Redis Cluster: {cluster_error}", file=sys.stderr)
+            figures.append(Figure(name, None, "jobs/s", target, False, note=cluster_error[:200]))
+        else:
+            rows += _rows("Redis Cluster (3 masters, 3 replicas)", on_cluster, args.jobs)
+            ratio = rows[-1]["jobs_per_s"] / median["jobs_per_s"]
+            figures.append(
+                Figure(
+                    name,
+                    rows[-1]["jobs_per_s"],
+                    "jobs/s",
+                    target,
+                    ratio >= CLUSTER_TARGET,
+                    reference=f"{ratio:.2f}× the single Redis's {median['jobs_per_s']:,.0f}",
+                    note=f"worker CPU {rows[-1]['worker_cpu_ms_per_job']:.2f} ms/job",
+                )
+            )
     report(
         "runner_throughput",
         rows,
         figures,
         target_jobs_per_s=1000,
+        cluster_target_ratio=CLUSTER_TARGET,
         concurrency=args.concurrency,
+        load_average_before=load_before,
+        load_average_after=os.getloadavg(),
         note="one worker process (uvloop), quorum queue, 2 Lua transitions + 2 outbox events/job",
     )
+    return 1 if cluster_error else 0
 
 
 def main() -> None:
@@ -240,6 +297,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="one node (redis://) or a Redis Cluster (redis+cluster://host:port,...); "
+        "default OFFLOAD_REDIS_URL",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run on a local Redis Cluster (3 masters, 3 replicas) and compare",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -247,7 +315,7 @@ def main() -> None:
 
         uvloop.run(_worker_main(args.jobs))
     else:
-        asyncio.run(_main(args))
+        sys.exit(asyncio.run(_main(args)))
 
 
 if __name__ == "__main__":
