@@ -11,7 +11,7 @@ since, and the cursor does not depend on the shard count.
 
 import asyncio
 import heapq
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -146,7 +146,7 @@ class JobListing:
 
     async def _shard_entries(
         self, tenant: str, shard: int, after: tuple[int, str] | None, chunk: int
-    ) -> AsyncIterator[_Entry]:
+    ) -> AsyncGenerator[_Entry, None]:
         """One shard's index, newest first, strictly after `after`, read `chunk` at a time."""
         index = self._keys.tenant_jobs(tenant, shard)
         top: str | int = "+inf" if after is None else after[0]
@@ -177,7 +177,7 @@ class JobListing:
 class _Merged:
     """Shard iterators merged newest first; the shards' first reads run concurrently."""
 
-    def __init__(self, shards: list[AsyncIterator[_Entry]]) -> None:
+    def __init__(self, shards: list[AsyncGenerator[_Entry, None]]) -> None:
         self._shards = shards
         self._heap: list[tuple[_Entry, int]] = []
         self._started = False
@@ -207,4 +207,4 @@ class _Merged:
 
     async def aclose(self) -> None:
         for shard in self._shards:
-            await shard.aclose()  # type: ignore[attr-defined]
+            await shard.aclose()
