@@ -296,7 +296,7 @@ async def test_a_url_job_retries_a_503_then_completes(
         {"op": "convert", "format": "png"},
         url=f"{server.base}/flaky.jpg",
     )
-    record = await rig.wait(job.id)
+    record = await rig.wait_status(job.id)
     assert record.status == JobStatus.COMPLETED, record.error
     assert record.attempt == 2 and server.hits["/flaky.jpg"] == 2
     image, _ = await rig.output(record.result["file"]["id"])  # type: ignore[index]
@@ -311,7 +311,7 @@ async def test_a_url_on_a_private_address_fails_by_default(
     try:
         await rig.start(ImageDeps(http=trusting_http))
         job = await rig.submit(url=f"{server.base}/photo.jpg")
-        record = await rig.wait(job.id)
+        record = await rig.wait_status(job.id)
         assert record.status == JobStatus.FAILED and record.attempt == 1
         assert record.error is not None and "source URL refused" in record.error.message
         assert server.hits["/photo.jpg"] == 0
