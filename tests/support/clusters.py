@@ -184,37 +184,8 @@ class RedisCluster(_Owned):
     def start(self) -> None:
         began = time.monotonic()
         for port in self.ports:
-            node = self._node_dir(port)
-            node.mkdir()
-            subprocess.run(
-                [
-                    "redis-server",
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    str(REDIS_NODE_TIMEOUT_MS),
-                    "--dir",
-                    str(node),
-                    "--pidfile",
-                    str(node / "pid"),
-                    "--logfile",
-                    str(node / "log"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "yes",
-                ],
-                check=True,
-                timeout=20,
-            )
+            self._node_dir(port).mkdir()
+            self._start_node(port)
         for port in self.ports:
             _wait_port(port, up=True, timeout=20)
         created = subprocess.run(
@@ -226,6 +197,39 @@ class RedisCluster(_Owned):
         _check(created, "redis-cli --cluster create")
         self.wait_healthy()
         self.started_s = time.monotonic() - began
+
+    def _start_node(self, port: int) -> None:
+        """Start (or start again, with its `nodes.conf`) the node on `port`."""
+        node = self._node_dir(port)
+        subprocess.run(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(REDIS_NODE_TIMEOUT_MS),
+                "--dir",
+                str(node),
+                "--pidfile",
+                str(node / "pid"),
+                "--logfile",
+                str(node / "log"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+            ],
+            check=True,
+            timeout=20,
+        )
 
     def cli(self, port: int, *args: str) -> str:
         done = subprocess.run(
@@ -263,6 +267,18 @@ class RedisCluster(_Owned):
         _kill_pid_file(pid_file, "redis-server")
         pid_file.unlink(missing_ok=True)
         _wait_port(port, up=False, timeout=10)
+
+    def restart(self, port: int, timeout: float = 30) -> None:
+        """A killed node starts again: it rejoins the cluster as a replica of the node
+        that took over its slots, and the cluster is whole again (3 masters, 3 replicas)."""
+        self._start_node(port)
+        _wait_port(port, up=True, timeout=20)
+        deadline = time.monotonic() + timeout
+        while not self.cli(port, "role").startswith("slave"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the node on {port} did not rejoin as a replica")
+            time.sleep(0.1)
+        self.wait_healthy(timeout)
 
     def stop(self) -> None:
         for port in self.ports:
