@@ -423,6 +423,17 @@ class RabbitCluster(_Owned):
         [leader] = [row["leader"] for row in json.loads(done.stdout) if row["name"] == queue]
         return next(node for node in self.nodes if node.name == leader)
 
+    def connection_ports(self, vhost: str) -> list[int]:
+        """The AMQP port (so the node) each client connection to `vhost` is on, cluster-wide."""
+        for asked in self.nodes:
+            done = _rabbitmqctl(
+                asked.name, "list_connections", "vhost", "port", "--formatter", "json"
+            )
+            if done.returncode == 0:
+                break
+        _check(done, "list_connections")
+        return [int(row["port"]) for row in json.loads(done.stdout) if row["vhost"] == vhost]
+
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
