@@ -224,6 +224,9 @@ class RedisCluster(_Owned):
                 "",
                 "--appendonly",
                 "no",
+                # A replica syncs at once (the default waits 5 s for others to share a sync).
+                "--repl-diskless-sync-delay",
+                "0",
                 "--daemonize",
                 "yes",
             ],
@@ -239,11 +242,15 @@ class RedisCluster(_Owned):
         return done.stdout
 
     def wait_healthy(self, timeout: float = 30) -> None:
-        """Every live node says `cluster_state:ok` and 3 masters hold the 16384 slots."""
+        """Every live node says `cluster_state:ok`, 3 masters hold the 16384 slots, and every
+        replica has synced with its master (until then the master's writes reach no replica)."""
         deadline = time.monotonic() + timeout
         while True:
             states = [self.cli(port, "cluster", "info") for port in self.live_ports()]
-            if all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states):
+            replication = [self.cli(port, "info", "replication") for port in self.live_ports()]
+            if all(
+                "cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states
+            ) and all("role:slave" not in r or "master_link_status:up" in r for r in replication):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the Redis Cluster is not healthy: {states}")
@@ -260,6 +267,25 @@ class RedisCluster(_Owned):
             for fields in (line.split() for line in lines)
             if "master" in fields[2] and "fail" not in fields[2]
         )
+
+    def replicas(self) -> list[int]:
+        """Ports of the nodes that are replicas now."""
+        lines = self.cli(self.live_ports()[0], "cluster", "nodes").splitlines()
+        return sorted(
+            int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for fields in (line.split() for line in lines)
+            if "slave" in fields[2] and "fail" not in fields[2]
+        )
+
+    def pause(self, port: int) -> None:
+        """The node stops answering and replicating (SIGSTOP), its connections left open."""
+        self._signal(port, signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        self._signal(port, signal.SIGCONT)
+
+    def _signal(self, port: int, signum: signal.Signals) -> None:
+        os.kill(int((self._node_dir(port) / "pid").read_text().strip()), signum)
 
     def kill(self, port: int) -> None:
         """A node dies (SIGKILL): its replica takes over after the node timeout."""

@@ -164,19 +164,29 @@ class JobStore:
         retention_s: int,
         events_maxlen: int = 1000,
         outage_wait_s: float = 0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
     ) -> None:
         """`outage_wait_s`: how long a transition waits for Redis to come back
         (`offload_runtime.outage`).
 
         Workers wait (a message stays unacked meanwhile, nothing is lost); the
         gateway does not (its client gets a 503 at once).
+
+        `wait_replicas`: every transition but `progress` returns only once that
+        many replicas of its master hold it (`WAIT`, at most `wait_timeout_ms`),
+        else raises `redis.NotReplicated` (the write is made on the master, and
+        may or may not survive a failover). Redis replicates asynchronously: a
+        write the master acknowledged and had not yet sent on is lost when a
+        replica takes over. 0: no wait.
         """
         self._client = client
         self._keys = keys
         self._retention_s = retention_s
         self._events_maxlen = events_maxlen
         self._outage_wait_s = outage_wait_s
-        self._transition = ScriptBatcher(client, TRANSITION_LUA)
+        self._wait_replicas = wait_replicas
+        self._transition = ScriptBatcher(client, TRANSITION_LUA, replica_timeout_ms=wait_timeout_ms)
         self._postpone_unstarted = ScriptBatcher(client, POSTPONE_UNSTARTED_LUA)
 
     async def aclose(self) -> None:
@@ -512,7 +522,8 @@ class JobStore:
             job_id,
             *flat,
         )
-        applied, status, found_attempt, found_run = await self._call(keys, args)
+        replicas = 0 if transition.event is EventKind.PROGRESS else self._wait_replicas
+        applied, status, found_attempt, found_run = await self._call(keys, args, replicas)
         # A call re-sent after its reply was lost finds its own transition done:
         # the job holds the run that this call requires (complete, retry, ...)
         # or hands over (start), and the transition's target status.
@@ -520,11 +531,11 @@ class JobStore:
             applied = int(status == transition.target.value)
         return TransitionResult(bool(applied), str(status), int(found_attempt))
 
-    async def _call(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> list[Any]:
+    async def _call(self, keys: tuple[str, ...], args: tuple[Any, ...], replicas: int) -> list[Any]:
         """One transition, waiting out a Redis outage for up to `outage_wait_s` (the
         outage policy's rule 2, `offload_runtime.outage`)."""
         result: list[Any] = await outage.ride_out(
-            lambda: self._transition(keys, args), self._outage_wait_s
+            lambda: self._transition(keys, args, replicas=replicas), self._outage_wait_s
         )
         return result
 
