@@ -8,6 +8,7 @@ gateway waits (`WAIT`) for the replicas; when they do not answer in time
 """
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -15,10 +16,15 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import MovedError
 
+from offload_ai.app import build_app as build_ai
+from offload_ai.settings import AiSettings
+from offload_contracts import JobStatus
 from offload_runtime.keys import RedisKeys
 from tests.support.clusters import RedisCluster as LocalRedisCluster
 from tests.support.gateway import RunningGateway, ai_job, running_gateway
 from tests.support.infra import Infra
+from tests.support.sandbox import running_sandbox
+from tests.support.waiting import wait_until
 
 TIMEOUT_MS = 300
 
@@ -87,3 +93,57 @@ async def test_replicas_that_do_not_acknowledge_in_time_give_a_503_and_no_job(
         assert [(job["status"], job["error"]["type"]) for job in listed] == [
             ("failed", "not_accepted")
         ]
+
+
+async def test_a_worker_goes_on_only_once_replicas_hold_its_state_change(
+    waiting_gateway: RunningGateway, redis_cluster: LocalRedisCluster
+) -> None:
+    gw = waiting_gateway
+    store = gw.deps.store
+    async with running_sandbox(sandbox_llm_ttft_ms=0) as sandbox, gw.client() as http:
+        answer = await http.post("/v1/jobs", json=ai_job("held"))
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        worker = build_ai(
+            AiSettings(
+                rabbitmq_url=gw.settings.rabbitmq_url,
+                redis_url=gw.settings.redis_url,
+                redis_prefix=gw.settings.redis_prefix,
+                redis_wait_replicas=1,
+                redis_wait_timeout_ms=TIMEOUT_MS,
+                llm_base_url=sandbox.llm_base_url,
+                shutdown_grace_s=1,
+                log_level="warning",
+            )
+        )
+        replicas = redis_cluster.replicas()
+        for port in replicas:
+            redis_cluster.pause(port)
+        try:
+            await worker.app.start()
+            # The worker's `start` is made on the master, and not confirmed: it holds the
+            # job there (a sandbox reply takes milliseconds) until the replicas answer.
+            await wait_until(
+                lambda: store.get(job_id),
+                lambda job: job is not None and job.status is JobStatus.ACTIVE,
+                timeout=15,
+                what="the job started on the master",
+            )
+            await asyncio.sleep(2 * TIMEOUT_MS / 1000)  # two unconfirmed tries
+            held = await store.get(job_id)
+        finally:
+            for port in replicas:
+                redis_cluster.resume(port)
+        try:
+            assert held is not None and held.status is JobStatus.ACTIVE
+            done = await wait_until(
+                lambda: store.get(job_id),
+                lambda job: job is not None and job.status is JobStatus.COMPLETED,
+                timeout=30,
+                what="the job completed once the replicas answered",
+            )
+        finally:
+            await worker.app.stop()
+    assert done is not None
+    kinds = [json.loads(data)["event"] for _, data in await store.events(job_id)]
+    assert kinds.count("started") == 1 and kinds.count("completed") == 1, kinds

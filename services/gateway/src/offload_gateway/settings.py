@@ -49,19 +49,6 @@ class GatewaySettings(RuntimeSettings, HttpServerSettings):
     unavailable_retry_after_s: int = Field(
         default=5, ge=1, description="`Retry-After` of a 503 when the broker is unreachable."
     )
-    redis_wait_replicas: int = Field(
-        default=0,
-        ge=0,
-        description="Answer 202 only once this many replicas of the job's Redis master hold "
-        "the job (`WAIT` after recording it); else 503 and the job is not accepted. Closes "
-        "the window in which a failover loses an accepted job (0: off; never more than the "
-        "replicas each master has).",
-    )
-    redis_wait_timeout_ms: int = Field(
-        default=500,
-        ge=1,
-        description="How long a submission waits for those replicas before answering 503.",
-    )
     sweep_after: str = Field(
         default="5m",
         description="A job still waiting this long after acceptance is published again.",

@@ -16,11 +16,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from offload_runtime import outage
 from offload_runtime.keys import RedisKeys
+from offload_runtime.outage import NotReplicated
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 """`OFFLOAD_REDIS_URL` schemes that name a Redis Cluster (the second with TLS)."""
@@ -28,13 +29,6 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 class RedisUnreachable(RuntimeError):
     """No node of the configured Redis (or Redis Cluster) answered."""
-
-
-class NotReplicated(RedisError):
-    """A write was made on its master, but fewer replicas than asked acknowledged it in time.
-
-    The write may still reach the replicas later, or be lost if the master dies first.
-    """
 
 
 def is_cluster_url(url: str) -> bool:

@@ -35,7 +35,8 @@ TRANSITION_LUA = r"""
 --       4 job events cap   5 expire seconds (0 keep, -1 persist)
 --       6 unstarted set: 'add' | 'rem' | ''   7 score (ms) for 'add' and for a new job
 --       8 channel to publish the job id on ('' = none)   9 job id
---       10.. field, value pairs to set ('' means unset)
+--       10 '1': a refused call still writes (see below)   11.. field, value pairs to set
+--       ('' means unset)
 local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'run')
 local status = cur[1] or 'none'
 local attempt = cur[2] or '0'
@@ -45,10 +46,15 @@ for pair in string.gmatch(ARGV[1], '[^|]+') do
   if s == status and (a == '*' or a == attempt) then ok = true; break end
 end
 if ok and ARGV[2] ~= '' and cur[3] ~= ARGV[2] then ok = false end
-if not ok then return {0, status, attempt, cur[3] or ''} end
-if #ARGV >= 11 then
+if not ok then
+  -- A caller that then WAITs for replicas needs its connection to have written after the
+  -- change it waits for, even when this call (a re-send) finds that change made.
+  if ARGV[10] == '1' and status ~= 'none' then redis.call('HSET', KEYS[1], 'status', status) end
+  return {0, status, attempt, cur[3] or ''}
+end
+if #ARGV >= 12 then
   local fields = {}
-  for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+  for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(fields))
 end
 if status == 'none' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[9]) end
@@ -178,7 +184,9 @@ class JobStore:
         else raises `redis.NotReplicated` (the write is made on the master, and
         may or may not survive a failover). Redis replicates asynchronously: a
         write the master acknowledged and had not yet sent on is lost when a
-        replica takes over. 0: no wait.
+        replica takes over. 0: no wait. A worker waits `NotReplicated` out like
+        an outage (`outage_wait_s`), re-sending the transition: the re-send
+        finds its change made, and writes anyway, so that its `WAIT` covers it.
         """
         self._client = client
         self._keys = keys
@@ -510,6 +518,7 @@ class JobStore:
             Expiry.PERSIST: -1,
         }[transition.expiry]
         event = self._event(job_id, tenant, job_type, transition.event, attempt, **(extra or {}))
+        replicas = 0 if transition.event is EventKind.PROGRESS else self._wait_replicas
         args = (
             transition.allowed(attempt),
             run if transition.requires_run else "",
@@ -520,9 +529,9 @@ class JobStore:
             score,
             k.cancel_channel if transition.notify_cancel else "",
             job_id,
+            "1" if replicas else "",
             *flat,
         )
-        replicas = 0 if transition.event is EventKind.PROGRESS else self._wait_replicas
         applied, status, found_attempt, found_run = await self._call(keys, args, replicas)
         # A call re-sent after its reply was lost finds its own transition done:
         # the job holds the run that this call requires (complete, retry, ...)
