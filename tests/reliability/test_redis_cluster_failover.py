@@ -10,6 +10,7 @@ completes, once.
 """
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -70,6 +71,7 @@ async def test_a_master_killed_under_submissions_loses_no_accepted_job(
             lambda: _count(accepted), lambda n: n >= 100, timeout=60, what="100 jobs accepted"
         )
         at_kill = len(accepted)
+        killed_at = time.monotonic()
         await asyncio.to_thread(redis_cluster.kill, victim)
         promoted = await wait_until(
             lambda: asyncio.to_thread(redis_cluster.masters),
@@ -77,6 +79,7 @@ async def test_a_master_killed_under_submissions_loses_no_accepted_job(
             timeout=30,
             what="a replica promoted in the killed master's place",
         )
+        failover_s = time.monotonic() - killed_at
         # Served again on the new master: more jobs accepted after the failover.
         after_failover = len(accepted)
         await wait_until(
@@ -91,7 +94,8 @@ async def test_a_master_killed_under_submissions_loses_no_accepted_job(
 
     # While the slots were down, clients were told to come back, never given a 500.
     assert refused, "no submission met the dead master's slots"
-    assert {answer.status_code for answer in refused} == {503}, [r.text for r in refused]
+    unhandled = [line for line in stack.logs().splitlines() if "unhandled error" in line]
+    assert {answer.status_code for answer in refused} == {503}, unhandled[:1]
     assert all(answer.headers.get("retry-after") for answer in refused)
     assert victim not in promoted
 
@@ -100,7 +104,8 @@ async def test_a_master_killed_under_submissions_loses_no_accepted_job(
         accepted,
         scenario="Redis Cluster: a master killed (SIGKILL) under a stream of submissions "
         "(gateway, worker and notifier on the cluster)",
-        load=f"4 submitters; master killed after {at_kill} accepted, its replica promoted; "
+        load=f"4 submitters; master killed after {at_kill} accepted, its replica promoted "
+        f"{failover_s:.1f} s later; "
         f"{len(accepted)} accepted, {len(refused)} answered 503 while its slots were down",
     )
     stack.assert_settled(outcome)

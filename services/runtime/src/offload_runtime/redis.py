@@ -234,7 +234,17 @@ class ScriptBatcher:
                 # Last on that node's connection, so it covers every write before it.
                 target = {"target_nodes": node} if node else {}
                 pipe.execute_command("WAIT", replicas, self._replica_timeout_ms, **target)
-            replies = list(await pipe.execute(raise_on_error=False))
+            try:
+                replies = list(await pipe.execute(raise_on_error=False))
+            except (AttributeError, RuntimeError) as exc:
+                # redis-py 8.1's cluster pipeline, meeting a dead node, closes every
+                # connection of the client (`cluster_client.aclose()` in its retry). A
+                # concurrent call whose connection was still in its handshake then writes
+                # to no writer ("'NoneType' object has no attribute 'writelines'") or to a
+                # closed transport (uvloop: "unable to perform operation on
+                # <TCPTransport closed=True ...>"), before anything of the batch was sent
+                # on it. Seen in a master failover under load: an outage, not a bug.
+                raise RedisConnectionError(f"connection closed under the call ({exc})") from exc
         results, acknowledged = (
             replies[: len(batch)],
             dict(zip(waits, replies[len(batch) :], strict=True)),
