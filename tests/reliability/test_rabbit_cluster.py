@@ -17,9 +17,11 @@ from offload_contracts import topology
 from offload_runtime.broker import (
     CONNECTION_LOST,
     connect_robust_nodes,
+    declare_service_topology,
     make_broker,
     quorum_size_of,
 )
+from offload_runtime.settings import parse_retry_tiers
 from tests.reliability.outcomes import settle
 from tests.support.clusters import RabbitCluster, RabbitNode
 from tests.support.infra import Infra
@@ -27,6 +29,7 @@ from tests.support.serving import free_port
 from tests.support.stack import Stack, running_stack
 
 AI_JOBS = topology.work_queue("ai")
+STACK_RETRY_TIERS = "100ms,300ms"
 
 
 @pytest.fixture
@@ -109,6 +112,63 @@ async def test_the_node_leading_ai_jobs_stopped_under_load_loses_no_job(
             stop.set()
             await asyncio.gather(*submitters, return_exceptions=True)
         assert new_leader is not first
+        stack.assert_settled(outcome)
+        assert all(p.process and p.process.poll() is None for p in stack.processes.values())
+
+
+async def test_the_node_leading_ai_jobs_stopped_while_services_use_another_loses_no_job(
+    infra: Infra, rabbit_cluster: RabbitCluster, cluster_url: str
+) -> None:
+    first, second, _ = rabbit_cluster.nodes
+    vhost = cluster_url.rsplit("/", 1)[1]
+    # `ai.jobs` declared first through the second node, so the second node leads it; the
+    # services then connect to the first node named and declare the same queues again.
+    declarer = make_broker(second.url + vhost, service="cluster-test", quorum_size=3)
+    try:
+        await asyncio.wait_for(declarer.connect(), 30)
+        await declare_service_topology(
+            declarer, "ai", parse_retry_tiers(STACK_RETRY_TIERS), delivery_limit=5
+        )
+    finally:
+        await declarer.stop()
+    async with running_stack(
+        infra, rabbitmq_url=cluster_url, publish_timeout_s=3, retry_tiers=STACK_RETRY_TIERS
+    ) as stack:
+        assert rabbit_cluster.queue_leader(vhost, AI_JOBS) is second
+        ports = rabbit_cluster.connection_ports(vhost)
+        assert ports and set(ports) == {first.port}, ports  # gateway and worker on the first
+
+        accepted: list[str] = []
+        stop = asyncio.Event()
+        submitters = [asyncio.create_task(submit_stream(stack, accepted, stop)) for _ in range(4)]
+        try:
+            async with asyncio.timeout(60):
+                while len(accepted) < 100:
+                    await asyncio.sleep(0.01)
+            async with stopped(second):
+                at_stop = len(accepted)
+                async with asyncio.timeout(60):
+                    while len(accepted) < at_stop + 100:
+                        await asyncio.sleep(0.05)
+                stop.set()
+                unavailable = sum(await asyncio.gather(*submitters))
+                new_leader = rabbit_cluster.queue_leader(vhost, AI_JOBS)
+                outcome = await settle(
+                    stack.store,
+                    accepted,
+                    scenario="RabbitMQ cluster: the node leading `ai.jobs` stopped under load, "
+                    "gateway and worker connected to another node",
+                    load=f"4 submitters; leader stopped after {at_stop} accepted; "
+                    f"{len(accepted)} accepted, {unavailable} answered 503 while a new "
+                    "leader was elected",
+                )
+                # The services' connections never moved: only the queue's leader did.
+                still = rabbit_cluster.connection_ports(vhost)
+        finally:
+            stop.set()
+            await asyncio.gather(*submitters, return_exceptions=True)
+        assert new_leader is not second
+        assert still and set(still) == {first.port}, still
         stack.assert_settled(outcome)
         assert all(p.process and p.process.poll() is None for p in stack.processes.values())
 

@@ -184,37 +184,8 @@ class RedisCluster(_Owned):
     def start(self) -> None:
         began = time.monotonic()
         for port in self.ports:
-            node = self._node_dir(port)
-            node.mkdir()
-            subprocess.run(
-                [
-                    "redis-server",
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    str(REDIS_NODE_TIMEOUT_MS),
-                    "--dir",
-                    str(node),
-                    "--pidfile",
-                    str(node / "pid"),
-                    "--logfile",
-                    str(node / "log"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "yes",
-                ],
-                check=True,
-                timeout=20,
-            )
+            self._node_dir(port).mkdir()
+            self._start_node(port)
         for port in self.ports:
             _wait_port(port, up=True, timeout=20)
         created = subprocess.run(
@@ -227,6 +198,42 @@ class RedisCluster(_Owned):
         self.wait_healthy()
         self.started_s = time.monotonic() - began
 
+    def _start_node(self, port: int) -> None:
+        """Start (or start again, with its `nodes.conf`) the node on `port`."""
+        node = self._node_dir(port)
+        subprocess.run(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(REDIS_NODE_TIMEOUT_MS),
+                "--dir",
+                str(node),
+                "--pidfile",
+                str(node / "pid"),
+                "--logfile",
+                str(node / "log"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                # A replica syncs at once (the default waits 5 s for others to share a sync).
+                "--repl-diskless-sync-delay",
+                "0",
+                "--daemonize",
+                "yes",
+            ],
+            check=True,
+            timeout=20,
+        )
+
     def cli(self, port: int, *args: str) -> str:
         done = subprocess.run(
             ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10
@@ -235,11 +242,15 @@ class RedisCluster(_Owned):
         return done.stdout
 
     def wait_healthy(self, timeout: float = 30) -> None:
-        """Every live node says `cluster_state:ok` and 3 masters hold the 16384 slots."""
+        """Every live node says `cluster_state:ok`, 3 masters hold the 16384 slots, and every
+        replica has synced with its master (until then the master's writes reach no replica)."""
         deadline = time.monotonic() + timeout
         while True:
             states = [self.cli(port, "cluster", "info") for port in self.live_ports()]
-            if all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states):
+            replication = [self.cli(port, "info", "replication") for port in self.live_ports()]
+            if all(
+                "cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states
+            ) and all("role:slave" not in r or "master_link_status:up" in r for r in replication):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the Redis Cluster is not healthy: {states}")
@@ -257,12 +268,43 @@ class RedisCluster(_Owned):
             if "master" in fields[2] and "fail" not in fields[2]
         )
 
+    def replicas(self) -> list[int]:
+        """Ports of the nodes that are replicas now."""
+        lines = self.cli(self.live_ports()[0], "cluster", "nodes").splitlines()
+        return sorted(
+            int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for fields in (line.split() for line in lines)
+            if "slave" in fields[2] and "fail" not in fields[2]
+        )
+
+    def pause(self, port: int) -> None:
+        """The node stops answering and replicating (SIGSTOP), its connections left open."""
+        self._signal(port, signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        self._signal(port, signal.SIGCONT)
+
+    def _signal(self, port: int, signum: signal.Signals) -> None:
+        os.kill(int((self._node_dir(port) / "pid").read_text().strip()), signum)
+
     def kill(self, port: int) -> None:
         """A node dies (SIGKILL): its replica takes over after the node timeout."""
         pid_file = self._node_dir(port) / "pid"
         _kill_pid_file(pid_file, "redis-server")
         pid_file.unlink(missing_ok=True)
         _wait_port(port, up=False, timeout=10)
+
+    def restart(self, port: int, timeout: float = 30) -> None:
+        """A killed node starts again: it rejoins the cluster as a replica of the node
+        that took over its slots, and the cluster is whole again (3 masters, 3 replicas)."""
+        self._start_node(port)
+        _wait_port(port, up=True, timeout=20)
+        deadline = time.monotonic() + timeout
+        while not self.cli(port, "role").startswith("slave"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the node on {port} did not rejoin as a replica")
+            time.sleep(0.1)
+        self.wait_healthy(timeout)
 
     def stop(self) -> None:
         for port in self.ports:
@@ -406,6 +448,17 @@ class RabbitCluster(_Owned):
         _check(done, "list_queues")
         [leader] = [row["leader"] for row in json.loads(done.stdout) if row["name"] == queue]
         return next(node for node in self.nodes if node.name == leader)
+
+    def connection_ports(self, vhost: str) -> list[int]:
+        """The AMQP port (so the node) each client connection to `vhost` is on, cluster-wide."""
+        for asked in self.nodes:
+            done = _rabbitmqctl(
+                asked.name, "list_connections", "vhost", "port", "--formatter", "json"
+            )
+            if done.returncode == 0:
+                break
+        _check(done, "list_connections")
+        return [int(row["port"]) for row in json.loads(done.stdout) if row["vhost"] == vhost]
 
     def stop(self) -> None:
         for node in self.nodes:

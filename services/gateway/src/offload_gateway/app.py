@@ -49,6 +49,8 @@ def build_deps(settings: GatewaySettings) -> GatewayDeps:
         keys,
         retention_s=settings.job_retention_s,
         events_maxlen=settings.job_events_maxlen,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     broker = BrokerLink(
         settings.rabbitmq_url,

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from offload_contracts.api import PROBLEM_MEDIA_TYPE, FieldProblem, Problem
 from offload_runtime.echo import clipped, quoted
 from offload_runtime.logging import get_logger
+from offload_runtime.outage import NotReplicated
 
 log = get_logger("offload.gateway")
 
@@ -140,6 +141,21 @@ async def _on_redis_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _on_not_replicated(request: Request, exc: Exception) -> Response:
+    # OFFLOAD_REDIS_WAIT_REPLICAS: the change is on the master, not yet confirmed on its
+    # replicas; the client should not take it as done.
+    log.warning("redis replicas did not confirm a change in time", path=request.url.path)
+    deps = getattr(request.app.state, "deps", None)
+    retry_after = deps.settings.unavailable_retry_after_s if deps is not None else 5
+    return problem_response(
+        503,
+        "job state storage did not confirm the change on its replicas in time; read the "
+        "job to see whether it took effect, and try again shortly",
+        instance=request.url.path,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", path=request.url.path, exc_info=exc)
     return problem_response(
@@ -157,6 +173,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     # takes over, a matter of seconds.
     for cluster_failure in (ClusterError, TryAgainError, RedisClusterException):
         app.add_exception_handler(cluster_failure, _on_redis_unavailable)
+    app.add_exception_handler(NotReplicated, _on_not_replicated)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -14,6 +14,7 @@ This module imports no broker, Redis or web framework: it works through the
 ports below, which `adapters/` implement.
 """
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +55,11 @@ class BrokerUnavailable(SubmitRefused):
     """The broker is unreachable or did not confirm the publish."""
 
 
+class NotDurable(SubmitRefused):
+    """The job was recorded, but not on enough Redis replicas in time
+    (`OFFLOAD_REDIS_WAIT_REPLICAS`): a failover could lose it, so it is not accepted."""
+
+
 class IdempotencyConflict(SubmitRefused):
     """The key was used for another body, or its first request is still in flight."""
 
@@ -80,7 +86,10 @@ class JobLedger(Protocol):
     async def record_waiting(
         self, request: JobRequestBase, webhook: dict[str, Any] | None, idempotency_key: str | None
     ) -> bool:
-        """Record a new job `waiting`; False if its id exists already."""
+        """Record a new job `waiting`; False if its id exists already.
+
+        Raises `NotDurable` when the record did not reach the replicas asked for in time.
+        """
         ...
 
     async def record_not_accepted(self, request: JobRequestBase, error: JobError) -> None:
@@ -181,6 +190,20 @@ class JobSubmitter:
             )
             if not await self.ledger.record_waiting(request, webhook, key):
                 raise IdempotencyConflict("a job with this id exists already; retry")
+        except NotDurable as exc:
+            # The master holds the job; recorded `failed` there too, it will not be
+            # swept and run for a client that was told it was not accepted.
+            with contextlib.suppress(Exception):
+                await self.ledger.record_not_accepted(
+                    request,
+                    JobError(type=NOT_ACCEPTED, message=exc.message, retryable=True),
+                )
+            if key is not None:
+                await self.idempotency.release(command.tenant, key, command.job_id)
+            raise NotDurable(
+                f"{exc.message}; the job was not accepted, try again shortly",
+                retry_after=self.unavailable_retry_after,
+            ) from exc
         except BaseException:
             if key is not None:
                 await self.idempotency.release(command.tenant, key, command.job_id)

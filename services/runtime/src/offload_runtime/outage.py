@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -49,6 +49,13 @@ UNREACHABLE = (
 )
 """The errors that mean Redis (or a cluster master) is away, rather than a wrong command."""
 
+
+class NotReplicated(RedisError):
+    """A write was made on its master, but fewer replicas than asked acknowledged it in time
+    (`OFFLOAD_REDIS_WAIT_REPLICAS`). It may reach them later, or be lost if the master dies
+    first. A state change waits it out like an outage (rule 2)."""
+
+
 T = TypeVar("T")
 
 log = get_logger("offload.outage")
@@ -65,7 +72,7 @@ async def ride_out(call: Callable[[], Awaitable[T]], wait_s: float) -> T:
     while True:
         try:
             return await call()
-        except UNREACHABLE:
+        except (*UNREACHABLE, NotReplicated):
             if time.monotonic() >= deadline:
                 raise
             log.warning("redis unavailable; waiting for it", exc_info=True)
@@ -77,6 +84,7 @@ __all__ = [
     "REQUEUE_PAUSE_S",
     "TRANSITION_RETRY_S",
     "UNREACHABLE",
+    "NotReplicated",
     "client_retry",
     "ride_out",
 ]

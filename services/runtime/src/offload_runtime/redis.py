@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from offload_runtime import outage
 from offload_runtime.keys import RedisKeys
+from offload_runtime.outage import NotReplicated
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 """`OFFLOAD_REDIS_URL` schemes that name a Redis Cluster (the second with TLS)."""
@@ -137,21 +138,38 @@ async def xread_streams(
     return [(str(key), entries) for reply in replies for key, entries in reply or []]
 
 
-class ScriptBatcher:
-    """Run one Lua script for many callers, one pipeline per event-loop tick."""
+Call = tuple[tuple[str, ...], tuple[Any, ...], asyncio.Future[Any], int]
+"""One caller's script call: keys, arguments, its future, the replicas it waits for."""
 
-    def __init__(self, client: "aioredis.Redis", source: str) -> None:
+
+class ScriptBatcher:
+    """Run one Lua script for many callers, one pipeline per event-loop tick.
+
+    A call may ask that its write reach `replicas` replicas before it returns
+    (`WAIT`, bounded by `replica_timeout_ms`): the pipeline then ends, on each
+    node such a call wrote to, with one `WAIT`. `WAIT` counts the replicas that
+    hold everything the connection wrote so far, and a pipeline runs on one
+    connection per node, so one `WAIT` covers every call of the batch on that
+    node. A call whose node answers fewer replicas raises `NotReplicated`.
+    """
+
+    def __init__(
+        self, client: "aioredis.Redis", source: str, *, replica_timeout_ms: int = 500
+    ) -> None:
         self._client = client
         self._source = source
         self._sha = hashlib.sha1(source.encode()).hexdigest()
-        self._pending: list[tuple[tuple[str, ...], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._replica_timeout_ms = replica_timeout_ms
+        self._pending: list[Call] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+    async def __call__(
+        self, keys: tuple[str, ...], args: tuple[Any, ...], *, replicas: int = 0
+    ) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((keys, args, future))
+        self._pending.append((keys, args, future, replicas))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
@@ -164,17 +182,15 @@ class ScriptBatcher:
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(
-        self, batch: list[tuple[tuple[str, ...], tuple[Any, ...], asyncio.Future[Any]]]
-    ) -> None:
+    async def _flush(self, batch: list[Call]) -> None:
         try:
             results = await self._execute(batch)
         except BaseException as exc:  # every caller must hear about it, even on cancel
-            for _, _, future in batch:
+            for _, _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, _, future, _), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, Exception):
@@ -182,9 +198,7 @@ class ScriptBatcher:
             else:
                 future.set_result(result)
 
-    async def _execute(
-        self, batch: list[tuple[tuple[str, ...], tuple[Any, ...], asyncio.Future[Any]]]
-    ) -> list[Any]:
+    async def _execute(self, batch: list[Call]) -> list[Any]:
         results = await self._pipeline(batch)
         if any(isinstance(result, NoScriptError) for result in results):
             # Redis restarted or was flushed, or a replica took over: load the script (on a
@@ -197,16 +211,54 @@ class ScriptBatcher:
                 results[i] = result
         return results
 
-    async def _pipeline(
-        self, batch: list[tuple[tuple[str, ...], tuple[Any, ...], asyncio.Future[Any]]]
-    ) -> list[Any]:
+    def _node_of(self, key: str) -> ClusterNode | None:
+        """The cluster node a key's write goes to (None on a single node)."""
+        if isinstance(self._client, RedisCluster):
+            return self._client.get_node_from_key(key)
+        return None
+
+    async def _pipeline(self, batch: list[Call]) -> list[Any]:
+        # The replicas each node's writes must reach: the most any of its calls asks.
+        waits: dict[ClusterNode | None, int] = {}
+        for keys, _, _, replicas in batch:
+            if replicas:
+                node = self._node_of(keys[0])
+                waits[node] = max(waits.get(node, 0), replicas)
         async with self._client.pipeline(transaction=False) as pipe:
-            for keys, args, _ in batch:
+            for keys, args, _, _ in batch:
                 # Through execute_command: a cluster pipeline refuses its `evalsha` method,
                 # but routes a raw EVALSHA by its keys' slot (all of one call share one),
                 # sending one pipeline per node.
                 pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+            for node, replicas in waits.items():
+                # Last on that node's connection, so it covers every write before it.
+                target = {"target_nodes": node} if node else {}
+                pipe.execute_command("WAIT", replicas, self._replica_timeout_ms, **target)
+            try:
+                replies = list(await pipe.execute(raise_on_error=False))
+            except (AttributeError, RuntimeError) as exc:
+                # redis-py 8.1's cluster pipeline, meeting a dead node, closes every
+                # connection of the client (`cluster_client.aclose()` in its retry). A
+                # concurrent call whose connection was still in its handshake then writes
+                # to no writer ("'NoneType' object has no attribute 'writelines'") or to a
+                # closed transport (uvloop: "unable to perform operation on
+                # <TCPTransport closed=True ...>"), before anything of the batch was sent
+                # on it. Seen in a master failover under load: an outage, not a bug.
+                raise RedisConnectionError(f"connection closed under the call ({exc})") from exc
+        results, acknowledged = (
+            replies[: len(batch)],
+            dict(zip(waits, replies[len(batch) :], strict=True)),
+        )
+        for i, (keys, _, _, replicas) in enumerate(batch):
+            if not replicas or isinstance(results[i], Exception):
+                continue
+            got = acknowledged[self._node_of(keys[0])]
+            if isinstance(got, Exception) or int(got) < replicas:
+                results[i] = NotReplicated(
+                    f"{'no answer' if isinstance(got, Exception) else got} of {replicas} "
+                    f"replicas acknowledged the write within {self._replica_timeout_ms} ms"
+                )
+        return results
 
 
 class ShardCountMismatch(RuntimeError):

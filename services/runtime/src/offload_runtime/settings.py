@@ -140,6 +140,20 @@ class RuntimeSettings(LogSettings):
         le=256,
         description="Logical shards of job state (fixed when a deployment is created).",
     )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Wait until this many replicas of a job's Redis master hold each of its "
+        "state changes (`WAIT`) before going on: the gateway answers 202 only then (else 503 "
+        "and the job is not accepted), a worker acks only then (else the message goes back "
+        "to its queue). Closes the window in which a failover loses an acknowledged write. "
+        "0: off; never more than the replicas each master has.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=500,
+        ge=1,
+        description="How long one state change waits for those replicas.",
+    )
     retry_tiers: str = Field(
         default="30s,2m,10m,1h", description="Delay tiers, comma-separated durations."
     )

@@ -35,7 +35,8 @@ TRANSITION_LUA = r"""
 --       4 job events cap   5 expire seconds (0 keep, -1 persist)
 --       6 unstarted set: 'add' | 'rem' | ''   7 score (ms) for 'add' and for a new job
 --       8 channel to publish the job id on ('' = none)   9 job id
---       10.. field, value pairs to set ('' means unset)
+--       10 '1': a refused call still writes (see below)   11.. field, value pairs to set
+--       ('' means unset)
 local cur = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'run')
 local status = cur[1] or 'none'
 local attempt = cur[2] or '0'
@@ -45,10 +46,15 @@ for pair in string.gmatch(ARGV[1], '[^|]+') do
   if s == status and (a == '*' or a == attempt) then ok = true; break end
 end
 if ok and ARGV[2] ~= '' and cur[3] ~= ARGV[2] then ok = false end
-if not ok then return {0, status, attempt, cur[3] or ''} end
-if #ARGV >= 11 then
+if not ok then
+  -- A caller that then WAITs for replicas needs its connection to have written after the
+  -- change it waits for, even when this call (a re-send) finds that change made.
+  if ARGV[10] == '1' and status ~= 'none' then redis.call('HSET', KEYS[1], 'status', status) end
+  return {0, status, attempt, cur[3] or ''}
+end
+if #ARGV >= 12 then
   local fields = {}
-  for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+  for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(fields))
 end
 if status == 'none' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[9]) end
@@ -164,19 +170,31 @@ class JobStore:
         retention_s: int,
         events_maxlen: int = 1000,
         outage_wait_s: float = 0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
     ) -> None:
         """`outage_wait_s`: how long a transition waits for Redis to come back
         (`offload_runtime.outage`).
 
         Workers wait (a message stays unacked meanwhile, nothing is lost); the
         gateway does not (its client gets a 503 at once).
+
+        `wait_replicas`: every transition but `progress` returns only once that
+        many replicas of its master hold it (`WAIT`, at most `wait_timeout_ms`),
+        else raises `redis.NotReplicated` (the write is made on the master, and
+        may or may not survive a failover). Redis replicates asynchronously: a
+        write the master acknowledged and had not yet sent on is lost when a
+        replica takes over. 0: no wait. A worker waits `NotReplicated` out like
+        an outage (`outage_wait_s`), re-sending the transition: the re-send
+        finds its change made, and writes anyway, so that its `WAIT` covers it.
         """
         self._client = client
         self._keys = keys
         self._retention_s = retention_s
         self._events_maxlen = events_maxlen
         self._outage_wait_s = outage_wait_s
-        self._transition = ScriptBatcher(client, TRANSITION_LUA)
+        self._wait_replicas = wait_replicas
+        self._transition = ScriptBatcher(client, TRANSITION_LUA, replica_timeout_ms=wait_timeout_ms)
         self._postpone_unstarted = ScriptBatcher(client, POSTPONE_UNSTARTED_LUA)
 
     async def aclose(self) -> None:
@@ -500,6 +518,7 @@ class JobStore:
             Expiry.PERSIST: -1,
         }[transition.expiry]
         event = self._event(job_id, tenant, job_type, transition.event, attempt, **(extra or {}))
+        replicas = 0 if transition.event is EventKind.PROGRESS else self._wait_replicas
         args = (
             transition.allowed(attempt),
             run if transition.requires_run else "",
@@ -510,9 +529,10 @@ class JobStore:
             score,
             k.cancel_channel if transition.notify_cancel else "",
             job_id,
+            "1" if replicas else "",
             *flat,
         )
-        applied, status, found_attempt, found_run = await self._call(keys, args)
+        applied, status, found_attempt, found_run = await self._call(keys, args, replicas)
         # A call re-sent after its reply was lost finds its own transition done:
         # the job holds the run that this call requires (complete, retry, ...)
         # or hands over (start), and the transition's target status.
@@ -520,11 +540,11 @@ class JobStore:
             applied = int(status == transition.target.value)
         return TransitionResult(bool(applied), str(status), int(found_attempt))
 
-    async def _call(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> list[Any]:
+    async def _call(self, keys: tuple[str, ...], args: tuple[Any, ...], replicas: int) -> list[Any]:
         """One transition, waiting out a Redis outage for up to `outage_wait_s` (the
         outage policy's rule 2, `offload_runtime.outage`)."""
         result: list[Any] = await outage.ride_out(
-            lambda: self._transition(keys, args), self._outage_wait_s
+            lambda: self._transition(keys, args, replicas=replicas), self._outage_wait_s
         )
         return result
 

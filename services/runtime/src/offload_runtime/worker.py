@@ -111,6 +111,8 @@ def build_worker(
         retention_s=settings.job_retention_s,
         events_maxlen=settings.job_events_maxlen,
         outage_wait_s=settings.redis_outage_wait_s,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     runner = JobRunner(
         service=service,

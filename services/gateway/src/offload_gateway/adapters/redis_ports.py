@@ -7,8 +7,9 @@ import redis.asyncio as aioredis
 
 from offload_contracts import JobError, JobRequestBase, JobStatus, TraceContext
 from offload_contracts.catalog import BUILTIN_CATALOG, JobCatalog
+from offload_gateway.submission import NotDurable
 from offload_runtime.keys import RedisKeys
-from offload_runtime.redis import ScriptBatcher
+from offload_runtime.redis import NotReplicated, ScriptBatcher
 from offload_runtime.store import JobStore
 
 _RELEASE_IF_OWNED_LUA = """
@@ -41,9 +42,14 @@ class StoreLedger:
     async def record_waiting(
         self, request: JobRequestBase, webhook: dict[str, Any] | None, idempotency_key: str | None
     ) -> bool:
-        created = await self._store.create(
-            request, webhook=webhook, idempotency_key=idempotency_key
-        )
+        try:
+            created = await self._store.create(
+                request, webhook=webhook, idempotency_key=idempotency_key
+            )
+        except NotReplicated as exc:
+            raise NotDurable(
+                f"job state storage did not replicate the job in time ({exc})"
+            ) from exc
         return created.applied
 
     async def record_not_accepted(self, request: JobRequestBase, error: JobError) -> None:

@@ -18,6 +18,7 @@ from offload_gateway.problems import ProblemError, field_problems, problem_respo
 from offload_gateway.submission import (
     BrokerUnavailable,
     IdempotencyConflict,
+    NotDurable,
     QueueFull,
     RateLimited,
     SubmitJob,
@@ -51,6 +52,7 @@ _REFUSALS: dict[type[SubmitRefused], tuple[int, str]] = {
     RateLimited: (429, "rate_limited"),
     QueueFull: (429, "queue_full"),
     BrokerUnavailable: (503, "unavailable"),
+    NotDurable: (503, "unavailable"),
     IdempotencyConflict: (409, "conflict"),
 }
 
