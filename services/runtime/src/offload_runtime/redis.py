@@ -13,6 +13,7 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -110,9 +111,55 @@ def _connect_cluster(url: str, *, retry: Retry, max_connections: int) -> "aiored
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    client.commands_parser = _StreamReadKeys()
     # RedisCluster has the command methods of a single-node client; every caller uses
     # only those (and pipelines, which it groups by node itself).
     return cast("aioredis.Redis", client)
+
+
+class _StreamReadKeys(AsyncCommandsParser):
+    """redis-py's parser of a command's keys (which a cluster client routes by), reading
+    the keys of `XREAD` and `XREADGROUP` from the command itself.
+
+    Their keys move with their options, so redis-py asks a node (`COMMAND GETKEYS`)
+    before each one: an extra round trip per stream read. Worse, inside a `MULTI`
+    redis-py finds a command's node in a thread with an event loop of its own, and
+    that question then runs on a connection of the client's loop, which breaks it
+    ("attached to a different loop") and the calls sharing it.
+    """
+
+    async def get_keys(self, *args: Any) -> tuple[str, ...] | None:
+        keys = stream_read_keys(args)
+        return keys if keys is not None else await super().get_keys(*args)
+
+
+def stream_read_keys(args: tuple[Any, ...]) -> tuple[str, ...] | None:
+    """The keys of an `XREAD` or `XREADGROUP` command (the first half of what follows
+    `STREAMS`); None for any other command, or options this does not know."""
+    words = [arg.decode() if isinstance(arg, bytes) else str(arg) for arg in args]
+    if not words:
+        return None
+    name = words[0].upper()
+    if name == "XREAD":
+        at = 1
+    elif name == "XREADGROUP" and len(words) > 3 and words[1].upper() == "GROUP":
+        at = 4  # past GROUP <group> <consumer>
+    else:
+        return None
+    while at < len(words):
+        option = words[at].upper()
+        if option in ("COUNT", "BLOCK"):
+            at += 2
+        elif option == "NOACK":
+            at += 1
+        elif option == "STREAMS":
+            rest = words[at + 1 :]
+            if not rest or len(rest) % 2:
+                return None
+            return tuple(rest[: len(rest) // 2])
+        else:
+            return None
+    return None
 
 
 async def xread_streams(
