@@ -30,8 +30,13 @@ async def stack(infra: Infra) -> AsyncIterator[tuple[RunningGateway, RunningSand
     """The gateway, the sandbox, and one ai and one research worker sharing its Redis prefix."""
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
+            # Every answer runs to its max_tokens (the natural length is far above it), at
+            # 4,000 tokens/s: the usual 512 take ~0.13 s, and the cancel test's 32,768 take
+            # ~8 s, so its DELETE always lands mid-stream, however loaded the machine.
             running_sandbox(
-                sandbox_llm_ttft_ms=50, sandbox_llm_tokens_per_s=400, sandbox_llm_answer_tokens=60
+                sandbox_llm_ttft_ms=50,
+                sandbox_llm_tokens_per_s=4000,
+                sandbox_llm_answer_tokens=100_000,
             )
         )
         gateway = await stack.enter_async_context(running_gateway(infra))
@@ -138,9 +143,9 @@ async def test_delete_stops_an_active_generation(
 ) -> None:
     gateway, sandbox = stack
     async with gateway.client() as http:
-        # 5000 tokens at 400/s: ~12 s of streaming unless cancelled.
+        # 32,768 tokens at 4,000/s: ~8 s of streaming unless cancelled.
         job_id = await submit_job(
-            http, "ai.generate", {"prompt": "A long story.", "max_tokens": 5000}
+            http, "ai.generate", {"prompt": "A long story.", "max_tokens": 32_768}
         )
         await wait_until(
             lambda: sandbox_calls(sandbox, job_id),
@@ -163,4 +168,4 @@ async def test_delete_stops_an_active_generation(
 
     assert job["status"] == "cancelled"
     assert calls[-1]["outcome"] == "disconnected"
-    assert calls[-1]["completion_tokens"] < 5000
+    assert calls[-1]["completion_tokens"] < 32_768
