@@ -29,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.support.dedicated import wait_port
 from tests.support.serving import free_port
 
 DIR_PREFIX = "offload-cluster-"
@@ -40,20 +41,6 @@ REDIS_NODE_TIMEOUT_MS = 1000
 REDIS_NODES = 6
 RABBIT_NODES = 3
 CREATE_OPTIONS = ("--cluster-replicas", "1", "--cluster-yes")
-
-
-def _wait_port(port: int, *, up: bool, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                if up:
-                    return
-        except OSError:
-            if not up:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not go {'up' if up else 'down'} in {timeout}s")
 
 
 def _port_free(port: int) -> bool:
@@ -187,7 +174,7 @@ class RedisCluster(_Owned):
             self._node_dir(port).mkdir()
             self._start_node(port)
         for port in self.ports:
-            _wait_port(port, up=True, timeout=20)
+            wait_port(port, up=True, timeout=20)
         created = subprocess.run(
             ["redis-cli", "--cluster", "create", *self.addresses, *CREATE_OPTIONS],
             capture_output=True,
@@ -292,13 +279,13 @@ class RedisCluster(_Owned):
         pid_file = self._node_dir(port) / "pid"
         _kill_pid_file(pid_file, "redis-server")
         pid_file.unlink(missing_ok=True)
-        _wait_port(port, up=False, timeout=10)
+        wait_port(port, up=False, timeout=10)
 
     def restart(self, port: int, timeout: float = 30) -> None:
         """A killed node starts again: it rejoins the cluster as a replica of the node
         that took over its slots, and the cluster is whole again (3 masters, 3 replicas)."""
         self._start_node(port)
-        _wait_port(port, up=True, timeout=20)
+        wait_port(port, up=True, timeout=20)
         deadline = time.monotonic() + timeout
         while not self.cli(port, "role").startswith("slave"):
             if time.monotonic() > deadline:
@@ -370,11 +357,11 @@ class RabbitNode:
     def stop_app(self) -> None:
         """The node goes away for clients: its connections drop and its port closes."""
         _check(_rabbitmqctl(self.name, "stop_app"), f"{self.name} stop_app")
-        _wait_port(self.port, up=False, timeout=30)
+        wait_port(self.port, up=False, timeout=30)
 
     def start_app(self) -> None:
         _check(_rabbitmqctl(self.name, "start_app"), f"{self.name} start_app")
-        _wait_port(self.port, up=True, timeout=60)
+        wait_port(self.port, up=True, timeout=60)
 
     @property
     def listening(self) -> bool:
@@ -416,7 +403,7 @@ class RabbitCluster(_Owned):
         for node in others:
             node.join(first)
         for node in self.nodes:
-            _wait_port(node.port, up=True, timeout=60)
+            wait_port(node.port, up=True, timeout=60)
         running = self.running_nodes(first)
         if sorted(running) != sorted(node.name for node in self.nodes):
             raise RuntimeError(f"the RabbitMQ cluster did not form: running {running}")

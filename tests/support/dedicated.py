@@ -20,7 +20,8 @@ from tests.support.serving import free_port
 NODE_PREFIX = "offloadtest"
 
 
-def _wait_port(port: int, *, up: bool, timeout: float) -> None:
+def wait_port(port: int, *, up: bool, timeout: float) -> None:
+    """Wait until something listens on 127.0.0.1:`port` (`up`) or nothing does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -30,7 +31,7 @@ def _wait_port(port: int, *, up: bool, timeout: float) -> None:
         except OSError:
             if not up:
                 return
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise TimeoutError(f"port {port} did not go {'up' if up else 'down'} in {timeout}s")
 
 
@@ -86,16 +87,16 @@ class DedicatedRabbit:
             "RABBITMQ_PID_FILE": str(self.base / "pid"),
         }
         subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, timeout=60)
-        _wait_port(self.port, up=True, timeout=timeout)
+        wait_port(self.port, up=True, timeout=timeout)
 
     def stop_app(self) -> None:
         """The broker goes away: every connection drops and the port closes (data kept)."""
         _ctl(self.node, "stop_app").check_returncode()
-        _wait_port(self.port, up=False, timeout=30)
+        wait_port(self.port, up=False, timeout=30)
 
     def start_app(self) -> None:
         _ctl(self.node, "start_app").check_returncode()
-        _wait_port(self.port, up=True, timeout=60)
+        wait_port(self.port, up=True, timeout=60)
 
     def shutdown(self) -> None:
         _ctl(self.node, "shutdown", timeout=60)
@@ -134,7 +135,7 @@ class DedicatedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_port(self.port, up=True, timeout=20)
+        wait_port(self.port, up=True, timeout=20)
 
     def kill(self) -> None:
         """Redis dies (SIGKILL): only what AOF wrote survives."""
@@ -142,7 +143,7 @@ class DedicatedRedis:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
             self.process = None
-        _wait_port(self.port, up=False, timeout=10)
+        wait_port(self.port, up=False, timeout=10)
 
     def stop(self) -> None:
         if self.process is not None:
